@@ -1,0 +1,308 @@
+package wire
+
+import (
+	"fmt"
+	"math"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
+)
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
+}
+
+// DecodeIdentity parses only the envelope of a batch: its identity and
+// producer, without decompressing the body. It applies lim.MaxBatchBytes.
+func DecodeIdentity(data []byte, lim Limits) (Identity, error) {
+	env, err := parseEnvelope(data, lim.withDefaults())
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{VehicleID: env.GetVehicleId(), Epoch: env.GetEpoch(), Seq: env.GetSeq()}, nil
+}
+
+func parseEnvelope(data []byte, lim Limits) (*pb.Batch, error) {
+	if len(data) > lim.MaxBatchBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBatchBytes)
+	}
+	env := &pb.Batch{}
+	if err := proto.Unmarshal(data, env); err != nil {
+		return nil, malformed("envelope: %v", err)
+	}
+	if err := CheckVehicleID(env.GetVehicleId()); err != nil {
+		return nil, malformed("%v", err)
+	}
+	return env, nil
+}
+
+// Decode parses and validates an untrusted batch. Errors wrap ErrTooLarge,
+// ErrMalformed or ErrUnsupported.
+func Decode(data []byte, lim Limits) (*Batch, error) {
+	lim = lim.withDefaults()
+	env, err := parseEnvelope(data, lim)
+	if err != nil {
+		return nil, err
+	}
+	if v := env.GetProducer().GetSchemaVersion(); v != SchemaVersion {
+		return nil, fmt.Errorf("%w: schema version %d (this build reads %d)", ErrUnsupported, v, SchemaVersion)
+	}
+	if int(env.GetUncompressedSize()) > lim.MaxBodyBytes {
+		return nil, fmt.Errorf("%w: body claims %d bytes, limit %d", ErrTooLarge, env.GetUncompressedSize(), lim.MaxBodyBytes)
+	}
+	raw := env.GetBody()
+	switch env.GetCompression() {
+	case pb.Compression_COMPRESSION_NONE:
+	case pb.Compression_COMPRESSION_ZSTD:
+		_, dec, err := codecs()
+		if err != nil {
+			return nil, fmt.Errorf("wire: zstd: %w", err)
+		}
+		// The claimed size was checked against the limit above; the shared
+		// decoder's max-memory option stops a body that lies about it, and
+		// any length other than the claimed one is refused below.
+		raw, err = dec.DecodeAll(raw, make([]byte, 0, env.GetUncompressedSize()))
+		if err != nil {
+			return nil, malformed("zstd body: %v", err)
+		}
+	default:
+		return nil, fmt.Errorf("%w: compression %d", ErrUnsupported, env.GetCompression())
+	}
+	if len(raw) != int(env.GetUncompressedSize()) {
+		return nil, malformed("body is %d bytes, envelope says %d", len(raw), env.GetUncompressedSize())
+	}
+	body := &pb.Body{}
+	if err := proto.Unmarshal(raw, body); err != nil {
+		return nil, malformed("body: %v", err)
+	}
+	b := &Batch{
+		Identity:      Identity{VehicleID: env.GetVehicleId(), Epoch: env.GetEpoch(), Seq: env.GetSeq()},
+		BaseTime:      env.GetBaseTimeUnixNano(),
+		AgentVersion:  env.GetProducer().GetAgentVersion(),
+		SchemaVersion: env.GetProducer().GetSchemaVersion(),
+		Decoder:       env.GetProducer().GetDecoder(),
+	}
+	if err := decodeBody(b, body, lim); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
+	tick := body.GetTickNanos()
+	if tick == 0 || tick > uint64(math.MaxInt64) {
+		return malformed("tick_nanos %d", tick)
+	}
+	times := make([][]int64, len(body.GetTimes()))
+	for i, tc := range body.GetTimes() {
+		ts, err := absoluteTimes(tc.GetDeltaOfDelta(), b.BaseTime, int64(tick))
+		if err != nil {
+			return malformed("time column %d: %v", i, err)
+		}
+		times[i] = ts
+	}
+	total := 0
+	for i, c := range body.GetColumns() {
+		if c.GetTime() >= uint32(len(times)) {
+			return malformed("column %d: time column %d out of range", i, c.GetTime())
+		}
+		if c.GetSignal() >= uint32(len(body.GetSignals())) {
+			return malformed("column %d: signal %d out of range", i, c.GetSignal())
+		}
+		total += len(times[c.GetTime()])
+	}
+	if loc := body.GetLocations(); loc != nil {
+		total += len(loc.GetTimeDeltaOfDelta())
+	}
+	if total > lim.MaxReadings {
+		return fmt.Errorf("%w: %d readings, limit %d", ErrTooLarge, total, lim.MaxReadings)
+	}
+	b.Readings = make([]Reading, 0, total)
+	for i, c := range body.GetColumns() {
+		sig := body.GetSignals()[c.GetSignal()]
+		ts := times[c.GetTime()]
+		vals, err := decodeValues(c, sig.GetType(), len(ts))
+		if err != nil {
+			return malformed("column %d (%s): %v", i, sig.GetName(), err)
+		}
+		for j, t := range ts {
+			b.Readings = append(b.Readings, Reading{Signal: sig.GetName(), Unit: sig.GetUnit(), Time: t, Value: vals[j]})
+		}
+	}
+	if loc := body.GetLocations(); loc != nil {
+		fixes, err := decodeFixes(loc, b.BaseTime, int64(tick))
+		if err != nil {
+			return malformed("locations: %v", err)
+		}
+		b.Fixes = fixes
+	}
+	return nil
+}
+
+func absoluteTimes(dod []int64, base, tick int64) ([]int64, error) {
+	out := make([]int64, len(dod))
+	var off, d int64
+	for i, x := range dod {
+		if i == 0 {
+			off = x
+		} else {
+			d += x
+			off += d
+		}
+		t, ok := addMul(base, off, tick)
+		if !ok {
+			return nil, fmt.Errorf("entry %d: time overflows", i)
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// addMul returns base + off*tick, reporting false on int64 overflow.
+func addMul(base, off, tick int64) (int64, bool) {
+	const limit = 1 << 62
+	if off > limit/tick || off < -limit/tick {
+		return 0, false
+	}
+	p := off * tick
+	s := base + p
+	if (p > 0 && s < base) || (p < 0 && s > base) {
+		return 0, false
+	}
+	return s, true
+}
+
+func decodeValues(c *pb.Column, typ pb.ValueType, n int) ([]Value, error) {
+	out := make([]Value, n)
+	want := func(got int) error {
+		if got != n {
+			return fmt.Errorf("%d values for %d times", got, n)
+		}
+		return nil
+	}
+	switch v := c.GetValues().(type) {
+	case *pb.Column_Ints:
+		if typ != pb.ValueType_VALUE_TYPE_INT {
+			return nil, fmt.Errorf("int values for a %v signal", typ)
+		}
+		ds := v.Ints.GetDelta()
+		if err := want(len(ds)); err != nil {
+			return nil, err
+		}
+		var x int64
+		for i, d := range ds {
+			x += d
+			out[i] = Int(x)
+		}
+	case *pb.Column_Scaled:
+		if typ != pb.ValueType_VALUE_TYPE_DOUBLE {
+			return nil, fmt.Errorf("scaled values for a %v signal", typ)
+		}
+		sv := v.Scaled
+		ds := sv.GetRawDelta()
+		if err := want(len(ds)); err != nil {
+			return nil, err
+		}
+		if sv.GetDecimals() >= uint32(len(pow10)) {
+			return nil, fmt.Errorf("decimals %d", sv.GetDecimals())
+		}
+		div := pow10[sv.GetDecimals()]
+		var x int64
+		for i, d := range ds {
+			x += d
+			if sv.GetDecimals() > 0 {
+				out[i] = Float(float64(x) / div)
+			} else {
+				out[i] = Float(float64(x)*sv.GetScale() + sv.GetOffset())
+			}
+		}
+	case *pb.Column_Doubles:
+		if typ != pb.ValueType_VALUE_TYPE_DOUBLE {
+			return nil, fmt.Errorf("double values for a %v signal", typ)
+		}
+		fs := v.Doubles.GetValues()
+		if err := want(len(fs)); err != nil {
+			return nil, err
+		}
+		for i, f := range fs {
+			out[i] = Float(f)
+		}
+	case *pb.Column_Bools:
+		if typ != pb.ValueType_VALUE_TYPE_BOOL {
+			return nil, fmt.Errorf("bool values for a %v signal", typ)
+		}
+		bits := v.Bools.GetBits()
+		if len(bits) != (n+7)/8 {
+			return nil, fmt.Errorf("%d bytes of bits for %d times", len(bits), n)
+		}
+		for i := range out {
+			out[i] = Bool(bits[i/8]&(1<<(i%8)) != 0)
+		}
+	case *pb.Column_Strings:
+		if typ != pb.ValueType_VALUE_TYPE_STRING {
+			return nil, fmt.Errorf("string values for a %v signal", typ)
+		}
+		idx, dict := v.Strings.GetIndex(), v.Strings.GetDictionary()
+		if err := want(len(idx)); err != nil {
+			return nil, err
+		}
+		for i, k := range idx {
+			if int(k) >= len(dict) {
+				return nil, fmt.Errorf("string index %d out of a dictionary of %d", k, len(dict))
+			}
+			out[i] = String(dict[k])
+		}
+	default:
+		if n == 0 {
+			return out, nil
+		}
+		return nil, fmt.Errorf("no values")
+	}
+	return out, nil
+}
+
+func decodeFixes(loc *pb.Locations, base, tick int64) ([]Fix, error) {
+	ts, err := absoluteTimes(loc.GetTimeDeltaOfDelta(), base, tick)
+	if err != nil {
+		return nil, err
+	}
+	n := len(ts)
+	cols := [][]int64{loc.GetLatE7(), loc.GetLonE7(), loc.GetAltMm(), loc.GetSpeedMmS(), loc.GetHeadingCdeg(), loc.GetAccuracyMm()}
+	for i, c := range cols {
+		if len(c) != n {
+			return nil, fmt.Errorf("column %d has %d entries for %d fixes", i, len(c), n)
+		}
+	}
+	absent := loc.GetAbsent()
+	if len(absent) != 0 && len(absent) != n {
+		return nil, fmt.Errorf("absent has %d entries for %d fixes", len(absent), n)
+	}
+	out := make([]Fix, n)
+	var acc [6]int64
+	for i := range out {
+		for c := range cols {
+			acc[c] += cols[c][i]
+		}
+		var a uint32
+		if len(absent) > 0 {
+			a = absent[i]
+		}
+		opt := func(v int64, scale float64, bit uint32) float64 {
+			if a&bit != 0 {
+				return math.NaN()
+			}
+			return float64(v) / scale
+		}
+		out[i] = Fix{
+			Time:     ts[i],
+			Lat:      float64(acc[0]) / 1e7,
+			Lon:      float64(acc[1]) / 1e7,
+			Alt:      opt(acc[2], 1e3, absentAlt),
+			Speed:    opt(acc[3], 1e3, absentSpeed),
+			Heading:  opt(acc[4], 1e2, absentHeading),
+			Accuracy: opt(acc[5], 1e3, absentAccuracy),
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,365 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
+)
+
+// Compression says how a batch body is compressed.
+type Compression int
+
+// The compressions a batch body can use.
+const (
+	CompressionZstd Compression = iota // the default
+	CompressionNone
+)
+
+// EncodeOptions tune Encode. The zero value is the production default.
+type EncodeOptions struct {
+	// TickNanos is the time resolution of the encoding; times are truncated
+	// to it relative to the batch's base time. Default 100,000 (0.1 ms).
+	TickNanos int64
+	// Compression of the body; zstd unless set to CompressionNone.
+	Compression Compression
+}
+
+// DefaultTickNanos is the default time resolution: 0.1 ms.
+const DefaultTickNanos = 100_000
+
+var (
+	zstdOnce sync.Once
+	zstdEnc  *zstd.Encoder
+	zstdDec  *zstd.Decoder
+	zstdErr  error
+)
+
+// codecs returns the shared zstd encoder and decoder; EncodeAll and
+// DecodeAll are safe for concurrent use, and building them is costly.
+func codecs() (*zstd.Encoder, *zstd.Decoder, error) {
+	zstdOnce.Do(func() {
+		zstdEnc, zstdErr = zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(zstd.SpeedBetterCompression),
+			zstd.WithEncoderConcurrency(1),
+			zstd.WithLowerEncoderMem(true))
+		if zstdErr != nil {
+			return
+		}
+		zstdDec, zstdErr = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(uint64(DefaultLimits.MaxBodyBytes)*4),
+			zstd.IgnoreChecksum(false))
+	})
+	return zstdEnc, zstdDec, zstdErr
+}
+
+// Encode returns the wire form of b. It fails if the vehicle ID is invalid
+// or a value cannot be represented (a reading with no kind, say).
+func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
+	if err := CheckVehicleID(b.VehicleID); err != nil {
+		return nil, err
+	}
+	tick := opt.TickNanos
+	if tick <= 0 {
+		tick = DefaultTickNanos
+	}
+	body, err := encodeBody(b, tick)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("wire: marshal body: %w", err)
+	}
+	out := &pb.Batch{
+		VehicleId:        b.VehicleID,
+		Epoch:            b.Epoch,
+		Seq:              b.Seq,
+		BaseTimeUnixNano: b.BaseTime,
+		Producer: &pb.Producer{
+			AgentVersion:  b.AgentVersion,
+			SchemaVersion: SchemaVersion,
+			Decoder:       b.Decoder,
+		},
+		UncompressedSize: uint32(len(raw)),
+		Body:             raw,
+	}
+	if opt.Compression == CompressionZstd {
+		enc, _, err := codecs()
+		if err != nil {
+			return nil, fmt.Errorf("wire: zstd: %w", err)
+		}
+		out.Compression = pb.Compression_COMPRESSION_ZSTD
+		out.Body = enc.EncodeAll(raw, make([]byte, 0, len(raw)/4+64))
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(out)
+}
+
+type signalKey struct {
+	name, unit string
+	kind       Kind
+}
+
+type column struct {
+	signal uint32
+	ticks  []int64
+	values []Value
+}
+
+func encodeBody(b *Batch, tick int64) (*pb.Body, error) {
+	body := &pb.Body{TickNanos: uint64(tick)}
+	index := make(map[signalKey]int, 16)
+	var cols []*column
+	for i := range b.Readings {
+		r := &b.Readings[i]
+		k := signalKey{r.Signal, r.Unit, r.Value.Kind}
+		ci, ok := index[k]
+		if !ok {
+			typ, err := valueType(r.Value.Kind)
+			if err != nil {
+				return nil, fmt.Errorf("wire: reading %d (%s): %w", i, r.Signal, err)
+			}
+			body.Signals = append(body.Signals, &pb.Signal{Name: r.Signal, Unit: r.Unit, Type: typ})
+			ci = len(cols)
+			index[k] = ci
+			cols = append(cols, &column{signal: uint32(len(body.Signals) - 1)})
+		}
+		c := cols[ci]
+		c.ticks = append(c.ticks, floorDiv(r.Time-b.BaseTime, tick))
+		c.values = append(c.values, r.Value)
+	}
+
+	// Signals sampled at the same instants share one time column.
+	timeIndex := make(map[string]uint32, len(cols))
+	var keyBuf []byte
+	for _, c := range cols {
+		keyBuf = keyBuf[:0]
+		for _, t := range c.ticks {
+			keyBuf = binary.AppendVarint(keyBuf, t)
+		}
+		ti, ok := timeIndex[string(keyBuf)]
+		if !ok {
+			ti = uint32(len(body.Times))
+			timeIndex[string(keyBuf)] = ti
+			body.Times = append(body.Times, &pb.TimeColumn{DeltaOfDelta: deltaOfDelta(c.ticks)})
+		}
+		pc := &pb.Column{Signal: c.signal, Time: ti}
+		encodeValues(pc, c.values)
+		body.Columns = append(body.Columns, pc)
+	}
+
+	if len(b.Fixes) > 0 {
+		body.Locations = encodeFixes(b.Fixes, b.BaseTime, tick)
+	}
+	return body, nil
+}
+
+func valueType(k Kind) (pb.ValueType, error) {
+	switch k {
+	case KindDouble:
+		return pb.ValueType_VALUE_TYPE_DOUBLE, nil
+	case KindInt:
+		return pb.ValueType_VALUE_TYPE_INT, nil
+	case KindBool:
+		return pb.ValueType_VALUE_TYPE_BOOL, nil
+	case KindString:
+		return pb.ValueType_VALUE_TYPE_STRING, nil
+	}
+	return 0, fmt.Errorf("value has no kind (%d)", k)
+}
+
+func encodeValues(pc *pb.Column, vs []Value) {
+	switch vs[0].Kind {
+	case KindInt:
+		ints := make([]int64, len(vs))
+		for i, v := range vs {
+			ints[i] = v.Int
+		}
+		pc.Values = &pb.Column_Ints{Ints: &pb.IntValues{Delta: delta(ints)}}
+	case KindBool:
+		bits := make([]byte, (len(vs)+7)/8)
+		for i, v := range vs {
+			if v.Bool {
+				bits[i/8] |= 1 << (i % 8)
+			}
+		}
+		pc.Values = &pb.Column_Bools{Bools: &pb.BoolValues{Bits: bits}}
+	case KindString:
+		sv := &pb.StringValues{Index: make([]uint32, len(vs))}
+		dict := make(map[string]uint32)
+		for i, v := range vs {
+			di, ok := dict[v.Str]
+			if !ok {
+				di = uint32(len(sv.Dictionary))
+				dict[v.Str] = di
+				sv.Dictionary = append(sv.Dictionary, v.Str)
+			}
+			sv.Index[i] = di
+		}
+		pc.Values = &pb.Column_Strings{Strings: sv}
+	default:
+		floats := make([]float64, len(vs))
+		for i, v := range vs {
+			floats[i] = v.Float
+		}
+		if sv := scaled(floats); sv != nil {
+			pc.Values = &pb.Column_Scaled{Scaled: sv}
+		} else {
+			pc.Values = &pb.Column_Doubles{Doubles: &pb.DoubleValues{Values: floats}}
+		}
+	}
+}
+
+// maxExactInt is the largest integer magnitude a float64 holds exactly.
+const maxExactInt = 1 << 53
+
+var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
+
+// scaled finds the fewest decimals d (0..9) such that every value is exactly
+// raw/10^d for an integer raw, and returns the delta-encoded raws, or nil if
+// there is none.
+func scaled(fs []float64) *pb.ScaledValues {
+	raws := make([]int64, len(fs))
+	for d := 0; d < len(pow10); d++ {
+		if !allExact(fs, d, raws) {
+			continue
+		}
+		if d == 0 {
+			return &pb.ScaledValues{Scale: 1, RawDelta: delta(raws)}
+		}
+		return &pb.ScaledValues{Decimals: uint32(d), RawDelta: delta(raws)}
+	}
+	return nil
+}
+
+// allExact fills raws with every value's raw form at d decimals, reporting
+// false at the first value that has none.
+func allExact(fs []float64, d int, raws []int64) bool {
+	for i, f := range fs {
+		raw, ok := exactDecimal(f, d)
+		if !ok {
+			return false
+		}
+		raws[i] = raw
+	}
+	return true
+}
+
+// exactDecimal returns raw with raw/10^d == f bit for bit (raw*1 when d is 0).
+func exactDecimal(f float64, d int) (int64, bool) {
+	if math.IsNaN(f) || math.IsInf(f, 0) || (f == 0 && math.Signbit(f)) {
+		return 0, false
+	}
+	r := math.Round(f * pow10[d])
+	if math.Abs(r) > maxExactInt {
+		return 0, false
+	}
+	raw := int64(r)
+	var back float64
+	if d == 0 {
+		back = float64(raw)
+	} else {
+		back = float64(raw) / pow10[d]
+	}
+	return raw, math.Float64bits(back) == math.Float64bits(f)
+}
+
+func encodeFixes(fs []Fix, base, tick int64) *pb.Locations {
+	n := len(fs)
+	ticks := make([]int64, n)
+	lat, lon := make([]int64, n), make([]int64, n)
+	alt, speed, heading, acc := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	absent := make([]uint32, n)
+	anyAbsent := false
+	for i, f := range fs {
+		ticks[i] = floorDiv(f.Time-base, tick)
+		lat[i] = quantise(f.Lat, 1e7)
+		lon[i] = quantise(f.Lon, 1e7)
+		var a uint32
+		opt := func(v, scale float64, bit uint32, dst []int64) {
+			if isNaN(v) {
+				a |= bit
+				if i > 0 {
+					dst[i] = dst[i-1] // keeps the delta zero
+				}
+				return
+			}
+			dst[i] = quantise(v, scale)
+		}
+		opt(f.Alt, 1e3, absentAlt, alt)
+		opt(f.Speed, 1e3, absentSpeed, speed)
+		opt(f.Heading, 1e2, absentHeading, heading)
+		opt(f.Accuracy, 1e3, absentAccuracy, acc)
+		absent[i] = a
+		anyAbsent = anyAbsent || a != 0
+	}
+	loc := &pb.Locations{
+		TimeDeltaOfDelta: deltaOfDelta(ticks),
+		LatE7:            delta(lat),
+		LonE7:            delta(lon),
+		AltMm:            delta(alt),
+		SpeedMmS:         delta(speed),
+		HeadingCdeg:      delta(heading),
+		AccuracyMm:       delta(acc),
+	}
+	if anyAbsent {
+		loc.Absent = absent
+	}
+	return loc
+}
+
+// Bits of Locations.absent.
+const (
+	absentAlt      = 1
+	absentSpeed    = 2
+	absentHeading  = 4
+	absentAccuracy = 8
+)
+
+func quantise(v, scale float64) int64 {
+	r := math.Round(v * scale)
+	if math.IsNaN(r) || math.Abs(r) > maxExactInt {
+		return 0
+	}
+	return int64(r)
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
+}
+
+func delta(vs []int64) []int64 {
+	out := make([]int64, len(vs))
+	var prev int64
+	for i, v := range vs {
+		out[i] = v - prev
+		prev = v
+	}
+	return out
+}
+
+func deltaOfDelta(vs []int64) []int64 {
+	out := make([]int64, len(vs))
+	var prev, prevDelta int64
+	for i, v := range vs {
+		d := v - prev
+		if i == 0 {
+			out[i] = v
+		} else {
+			out[i] = d - prevDelta
+			prevDelta = d
+		}
+		prev = v
+	}
+	return out
+}

@@ -1,0 +1,169 @@
+// Package wire turns telemetry batches into the bytes that cross MQTT and sit
+// in Kafka (proto/fleet/telemetry/v1), and back.
+//
+// A Batch here is the flat, easy form: a list of readings (signal, unit,
+// time, typed value) and a list of location fixes. Encode lays them out a
+// column per signal, shares one time column between signals sampled at the
+// same instants, delta-encodes times (delta of delta) and values (exact
+// integer forms of doubles where one exists) and compresses the body with
+// zstd. Decode reverses that for untrusted input: it checks sizes before
+// parsing or decompressing, validates every index and length, and returns an
+// error wrapping ErrMalformed, ErrTooLarge or ErrUnsupported instead of
+// panicking.
+//
+// Times are quantised to the encoder's tick (0.1 ms by default); location
+// coordinates to 1e-7 degree, altitude and accuracy to 1 mm, speed to
+// 1 mm/s, heading to 0.01 degree. Every other value is lossless.
+//
+// Encode and Decode are safe for concurrent use.
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+)
+
+// SchemaVersion is the body layout this package writes and reads.
+const SchemaVersion = 1
+
+// Kind is the type of a reading's value.
+type Kind uint8
+
+// The kinds of value a reading can carry.
+const (
+	KindDouble Kind = iota + 1
+	KindInt
+	KindBool
+	KindString
+)
+
+// String returns the kind's name as the Parquet output spells it.
+func (k Kind) String() string {
+	switch k {
+	case KindDouble:
+		return "double"
+	case KindInt:
+		return "int"
+	case KindBool:
+		return "bool"
+	case KindString:
+		return "string"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Value is a typed reading value; Kind says which field holds it.
+type Value struct {
+	Kind  Kind
+	Float float64
+	Int   int64
+	Bool  bool
+	Str   string
+}
+
+// Float returns a double value.
+func Float(v float64) Value { return Value{Kind: KindDouble, Float: v} }
+
+// Int returns an integer value.
+func Int(v int64) Value { return Value{Kind: KindInt, Int: v} }
+
+// Bool returns a boolean value.
+func Bool(v bool) Value { return Value{Kind: KindBool, Bool: v} }
+
+// String returns a string value.
+func String(v string) Value { return Value{Kind: KindString, Str: v} }
+
+// Reading is one sample of one signal.
+type Reading struct {
+	Signal string
+	Unit   string
+	Time   int64 // Unix nanoseconds, car clock
+	Value  Value
+}
+
+// Fix is one location fix. Optional fields are NaN when the receiver did not
+// report them.
+type Fix struct {
+	Time     int64   // Unix nanoseconds of the fix
+	Lat, Lon float64 // WGS84 degrees
+	Alt      float64 // metres above mean sea level, or NaN
+	Speed    float64 // metres per second over ground, or NaN
+	Heading  float64 // degrees clockwise from true north, or NaN
+	Accuracy float64 // horizontal accuracy in metres (1 sigma), or NaN
+}
+
+// Identity names a batch everywhere downstream.
+type Identity struct {
+	VehicleID string
+	Epoch     uint64
+	Seq       uint64
+}
+
+// String formats the identity for logs and errors.
+func (id Identity) String() string {
+	return fmt.Sprintf("%s/%016x/%d", id.VehicleID, id.Epoch, id.Seq)
+}
+
+// Batch is one vehicle's readings and fixes over a short window.
+type Batch struct {
+	Identity
+	BaseTime      int64 // Unix nanoseconds; times are encoded relative to it
+	AgentVersion  string
+	SchemaVersion uint32 // set by Decode; Encode always writes SchemaVersion
+	Decoder       string // which decoder configuration produced the signals
+	Readings      []Reading
+	Fixes         []Fix
+}
+
+// Errors returned (wrapped) by Decode.
+var (
+	// ErrMalformed means the bytes are not a valid batch.
+	ErrMalformed = errors.New("malformed batch")
+	// ErrTooLarge means the batch exceeds a size limit; it was not parsed.
+	ErrTooLarge = errors.New("batch too large")
+	// ErrUnsupported means the batch uses a schema version or compression
+	// this build does not know.
+	ErrUnsupported = errors.New("unsupported batch")
+)
+
+var vehicleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
+
+// ValidVehicleID reports whether id can name a vehicle: 1 to 64 characters
+// of letters, digits, '_', '.', ':' and '-', starting with a letter or digit
+// (so it is always a single, wildcard-free MQTT topic level).
+func ValidVehicleID(id string) bool { return vehicleIDPattern.MatchString(id) }
+
+// CheckVehicleID returns an error describing why id is not a valid vehicle ID.
+func CheckVehicleID(id string) error {
+	if ValidVehicleID(id) {
+		return nil
+	}
+	return fmt.Errorf("vehicle id %q: want 1-64 characters of A-Z a-z 0-9 _ . : - starting with a letter or digit", id)
+}
+
+// Limits bound what Decode accepts. Zero fields take the defaults.
+type Limits struct {
+	MaxBatchBytes int // size of the encoded batch; default 1 MiB
+	MaxBodyBytes  int // size of the decompressed body; default 16 MiB
+	MaxReadings   int // readings plus fixes; default 1,000,000
+}
+
+// DefaultLimits are the limits Decode applies to zero fields.
+var DefaultLimits = Limits{MaxBatchBytes: 1 << 20, MaxBodyBytes: 16 << 20, MaxReadings: 1_000_000}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBatchBytes <= 0 {
+		l.MaxBatchBytes = DefaultLimits.MaxBatchBytes
+	}
+	if l.MaxBodyBytes <= 0 {
+		l.MaxBodyBytes = DefaultLimits.MaxBodyBytes
+	}
+	if l.MaxReadings <= 0 {
+		l.MaxReadings = DefaultLimits.MaxReadings
+	}
+	return l
+}
+
+func isNaN(f float64) bool { return math.IsNaN(f) }
