@@ -1,0 +1,68 @@
+// Package embedmqtt runs an in-process MQTT broker (mochi-mqtt) for the
+// one-process embedded stack and for fast tests. It speaks real MQTT over
+// TCP, so clients use the same paho code paths as against Mosquitto.
+//
+// The broker allows every client (no authentication): it is for loopback
+// use only.
+package embedmqtt
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// Config says where the broker listens.
+type Config struct {
+	Addr string // e.g. "127.0.0.1:1883"; "127.0.0.1:0" picks a free port
+}
+
+// Deps are the broker's dependencies.
+type Deps struct {
+	Logger *slog.Logger
+}
+
+// Broker is an in-process MQTT broker.
+type Broker struct {
+	server *mqtt.Server
+	ln     net.Listener
+}
+
+// New binds the listener (so URL is known before Run) and builds the broker.
+func New(cfg Config, deps Deps) (*Broker, error) {
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded mqtt: listen on %s: %w", cfg.Addr, err)
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumInflight = 1024
+	caps.ReceiveMaximum = 1024
+	logger := deps.Logger.With("component", "mochi-mqtt")
+	s := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: logger})
+	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := s.AddListener(listeners.NewNet("tcp", ln)); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &Broker{server: s, ln: ln}, nil
+}
+
+// URL is the broker's tcp:// URL.
+func (b *Broker) URL() string { return "tcp://" + b.ln.Addr().String() }
+
+// Run serves until ctx is cancelled, then closes every connection.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("embedded mqtt: %w", err)
+	}
+	<-ctx.Done()
+	return b.server.Close()
+}
