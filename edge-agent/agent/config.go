@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	MQTT mqttconn.Config
+
+	// Source is where readings come from; "sim" for now.
+	Source string
+
+	SimVehicles int
+	SimSeed     uint64
+	SimStart    string // RFC 3339; empty: now
+	SimSpeedup  float64
+	SimDuration time.Duration // of simulated time; 0: run until stopped
+	SimIMUHz    int
+	SimCenter   string // "lat,lon"
+	SimIDPrefix string
+
+	BatchMaxAge      time.Duration
+	BatchMaxReadings int
+	TickNanos        int64
+
+	AckTimeout time.Duration
+	// Listen serves the agent's /metrics locally.
+	Listen string
+	// ExitWhenDone makes a finite simulation exit once every batch is
+	// acked end to end (or DrainTimeout passes, which is an error).
+	ExitWhenDone bool
+	DrainTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults the flags use.
+func DefaultConfig() Config {
+	var c Config
+	c.RegisterFlags(flag.NewFlagSet("defaults", flag.ContinueOnError))
+	return c
+}
+
+// RegisterFlags declares the agent's flags.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	c.MQTT.RegisterFlags(fs, "tcp://127.0.0.1:1883", "(vehicle id)")
+	fs.StringVar(&c.Source, "source", "sim", "reading source: sim (simulated vehicles)")
+	d := sim.DefaultConfig()
+	fs.IntVar(&c.SimVehicles, "sim-vehicles", d.Vehicles, "number of simulated vehicles (each its own MQTT client)")
+	fs.Uint64Var(&c.SimSeed, "sim-seed", d.Seed, "simulator seed; the same seed and start give the same readings")
+	fs.StringVar(&c.SimStart, "sim-start", "", "simulated start time, RFC 3339 (default: now)")
+	fs.Float64Var(&c.SimSpeedup, "sim-speedup", 1, "simulated seconds per wall-clock second (0: as fast as possible)")
+	fs.DurationVar(&c.SimDuration, "sim-duration", 0, "simulated time to run, e.g. 10m (0: until stopped)")
+	fs.IntVar(&c.SimIMUHz, "sim-imu-hz", d.IMUHz, "simulated accelerometer rate in Hz (0: none)")
+	fs.StringVar(&c.SimCenter, "sim-center", fmt.Sprintf("%g,%g", d.CenterLat, d.CenterLon), "city centre of the simulation, lat,lon")
+	fs.StringVar(&c.SimIDPrefix, "sim-id-prefix", d.IDPrefix, "prefix of simulated vehicle IDs")
+	fs.DurationVar(&c.BatchMaxAge, "batch-max-age", time.Second, "close a batch when its oldest reading is this old")
+	fs.IntVar(&c.BatchMaxReadings, "batch-max-readings", 10000, "close a batch at this many readings")
+	fs.Int64Var(&c.TickNanos, "time-resolution-ns", 100_000, "time resolution of batches in nanoseconds")
+	fs.DurationVar(&c.AckTimeout, "ack-timeout", 10*time.Second, "re-send a batch not acknowledged end to end within this time")
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
+	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "with --sim-duration: exit once every batch is acknowledged")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 2*time.Minute, "with --exit-when-done: how long to wait for the last acks")
+}
+
+// Validate names the first bad field.
+func (c Config) Validate() error {
+	if c.MQTT.ClientID == "" {
+		c.MQTT.ClientID = "unused" // each vehicle connects with its own ID
+	}
+	if err := c.MQTT.Validate(); err != nil {
+		return err
+	}
+	if c.Source != "sim" {
+		return cli.FieldError("source", "%q: only \"sim\" is available", c.Source)
+	}
+	if c.SimVehicles < 1 || c.SimVehicles > 100_000 {
+		return cli.FieldError("sim-vehicles", "%d: want 1 to 100000", c.SimVehicles)
+	}
+	if _, err := c.simStart(); err != nil {
+		return cli.FieldError("sim-start", "%v", err)
+	}
+	if c.SimSpeedup < 0 {
+		return cli.FieldError("sim-speedup", "%g is negative", c.SimSpeedup)
+	}
+	if c.SimDuration < 0 {
+		return cli.FieldError("sim-duration", "%v is negative", c.SimDuration)
+	}
+	if c.SimIMUHz < 0 || c.SimIMUHz > 1000 {
+		return cli.FieldError("sim-imu-hz", "%d: want 0 to 1000", c.SimIMUHz)
+	}
+	if _, _, err := c.simCenter(); err != nil {
+		return cli.FieldError("sim-center", "%v", err)
+	}
+	if c.BatchMaxAge <= 0 {
+		return cli.FieldError("batch-max-age", "must be positive")
+	}
+	if c.BatchMaxReadings < 1 {
+		return cli.FieldError("batch-max-readings", "must be at least 1")
+	}
+	if c.TickNanos < 1 || c.TickNanos > int64(time.Second) {
+		return cli.FieldError("time-resolution-ns", "%d: want 1 to 1000000000", c.TickNanos)
+	}
+	if c.AckTimeout < 100*time.Millisecond {
+		return cli.FieldError("ack-timeout", "%v is below 100ms", c.AckTimeout)
+	}
+	if c.ExitWhenDone && c.SimDuration == 0 {
+		return cli.FieldError("exit-when-done", "needs --sim-duration")
+	}
+	if c.DrainTimeout <= 0 {
+		return cli.FieldError("drain-timeout", "must be positive")
+	}
+	return nil
+}
+
+func (c Config) simStart() (time.Time, error) {
+	if c.SimStart == "" {
+		return time.Now().UTC().Truncate(time.Second), nil
+	}
+	return time.Parse(time.RFC3339, c.SimStart)
+}
+
+func (c Config) simCenter() (float64, float64, error) {
+	a, b, ok := strings.Cut(c.SimCenter, ",")
+	if !ok {
+		return 0, 0, fmt.Errorf("%q: want lat,lon", c.SimCenter)
+	}
+	lat, err1 := strconv.ParseFloat(strings.TrimSpace(a), 64)
+	lon, err2 := strconv.ParseFloat(strings.TrimSpace(b), 64)
+	if err1 != nil || err2 != nil || lat < -85 || lat > 85 || lon < -180 || lon > 180 {
+		return 0, 0, fmt.Errorf("%q: want lat,lon in degrees (|lat| <= 85)", c.SimCenter)
+	}
+	return lat, lon, nil
+}
+
+// SimConfig is the simulator configuration the flags describe.
+func (c Config) SimConfig() (sim.Config, error) {
+	start, err := c.simStart()
+	if err != nil {
+		return sim.Config{}, err
+	}
+	lat, lon, err := c.simCenter()
+	if err != nil {
+		return sim.Config{}, err
+	}
+	s := sim.DefaultConfig()
+	s.Seed, s.Vehicles, s.Start, s.IMUHz, s.IDPrefix = c.SimSeed, c.SimVehicles, start, c.SimIMUHz, c.SimIDPrefix
+	s.CenterLat, s.CenterLon = lat, lon
+	return s, nil
+}
