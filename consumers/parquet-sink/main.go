@@ -1,0 +1,31 @@
+// Command parquet-sink writes the telemetry topic to Parquet files on S3,
+// every reading exactly once.
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
+	"github.com/fleetpipe/fleetpipe/internal/cli"
+)
+
+func main() {
+	var cfg sink.Config
+	cli.Main(cli.Program{
+		Name:      "parquet-sink",
+		EnvPrefix: "FLEET_SINK",
+		Summary:   "Consumes fleet.telemetry.v1 and writes every reading, exactly once, to Parquet on S3:\n{prefix}/readings/ and {prefix}/locations/, partitioned by date= and hour= (UTC).",
+	}, &cfg, func(ctx context.Context, logger *slog.Logger) error {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		s, err := sink.New(ctx, cfg, sink.Deps{Logger: logger, Registerer: reg, Gatherer: reg})
+		if err != nil {
+			return err
+		}
+		return s.Run(ctx)
+	})
+}
