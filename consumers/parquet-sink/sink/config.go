@@ -17,6 +17,10 @@ type Config struct {
 
 	Topic string
 	Group string
+	// InstanceID, when set, makes this member static (KIP-345): a restarted
+	// sink with the same ID takes its partitions back at once instead of
+	// waiting for the old session to time out.
+	InstanceID string
 	// Listen is the address of /metrics, /healthz and /readyz.
 	Listen string
 
@@ -49,6 +53,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.S3.RegisterFlags(fs, "")
 	fs.StringVar(&c.Topic, "topic", topics.KafkaTelemetry, "Kafka topic of telemetry batches")
 	fs.StringVar(&c.Group, "group", "fleet-parquet-sink", "Kafka consumer group")
+	fs.StringVar(&c.InstanceID, "instance-id", "", "static group membership ID, unique per replica and stable across restarts (e.g. the pod name); empty: dynamic membership")
 	fs.StringVar(&c.Listen, "listen", ":9102", "address for /metrics, /healthz and /readyz")
 	fs.IntVar(&c.MaxFileRows, "max-file-rows", 2_000_000, "write a partition's files at this many buffered rows")
 	fs.IntVar(&c.MaxFileBytes, "max-file-bytes", 256<<20, "write a partition's files at this many buffered bytes (estimated, uncompressed)")

@@ -135,6 +135,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 		kgo.OnPartitionsRevoked(s.onRevoked),
 		kgo.OnPartitionsLost(s.onLost),
 	)
+	if cfg.InstanceID != "" {
+		kopts = append(kopts, kgo.InstanceID(cfg.InstanceID))
+	}
 	if s.kafka, err = kgo.NewClient(kopts...); err != nil {
 		return nil, fmt.Errorf("sink: kafka client: %w", err)
 	}
