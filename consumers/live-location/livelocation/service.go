@@ -1,0 +1,213 @@
+// Package livelocation is the live-location service: it consumes every
+// partition of the telemetry topic directly (no consumer group — each
+// replica needs the whole fleet to answer nearby queries), starting at the
+// offsets of now minus the lookback, keeps each vehicle's latest fix and
+// status in a fleetstate.Store, serves the httpapi API and dashboard, and,
+// when a location topic is configured, bootstraps from that log-compacted
+// topic on start and publishes each vehicle's new position to it at most
+// once per publish interval.
+//
+// /readyz answers 200 once the telemetry consumer has read up to the end
+// offsets the topic had at start-up and the location topic has been read up
+// to its end offsets; /healthz while the process serves HTTP.
+//
+// Metrics, besides those of httpapi and the franz-go client (fleet_kafka_*):
+//
+//	fleet_live_records_total{source,result}     Kafka records read: source telemetry|location, result ok|undecodable|tombstone
+//	fleet_live_fixes_applied_total               fixes that became a vehicle's latest position
+//	fleet_live_fix_rejected_stale_total          fixes not newer than the known one (late, replayed)
+//	fleet_live_fix_rejected_invalid_total        fixes out of range or beyond the clock skew
+//	fleet_live_status_applied_total              statuses that became a vehicle's latest
+//	fleet_live_status_rejected_stale_total       statuses not newer than the known one
+//	fleet_live_status_rejected_invalid_total     status readings of the wrong type or beyond the clock skew
+//	fleet_live_positions_published_total{result} positions produced to the location topic: ok|error
+//	fleet_live_vehicles                          vehicles known
+//	fleet_live_caught_up                         1 once the start-up telemetry catch-up is done
+//	fleet_live_catch_up_partitions_behind        telemetry partitions still catching up
+//	fleet_live_bootstrapped                      1 once the location topic was read (or is disabled)
+package livelocation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
+	"github.com/fleetpipe/fleetpipe/consumers/live-location/httpapi"
+	"github.com/fleetpipe/fleetpipe/internal/admin"
+)
+
+// Deps are the service's dependencies. A nil Logger discards logs; nil
+// Registerer and Gatherer get a private registry; a nil Gatherer with a
+// Registerer that is also a Gatherer (a *prometheus.Registry) uses it.
+type Deps struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+}
+
+// Service is one live-location instance.
+type Service struct {
+	cfg   Config
+	log   *slog.Logger
+	store *fleetstate.Store
+	api   *httpapi.API
+	admin *admin.Server
+	m     *metrics
+
+	clientOpts []kgo.Opt // the main client's: metrics hooked
+	bootOpts   []kgo.Opt // the bootstrap client's: no metrics (kprom allows one client per registry)
+
+	caughtUp     atomic.Bool
+	behind       atomic.Int64 // telemetry partitions still catching up; -1 before the offsets are listed
+	bootstrapped atomic.Bool
+	ran          atomic.Bool
+}
+
+// New checks cfg (zero fields take their defaults, see Config), registers
+// the metrics and binds the HTTP listener, so URL is known before Run.
+func New(cfg Config, deps Deps) (*Service, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("live-location: config: %w", err)
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Registerer == nil && deps.Gatherer == nil {
+		reg := prometheus.NewRegistry()
+		deps.Registerer, deps.Gatherer = reg, reg
+	}
+	if deps.Gatherer == nil {
+		g, ok := deps.Registerer.(prometheus.Gatherer)
+		if !ok {
+			return nil, errors.New("live-location: Deps.Gatherer is required with this Registerer")
+		}
+		deps.Gatherer = g
+	}
+	if deps.Registerer == nil {
+		return nil, errors.New("live-location: Deps.Registerer is required with a Gatherer")
+	}
+	log := deps.Logger.With("component", "live-location")
+	s := &Service{cfg: cfg, log: log}
+	s.behind.Store(-1)
+	s.store = fleetstate.New(fleetstate.Options{
+		StatusSignal: cfg.StatusSignal,
+		StaleAfter:   cfg.StaleAfter,
+		MaxClockSkew: cfg.MaxClockSkew,
+	})
+	var err error
+	if s.m, err = newMetrics(deps.Registerer, s.store); err != nil {
+		return nil, fmt.Errorf("live-location: register metrics: %w", err)
+	}
+	if s.api, err = httpapi.New(s.store, httpapi.Options{Heartbeat: cfg.StreamHeartbeat}, httpapi.Deps{Logger: log, Registerer: deps.Registerer}); err != nil {
+		return nil, fmt.Errorf("live-location: %w", err)
+	}
+	// kafkaio tags the client's logs component=franz-go itself.
+	if s.clientOpts, err = cfg.Kafka.Opts(deps.Logger.With("service", "live-location"), deps.Registerer); err != nil {
+		return nil, fmt.Errorf("live-location: %w", err)
+	}
+	if s.bootOpts, err = cfg.Kafka.Opts(deps.Logger.With("service", "live-location", "client", "bootstrap"), nil); err != nil {
+		return nil, fmt.Errorf("live-location: %w", err)
+	}
+	if cfg.LocationTopic == "" {
+		s.bootstrapped.Store(true)
+		s.m.bootstrapped.Set(1)
+	}
+	// The listener is bound last, so that no error path above leaks it.
+	if s.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: log, Gatherer: deps.Gatherer}); err != nil {
+		return nil, fmt.Errorf("live-location: %w", err)
+	}
+	s.api.Register(s.admin)
+	s.admin.AddReadyCheck("telemetry-catch-up", func(context.Context) error {
+		if s.caughtUp.Load() {
+			return nil
+		}
+		if n := s.behind.Load(); n >= 0 {
+			return fmt.Errorf("reading %s: %d partitions behind their start-up end offsets", cfg.Topic, n)
+		}
+		return fmt.Errorf("listing the offsets of %s", cfg.Topic)
+	})
+	s.admin.AddReadyCheck("location-bootstrap", func(context.Context) error {
+		if s.bootstrapped.Load() {
+			return nil
+		}
+		return fmt.Errorf("reading %s", cfg.LocationTopic)
+	})
+	return s, nil
+}
+
+// URL is the base URL of the HTTP server, e.g. http://localhost:8080.
+func (s *Service) URL() string { return s.admin.URL() }
+
+// Addr is the address the HTTP server listens on.
+func (s *Service) Addr() string { return s.admin.Addr() }
+
+// Store is the live state the service maintains; it is safe for concurrent
+// use (an embedding program may read it directly).
+func (s *Service) Store() *fleetstate.Store { return s.store }
+
+// Ready reports whether the start-up catch-up (telemetry and location
+// bootstrap) is done, as /readyz does.
+func (s *Service) Ready() bool { return s.caughtUp.Load() && s.bootstrapped.Load() }
+
+// Run serves HTTP and consumes Kafka until ctx is cancelled or a part fails
+// for good. Kafka being unreachable is not fatal: start-up steps are retried
+// (with logs) while /readyz says why the service is not ready. On
+// cancellation it ends the event streams, shuts the HTTP server down,
+// publishes the last pending positions (waiting up to 5s for Kafka) and
+// returns nil. Run must be called once.
+func (s *Service) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("live-location: Run called twice")
+	}
+	start := time.Now()
+	startMilli := start.Add(-s.cfg.Lookback).UnixMilli()
+	opts := append(append([]kgo.Opt{}, s.clientOpts...),
+		kgo.ConsumeTopics(s.cfg.Topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(startMilli)),
+		kgo.KeepControlRecords(),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return fmt.Errorf("live-location: kafka client: %w", err)
+	}
+	defer cl.Close()
+
+	// The publisher subscribes before consuming starts, so that no change
+	// goes unpublished while the location topic is being set up.
+	var pub *fleetstate.Subscription
+	if s.cfg.LocationTopic != "" {
+		pub, _ = s.store.Subscribe(func(c fleetstate.Change) bool {
+			return c.Origin == fleetstate.FromTelemetry && c.New.HasFix
+		}, nil)
+		defer pub.Close()
+	}
+
+	s.log.Info("starting", "url", s.URL(), "topic", s.cfg.Topic, "location_topic", s.cfg.LocationTopic,
+		"from", time.UnixMilli(startMilli).UTC().Format(time.RFC3339))
+	g, gctx := errgroup.WithContext(ctx)
+	// Event streams never end by themselves: end them as soon as anything
+	// stops, so that the HTTP server's graceful shutdown does not wait on them.
+	stopStreams := context.AfterFunc(gctx, s.api.Close)
+	defer stopStreams()
+	defer s.api.Close()
+	g.Go(func() error { return s.admin.Run(gctx) })
+	g.Go(func() error { return s.consume(gctx, cl, startMilli, start) })
+	if pub != nil {
+		g.Go(func() error { return s.locations(gctx, cl, pub) })
+	}
+	err = g.Wait()
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	s.log.Info("stopped", "err", err)
+	return err
+}
