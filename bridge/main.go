@@ -16,11 +16,7 @@ import (
 
 func main() {
 	var cfg relay.Config
-	cli.Main(cli.Program{
-		Name:      "bridge",
-		EnvPrefix: "FLEET_BRIDGE",
-		Summary:   "Relays vehicles' telemetry batches from MQTT (shared subscription on fleet/v1/+/telemetry)\nto Kafka, keyed by vehicle ID; acknowledges MQTT and the vehicle only after Kafka holds\neach batch, and sends invalid payloads to the dead-letter topic.",
-	}, &cfg, func(ctx context.Context, logger *slog.Logger) error {
+	cli.Main(relay.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mqttconn.UseLogger(logger)

@@ -5,7 +5,9 @@ package compose
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,16 +17,56 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fleetpipe/fleetpipe/bridge/relay"
+	"github.com/fleetpipe/fleetpipe/consumers/live-location/livelocation"
+	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
+	"github.com/fleetpipe/fleetpipe/consumers/replay/replay"
+	"github.com/fleetpipe/fleetpipe/edge-agent/agent"
+	"github.com/fleetpipe/fleetpipe/internal/cli"
 )
 
-// prefixes maps each of our Dockerfiles (from the repository root) to the
-// environment prefix of the binary it builds.
-var prefixes = map[string]string{
-	"edge-agent/Dockerfile":              "FLEET_AGENT",
-	"bridge/Dockerfile":                  "FLEET_BRIDGE",
-	"consumers/parquet-sink/Dockerfile":  "FLEET_SINK",
-	"consumers/live-location/Dockerfile": "FLEET_LIVE",
-	"consumers/replay/Dockerfile":        "FLEET_REPLAY",
+// binaries maps each of our Dockerfiles (from the repository root) to the
+// program it builds and that program's configuration, whose flags are what
+// the environment variables must name.
+var binaries = map[string]struct {
+	program cli.Program
+	cfg     cli.Config
+}{
+	"edge-agent/Dockerfile":              {agent.Program, &agent.Config{}},
+	"bridge/Dockerfile":                  {relay.Program, &relay.Config{}},
+	"consumers/parquet-sink/Dockerfile":  {sink.Program, &sink.Config{}},
+	"consumers/live-location/Dockerfile": {livelocation.Program, &livelocation.Config{}},
+	"consumers/replay/Dockerfile":        {replay.Program, &replay.Config{}},
+}
+
+// prefixes maps each Dockerfile to its binary's environment prefix.
+var prefixes = func() map[string]string {
+	m := map[string]string{}
+	for df, b := range binaries {
+		m[df] = b.program.EnvPrefix
+	}
+	return m
+}()
+
+// flagOf returns the flag an environment variable sets, as ff reads it
+// (PREFIX_ then the flag name upper-cased with '-' as '_'), or "" if none.
+func flagOf(dockerfile, env string) string {
+	b := binaries[dockerfile]
+	fs := flag.NewFlagSet(b.program.Name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	// The flags cli.Parse adds to every binary.
+	fs.String("config", "", "")
+	fs.String("log-level", "", "")
+	fs.String("log-format", "", "")
+	b.cfg.RegisterFlags(fs)
+	var found string
+	fs.VisitAll(func(f *flag.Flag) {
+		if b.program.EnvPrefix+"_"+strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(f.Name)) == env {
+			found = f.Name
+		}
+	})
+	return found
 }
 
 type composeFile struct {
@@ -331,6 +373,10 @@ func TestOurServicesUseTheirEnvPrefix(t *testing.T) {
 		for k := range env {
 			if !strings.HasPrefix(k, prefix+"_") || !envName.MatchString(k) {
 				t.Errorf("service %s: environment variable %q does not start with %s_ (the binary reads only %s_<FLAG>)", name, k, prefix, prefix)
+				continue
+			}
+			if flagOf(repoRel(t, df), k) == "" {
+				t.Errorf("service %s: environment variable %q names no flag of %s (see its --help)", name, k, binaries[repoRel(t, df)].program.Name)
 			}
 		}
 	}

@@ -18,11 +18,7 @@ import (
 
 func main() {
 	var cfg agent.Config
-	cli.Main(cli.Program{
-		Name:      "edge-agent",
-		EnvPrefix: "FLEET_AGENT",
-		Summary:   "Collects vehicle readings, batches them compactly and publishes them over MQTT QoS 1,\nkeeping each batch until the cloud acknowledges that Kafka holds it.",
-	}, &cfg, func(ctx context.Context, logger *slog.Logger) error {
+	cli.Main(agent.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mqttconn.UseLogger(logger)

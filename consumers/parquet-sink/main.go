@@ -15,11 +15,7 @@ import (
 
 func main() {
 	var cfg sink.Config
-	cli.Main(cli.Program{
-		Name:      "parquet-sink",
-		EnvPrefix: "FLEET_SINK",
-		Summary:   "Consumes fleet.telemetry.v1 and writes every reading, exactly once, to Parquet on S3:\n{prefix}/readings/ and {prefix}/locations/, partitioned by date= and hour= (UTC).",
-	}, &cfg, func(ctx context.Context, logger *slog.Logger) error {
+	cli.Main(sink.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		s, err := sink.New(ctx, cfg, sink.Deps{Logger: logger, Registerer: reg, Gatherer: reg})

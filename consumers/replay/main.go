@@ -14,8 +14,7 @@ import (
 
 func main() {
 	var cfg replay.Config
-	p := cli.Program{Name: "replay", EnvPrefix: "FLEET_REPLAY", Summary: replay.Summary}
-	cli.Main(p, &cfg, func(ctx context.Context, logger *slog.Logger) error {
+	cli.Main(replay.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		r, err := replay.New(cfg, replay.Deps{Logger: logger, Stdout: os.Stdout})
 		if err != nil {
 			return err

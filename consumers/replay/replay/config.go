@@ -12,6 +12,9 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
+// Program is the replay binary's name, environment prefix and help summary.
+var Program = cli.Program{Name: "replay", EnvPrefix: "FLEET_REPLAY", Summary: Summary}
+
 // Summary is the paragraph --help prints.
 const Summary = `replay re-reads a slice of the telemetry topic and writes every reading and
 location fix in it as JSON lines on stdout. It reads partitions directly and

@@ -146,7 +146,7 @@ func (f *fixture) config(t *testing.T, args ...string) Config {
 	return cfg
 }
 
-var program = cli.Program{Name: "replay", EnvPrefix: "FLEET_REPLAY", Summary: Summary}
+var program = Program
 
 type result struct {
 	stdout []byte
