@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -158,30 +157,6 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func(ctx con
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-}
-
-// background runs f on its own goroutine and lets the test wait for it.
-type background struct {
-	wg  sync.WaitGroup
-	mu  sync.Mutex
-	err error
-}
-
-func (b *background) Go(f func() error) {
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		if err := f(); err != nil {
-			b.mu.Lock()
-			b.err = err
-			b.mu.Unlock()
-		}
-	}()
-}
-
-func (b *background) Wait() error {
-	b.wg.Wait()
-	return b.err
 }
 
 func flagSet(cfg *agent.Config) *flag.FlagSet {
