@@ -31,7 +31,7 @@ RUN=$CACHE/run
 # serves pseudo-versions; this one is the newest that builds with our Go.
 KAFKA_VERSION=4.4.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
-PY_PACKAGES=(duckdb==2.0.0 pyarrow==26.0.1)
+PY_PACKAGES=(duckdb==2.0.0 pyarrow==26.0.1 cantools==45.1.0)
 
 HOST=127.0.0.1
 MQTT_PORT=11883
@@ -197,7 +197,7 @@ install_apt_packages() {
 	[[ -n $(mosquitto_bin) ]] || pkgs+=(mosquitto)
 	command -v mosquitto_sub >/dev/null || pkgs+=(mosquitto-clients)
 	command -v javac >/dev/null || pkgs+=(openjdk-17-jdk-headless) # builds the Kafka probe
-	if ! python3 -c 'import venv, ensurepip' 2>/dev/null && ! "$PY" -c 'import duckdb, pyarrow' 2>/dev/null; then
+	if ! python3 -c 'import venv, ensurepip' 2>/dev/null && ! "$PY" -c 'import duckdb, pyarrow, cantools' 2>/dev/null; then
 		pkgs+=(python3-venv)
 	fi
 	if [[ ${#pkgs[@]} -eq 0 ]]; then
@@ -258,14 +258,14 @@ install_minio() {
 
 install_python() {
 	local stamp=$CACHE/py/fleet-packages
-	if [[ -x $PY && -f $stamp && $(<"$stamp") == "${PY_PACKAGES[*]}" ]] && "$PY" -c 'import duckdb, pyarrow' 2>/dev/null; then
+	if [[ -x $PY && -f $stamp && $(<"$stamp") == "${PY_PACKAGES[*]}" ]] && "$PY" -c 'import duckdb, pyarrow, cantools' 2>/dev/null; then
 		echo "python venv: cached"
 		return
 	fi
 	rm -rf "$CACHE/py"
 	python3 -m venv "$CACHE/py"
 	"$PY" -m pip install -q --disable-pip-version-check --no-input "${PY_PACKAGES[@]}"
-	"$PY" -c 'import duckdb, pyarrow'
+	"$PY" -c 'import duckdb, pyarrow, cantools'
 	echo "${PY_PACKAGES[*]}" >"$stamp"
 	echo "python venv: $("$PY" -c 'import sys, duckdb, pyarrow; print("python", sys.version.split()[0], "duckdb", duckdb.__version__, "pyarrow", pyarrow.__version__)')"
 }
@@ -533,6 +533,7 @@ cmd_env() {
 	printf 'export FLEET_TEST_S3_ACCESS_KEY=%q\n' "$MINIO_USER"
 	printf 'export FLEET_TEST_S3_SECRET_KEY=%q\n' "$MINIO_PASSWORD"
 	printf 'export FLEET_TEST_PYTHON=%q\n' "$PY"
+	printf 'export FLEET_TEST_CANTOOLS_PYTHON=%q\n' "$PY"
 }
 
 usage() {
