@@ -3,6 +3,7 @@ module github.com/fleetpipe/fleetpipe
 go 1.26.8
 
 require (
+	github.com/adrianmo/go-nmea v1.11.0 // indirect
 	github.com/andybalholm/brotli v1.1.1 // indirect
 	github.com/aws/aws-sdk-go-v2 v1.47.7 // indirect
 	github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream v1.7.26 // indirect
