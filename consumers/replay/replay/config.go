@@ -66,6 +66,7 @@ type Config struct {
 	DryRun           bool          // print the plan, read nothing
 	FailOnBad        bool          // stop at the first record that does not decode
 	ProgressInterval time.Duration // how often progress is logged; 0: only per partition and at the end
+	Listen           string        // --listen: address for /metrics while the replay runs; "" for none
 }
 
 // RegisterFlags declares the replay flags and the kafka-* flags.
@@ -81,6 +82,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Vehicle, "vehicle", "", "replay only this vehicle: its partition, and its records in it")
 	fs.BoolVar(&c.DryRun, "dry-run", false, "print the plan (partitions, offsets, record counts) and exit without reading records")
 	fs.BoolVar(&c.FailOnBad, "fail-on-bad", false, "stop with an error at the first record that does not decode (default: count, log and skip it)")
+	fs.StringVar(&c.Listen, "listen", "", "address to serve /metrics, /healthz and /readyz on while the replay runs, e.g. :9103 (empty: none)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", 10*time.Second, "log progress on stderr this often; 0: only per partition and at the end")
 }
 

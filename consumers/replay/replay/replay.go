@@ -34,8 +34,14 @@
 // A record that does not decode (or whose key is not its batch's vehicle) is
 // counted, logged and skipped, or ends the replay with --fail-on-bad.
 // Progress goes to the logger every --progress-interval, after each
-// partition and at the end. The replay exposes no metrics: it is a batch
-// tool without an HTTP endpoint.
+// partition and at the end. With --listen, the same counts are served as
+// Prometheus metrics while the replay runs (for long backfills):
+//
+//	fleet_replay_records_total, fleet_replay_readings_total,
+//	fleet_replay_fixes_total, fleet_replay_bad_records_total,
+//	fleet_replay_skipped_records_total, fleet_replay_partitions_done_total
+//
+// plus the franz-go client metrics under fleet_kafka_*.
 package replay
 
 import (
@@ -49,9 +55,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -59,6 +67,10 @@ import (
 type Deps struct {
 	Logger *slog.Logger // progress and skipped records; nil discards them
 	Stdout io.Writer    // the JSON lines and the --dry-run plan
+	// Registerer and Gatherer back /metrics when Config.Listen is set;
+	// nil gets a private registry.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
 }
 
 // Stats counts what a replay did.
@@ -95,6 +107,8 @@ type Replayer struct {
 	// newTarget builds the target when Run starts; tests replace it.
 	newTarget func() (Target, error)
 
+	admin *admin.Server // nil without --listen
+
 	c counters
 }
 
@@ -110,11 +124,25 @@ func New(cfg Config, deps Deps) (*Replayer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	opts, err := cfg.Kafka.Opts(logger, nil)
+	var reg prometheus.Registerer
+	if cfg.Listen != "" {
+		reg = deps.Registerer
+		if reg == nil || deps.Gatherer == nil {
+			r := prometheus.NewRegistry()
+			reg, deps.Gatherer = r, r
+		}
+	}
+	opts, err := cfg.Kafka.Opts(logger, reg)
 	if err != nil {
 		return nil, err
 	}
 	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, opts: opts}
+	if cfg.Listen != "" {
+		r.registerMetrics(reg)
+		if r.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: logger, Gatherer: deps.Gatherer}); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.timeMode() {
 		r.from, r.to, _ = cfg.timeRange() // checked by Validate
 	}
@@ -131,6 +159,14 @@ func New(cfg Config, deps Deps) (*Replayer, error) {
 // Stats returns the counts so far.
 func (r *Replayer) Stats() Stats { return r.c.snapshot() }
 
+// AdminURL is where /metrics is served while Run runs, or "" without --listen.
+func (r *Replayer) AdminURL() string {
+	if r.admin == nil {
+		return ""
+	}
+	return r.admin.URL()
+}
+
 // Plan lists what Run would read, without reading any record.
 func (r *Replayer) Plan(ctx context.Context) (Plan, error) {
 	cl, err := kgo.NewClient(r.opts...)
@@ -146,6 +182,12 @@ func (r *Replayer) Plan(ctx context.Context) (Plan, error) {
 // done, on the first error, or with ctx's error when ctx is cancelled; in
 // every case the target is closed (flushed) first.
 func (r *Replayer) Run(ctx context.Context) (err error) {
+	if r.admin != nil {
+		actx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = r.admin.Run(actx) }()
+		defer func() { stop(); <-done }()
+	}
 	p, err := r.Plan(ctx)
 	if err != nil {
 		return err
@@ -288,4 +330,23 @@ func (r *Replayer) handle(ctx context.Context, target Target, rec *kgo.Record) e
 	r.c.readings.Add(int64(len(b.Readings)))
 	r.c.fixes.Add(int64(len(b.Fixes)))
 	return nil
+}
+
+// registerMetrics exposes the replay's counters on reg.
+func (r *Replayer) registerMetrics(reg prometheus.Registerer) {
+	for name, help := range map[string]struct {
+		help string
+		get  func(Stats) int64
+	}{
+		"fleet_replay_records_total":         {"Records read in the planned ranges.", func(s Stats) int64 { return s.Records }},
+		"fleet_replay_readings_total":        {"Readings written to the target.", func(s Stats) int64 { return s.Readings }},
+		"fleet_replay_fixes_total":           {"Location fixes written to the target.", func(s Stats) int64 { return s.Fixes }},
+		"fleet_replay_bad_records_total":     {"Records that did not decode (skipped).", func(s Stats) int64 { return s.Bad }},
+		"fleet_replay_skipped_records_total": {"Records of other vehicles (--vehicle).", func(s Stats) int64 { return s.Skipped }},
+		"fleet_replay_partitions_done_total": {"Partitions finished.", func(s Stats) int64 { return s.Partitions }},
+	} {
+		get := help.get
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help.help},
+			func() float64 { return float64(get(r.Stats())) }))
+	}
 }

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -687,5 +689,63 @@ func TestProgressLogged(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "replay progress\" records=") {
 		t.Fatalf("log:\n%s", logs.String())
+	}
+}
+
+// scrapingTarget reads /metrics on the second write, while the replay runs.
+type scrapingTarget struct {
+	Target
+	url    string
+	writes int
+	body   string
+	err    error
+}
+
+func (s *scrapingTarget) Write(ctx context.Context, rec Record) error {
+	s.writes++
+	if s.writes == 2 {
+		resp, err := http.Get(s.url + "/metrics")
+		if err != nil {
+			s.err = err
+		} else {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			s.body = string(b)
+		}
+	}
+	return s.Target.Write(ctx, rec)
+}
+
+func TestMetricsWhileRunning(t *testing.T) {
+	f := newFixture(t)
+	var out bytes.Buffer
+	r, err := New(f.config(t, "--from", rfc(t0), "--listen", "127.0.0.1:0"), Deps{Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := r.AdminURL()
+	if url == "" {
+		t.Fatal("no admin URL with --listen")
+	}
+	scraper := &scrapingTarget{url: url}
+	next := r.newTarget
+	r.newTarget = func() (Target, error) {
+		tg, err := next()
+		scraper.Target = tg
+		return scraper, err
+	}
+	if err := r.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if scraper.err != nil {
+		t.Fatalf("scrape while running: %v", scraper.err)
+	}
+	for _, want := range []string{`fleet_replay_records_total [1-9]`, `fleet_replay_fixes_total [0-9]`, `fleet_kafka_\w+`} {
+		if !regexp.MustCompile(want).MatchString(scraper.body) {
+			t.Errorf("/metrics during the replay lacks %q:\n%s", want, scraper.body)
+		}
+	}
+	if _, err := http.Get(url + "/metrics"); err == nil {
+		t.Error("/metrics still served after Run returned")
 	}
 }
