@@ -278,7 +278,12 @@ func (v Decoded) Value() wire.Value {
 
 // Reading is the wire reading of the value at time t (Unix ns).
 func (v Decoded) Reading(t int64) wire.Reading {
-	return wire.Reading{Signal: v.Signal.FullName, Unit: v.Signal.Unit, Time: t, Value: v.Value()}
+	r := wire.Reading{Signal: v.Signal.FullName, Unit: v.Signal.Unit, Time: t, Value: v.Value()}
+	if r.Value.Kind == wire.KindDouble && v.Signal.Type != ValueFloat32 && v.Signal.Type != ValueFloat64 {
+		// The DBC's exact integer form: the wire sends raw integers.
+		r.Scale, r.Offset, r.Raw = v.Signal.Factor, v.Signal.Offset, v.Raw
+	}
+	return r
 }
 
 // FrameResult says what became of a frame (or log line).

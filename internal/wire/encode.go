@@ -110,6 +110,10 @@ type column struct {
 	signal uint32
 	ticks  []int64
 	values []Value
+	// raws holds the readings' exact integer forms while they all share
+	// one (scale, offset); nil once one does not.
+	raws          []int64
+	scale, offset float64
 }
 
 func encodeBody(b *Batch, tick int64) (*pb.Body, error) {
@@ -128,11 +132,19 @@ func encodeBody(b *Batch, tick int64) (*pb.Body, error) {
 			body.Signals = append(body.Signals, &pb.Signal{Name: r.Signal, Unit: r.Unit, Type: typ})
 			ci = len(cols)
 			index[k] = ci
-			cols = append(cols, &column{signal: uint32(len(body.Signals) - 1)})
+			cols = append(cols, &column{signal: uint32(len(body.Signals) - 1), scale: r.Scale, offset: r.Offset, raws: []int64{}})
 		}
 		c := cols[ci]
 		c.ticks = append(c.ticks, floorDiv(r.Time-b.BaseTime, tick))
 		c.values = append(c.values, r.Value)
+		if c.raws != nil {
+			if r.Scale != 0 && r.Scale == c.scale && r.Offset == c.offset && r.Value.Kind == KindDouble &&
+				math.Float64bits(float64(r.Raw)*r.Scale+r.Offset) == math.Float64bits(r.Value.Float) {
+				c.raws = append(c.raws, r.Raw)
+			} else {
+				c.raws = nil
+			}
+		}
 	}
 
 	// Signals sampled at the same instants share one time column.
@@ -150,7 +162,11 @@ func encodeBody(b *Batch, tick int64) (*pb.Body, error) {
 			body.Times = append(body.Times, &pb.TimeColumn{DeltaOfDelta: deltaOfDelta(c.ticks)})
 		}
 		pc := &pb.Column{Signal: c.signal, Time: ti}
-		encodeValues(pc, c.values)
+		if c.raws != nil {
+			pc.Values = &pb.Column_Scaled{Scaled: &pb.ScaledValues{Scale: c.scale, Offset: c.offset, RawDelta: delta(c.raws)}}
+		} else {
+			encodeValues(pc, c.values)
+		}
 		body.Columns = append(body.Columns, pc)
 	}
 

@@ -81,6 +81,12 @@ type Reading struct {
 	Unit   string
 	Time   int64 // Unix nanoseconds, car clock
 	Value  Value
+	// Scale, Offset and Raw optionally give a double's exact integer form,
+	// as a DBC defines physical values: Value.Float == float64(Raw)*Scale +
+	// Offset, bit for bit. The encoder then sends the delta-coded raw
+	// integers instead of the doubles. Scale 0 means no such form.
+	Scale, Offset float64
+	Raw           int64
 }
 
 // Fix is one location fix. Optional fields are NaN when the receiver did not
