@@ -63,7 +63,7 @@ func TestSourceFixtureAndMetrics(t *testing.T) {
 	if len(got) != 3 || len(got[0]) != 7 || len(got[1]) != 1 || len(got[2]) != 7 {
 		t.Fatalf("emitted %v", got)
 	}
-	if r := got[1][0]; r != (wire.Reading{Signal: "STEERING.ANGLE", Unit: "deg", Time: 1700000000_000350000, Value: wire.Float(-123.4)}) {
+	if r := got[1][0]; r != (wire.Reading{Signal: "STEERING.ANGLE", Unit: "deg", Time: 1700000000_000350000, Value: wire.Float(-123.4), Scale: 0.1, Raw: -1234}) {
 		t.Errorf("reading %+v", r)
 	}
 	frames := counterValues(t, reg, "fleet_agent_can_frames_total")
