@@ -334,7 +334,12 @@ func (s *Sink) flush(ctx context.Context, p *partition) error {
 			s.logger.Info("deleted file of an interrupted write", "key", k)
 		}
 	}
-	// 4. Record the new position and filter.
+	// 4. Record the new position and filter. The files are on S3 now:
+	// finish recording them even if ctx is cancelled (a stop during this
+	// step would otherwise leave the intent checkpoint and no commit behind,
+	// and the next owner would redo the write).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	for id := range p.bufIDs {
 		p.seen.add(id)
 	}
