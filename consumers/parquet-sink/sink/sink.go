@@ -168,7 +168,8 @@ func (s *Sink) Run(ctx context.Context) error {
 	tick := min(s.cfg.MaxFileAge/4, time.Second)
 	for ctx.Err() == nil {
 		pollCtx, cancel := context.WithTimeout(ctx, tick)
-		fetches := s.kafka.PollRecords(pollCtx, 10_000)
+		// Small polls keep the file limits (checked after each poll) tight.
+		fetches := s.kafka.PollRecords(pollCtx, 1000)
 		cancel()
 		if fetches.IsClientClosed() {
 			break
@@ -272,6 +273,9 @@ func (s *Sink) flushDue(ctx context.Context, now time.Time) error {
 	return err
 }
 
+// flushTimeout bounds one partition's write (upload, checkpoints, commit).
+const flushTimeout = 2 * time.Minute
+
 type file struct {
 	key  string
 	data []byte
@@ -286,6 +290,10 @@ func (s *Sink) flush(ctx context.Context, p *partition) error {
 	if p.first < 0 {
 		return nil
 	}
+	// Bound the whole write: a hung S3 must not hold the lock (and so the
+	// group's rebalances) forever; the buffer is kept and written again.
+	ctx, cancelWrite := context.WithTimeout(ctx, flushTimeout)
+	defer cancelWrite()
 	start := time.Now()
 	var files []file
 	for _, h := range slices.SortedFunc(maps.Keys(p.bufs), func(a, b hourKey) int {
