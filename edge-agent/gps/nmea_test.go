@@ -163,14 +163,14 @@ func maxSpeed(fixes []wire.Fix) float64 {
 // recording describes one real receiver log in ../shared/data and what
 // SOURCES.txt and a reading of its sentences say about it.
 type recording struct {
-	file                           string
-	rmc, rmcValid, gga             int
-	fixes                          int
-	noFix                          int // epochs the receiver flagged as without fix
-	maxKnots                       float64
-	first, last                    string
-	spots                          map[int]wantFix // fix index -> hand-computed fix
-	sentencesOK, ignored, noChksum int
+	file                  string
+	rmc, rmcValid, gga    int
+	fixes                 int
+	noFix                 int // epochs the receiver flagged as without fix
+	maxKnots              float64
+	first, last           string
+	spots                 map[int]wantFix // fix index -> hand-computed fix
+	sentencesOK, noChksum int
 }
 
 var nan = math.NaN()
