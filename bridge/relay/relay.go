@@ -70,6 +70,11 @@ type Bridge struct {
 	produceCtx    context.Context
 	produceCancel context.CancelFunc
 	connected     atomic.Bool
+	// draining, set under drainMu when Run starts waiting for inflight,
+	// makes onMessage leave later messages unacknowledged for redelivery,
+	// so inflight.Add never races inflight.Wait.
+	drainMu  sync.Mutex
+	draining bool
 }
 
 // New builds the bridge: the Kafka producer, the MQTT client and the admin
@@ -158,6 +163,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 		t := b.mqtt.Unsubscribe(topics.SharedTelemetryFilter(b.cfg.ShareGroup))
 		t.WaitTimeout(2 * time.Second)
 	}
+	b.drainMu.Lock()
+	b.draining = true
+	b.drainMu.Unlock()
 	if !waitTimeout(&b.inflight, b.cfg.DrainTimeout) {
 		b.logger.Warn("drain timed out; unacknowledged batches will be redelivered by the broker")
 		b.produceCancel()
@@ -165,7 +173,12 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}
 	stopAcks()
 	<-ackDone
-	b.publishAcks() // the last ones
+	// The last ones: wait for their PUBACKs, or Disconnect may close the
+	// connection before paho has written them.
+	deadline := time.Now().Add(2 * time.Second)
+	for _, t := range b.publishAcks() {
+		t.WaitTimeout(time.Until(deadline))
+	}
 	b.mqtt.Disconnect(500)
 	b.produceCancel()
 	stopAdmin()
@@ -213,9 +226,15 @@ func (b *Bridge) onConnect(c mqtt.Client) {
 // onMessage is called by paho for each message, one at a time in arrival
 // order. It must not block for long: the produce is asynchronous.
 func (b *Bridge) onMessage(_ mqtt.Client, msg mqtt.Message) {
+	b.drainMu.Lock()
+	if b.draining {
+		b.drainMu.Unlock()
+		return // not acknowledged: the broker delivers it again
+	}
+	b.inflight.Add(1)
+	b.drainMu.Unlock()
 	received := time.Now()
 	slot := b.order.push(msg)
-	b.inflight.Add(1)
 	b.m.inflight.Inc()
 	finish := func(ack bool) {
 		b.order.complete(slot, ack)
@@ -314,12 +333,15 @@ func (b *Bridge) publishAcksEvery(ctx context.Context) {
 
 // publishAcks sends each vehicle the ranges Kafka took since the last call.
 // Acks are best effort: an agent that misses one re-sends the batch, and
-// the duplicate is dropped downstream by batch identity.
-func (b *Bridge) publishAcks() {
+// the duplicate is dropped downstream by batch identity. It returns the
+// publish tokens for a caller that must know the broker has them.
+func (b *Bridge) publishAcks() []mqtt.Token {
+	var toks []mqtt.Token
 	for vehicleID, payload := range b.e2e.drain() {
-		b.mqtt.Publish(topics.Ack(vehicleID), 1, false, payload) // paho delivers it; no need to wait
+		toks = append(toks, b.mqtt.Publish(topics.Ack(vehicleID), 1, false, payload)) // paho delivers it; no need to wait
 		b.m.acksPublished.Inc()
 	}
+	return toks
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {

@@ -95,6 +95,9 @@ func NewVehicle(cfg Config, i int) *Vehicle {
 		battery:  12.4 + rng.Float64()*0.4,
 	}
 	v.dirX, v.dirY = randomDir(rng)
+	if lim := float64(blocks) * block; math.Abs(v.x+float64(v.dirX)*block) > lim || math.Abs(v.y+float64(v.dirY)*block) > lim {
+		v.dirX, v.dirY = -v.dirX, -v.dirY // on the edge facing out: drive in, as turn does
+	}
 	v.statusFor = 60 + rng.IntN(600)
 	return v
 }

@@ -68,6 +68,7 @@ type Uplink struct {
 
 	mu      sync.Mutex
 	conn    uint64 // counts connections; a batch sent on an older one is re-sent
+	ready   bool   // onConnect has run for the current connection
 	pending map[key]*pending
 	changed chan struct{} // closed and replaced when pending shrinks
 	kick    chan struct{} // asks the resend loop to run now
@@ -96,6 +97,9 @@ func New(cfg Config, deps Deps) (*Uplink, error) {
 	opts.SetBinaryWill(topics.Status(cfg.VehicleID), offline, 1, true)
 	opts.SetOnConnectHandler(u.onConnect)
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		u.mu.Lock()
+		u.ready = false
+		u.mu.Unlock()
 		u.logger.Warn("mqtt connection lost", "err", err)
 	})
 	opts.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
@@ -146,6 +150,7 @@ func (u *Uplink) onConnect(c mqtt.Client) {
 	// again now rather than after the timeout.
 	u.mu.Lock()
 	u.conn++
+	u.ready = true
 	for _, p := range u.pending {
 		if p.sentConn < u.conn {
 			p.sentAt = time.Time{}
@@ -169,9 +174,20 @@ func (u *Uplink) Send(id wire.Identity, payload []byte) {
 		u.m.pending.Add(1)
 		u.m.batches.WithLabelValues("queued").Inc()
 	}
-	if u.client.IsConnectionOpen() {
+	if u.connected() {
 		u.publish(p)
 	}
+}
+
+// connected reports whether batches may be published now: the connection
+// is open and onConnect has run for it. Publishing earlier races with
+// paho's resume of its store on connect, which re-sends (and, racily,
+// marks DUP) a publish made at that moment (eclipse/paho.mqtt.golang#703).
+func (u *Uplink) connected() bool {
+	u.mu.Lock()
+	ready := u.ready
+	u.mu.Unlock()
+	return ready && u.client.IsConnectionOpen()
 }
 
 func (u *Uplink) publish(p *pending) {
@@ -199,7 +215,7 @@ func (u *Uplink) publish(p *pending) {
 }
 
 func (u *Uplink) resendOverdue() {
-	if !u.client.IsConnectionOpen() {
+	if !u.connected() {
 		return
 	}
 	now := time.Now()

@@ -1,0 +1,1110 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
+	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
+	"github.com/fleetpipe/fleetpipe/internal/testenv"
+	"github.com/fleetpipe/fleetpipe/internal/topics"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
+	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const (
+	partitions = 4
+	bridgeID   = "bridge-under-test"
+	waitLimit  = 15 * time.Second
+)
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// eventually polls cond until it returns nil, failing the test with cond's
+// last error when the deadline passes first.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, waitLimit, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// env is an embedded MQTT broker and a kfake cluster with the telemetry and
+// DLQ topics, both stopped when the test ends.
+type env struct {
+	t       *testing.T
+	broker  *embedmqtt.Broker
+	cluster *kfake.Cluster
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	broker, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = broker.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics.KafkaTelemetry, topics.KafkaDLQ))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	return &env{t: t, broker: broker, cluster: cluster}
+}
+
+// config is a bridge configuration for the environment: quick acks, a small
+// payload limit, the admin server on a free port.
+func (e *env) config() Config {
+	cfg := DefaultConfig()
+	cfg.MQTT.URL = e.broker.URL()
+	cfg.MQTT.ClientID = "bridge-test"
+	cfg.Kafka.Brokers = e.cluster.ListenAddrs()
+	cfg.Partitions = partitions
+	cfg.BridgeID = bridgeID
+	cfg.Listen = "127.0.0.1:0"
+	cfg.MaxBatchBytes = 4096
+	cfg.Linger = time.Millisecond
+	cfg.AckInterval = 20 * time.Millisecond
+	cfg.DrainTimeout = 10 * time.Second
+	return cfg
+}
+
+// running is a bridge whose Run is going.
+type running struct {
+	*Bridge
+	cancel     context.CancelFunc
+	errc       chan error
+	subscribed chan struct{}
+	stopped    bool
+}
+
+// startBridge runs a bridge and stops it (requiring Run to return nil) when
+// the test ends, unless the test stopped it itself.
+func (e *env) startBridge(cfg Config) *running {
+	t := e.t
+	t.Helper()
+	watch := &logWatch{Handler: testLogger(t).Handler(), message: "subscribed", once: new(sync.Once), seen: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	b, err := New(cfg, Deps{Logger: slog.New(watch), Registerer: reg, Gatherer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{Bridge: b, cancel: cancel, errc: make(chan error, 1), subscribed: watch.seen}
+	go func() { r.errc <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		if !r.stopped {
+			if err := r.stop(); err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+	})
+	return r
+}
+
+// waitSubscribed waits until the bridge's shared subscription is in place
+// (the broker drops what is published to a topic nobody subscribes to).
+func (r *running) waitSubscribed(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.subscribed:
+	case err := <-r.errc:
+		t.Fatalf("Run returned before subscribing: %v", err)
+	case <-time.After(waitLimit):
+		t.Fatal("bridge did not subscribe")
+	}
+}
+
+// stop cancels Run and returns its result; it fails if Run hangs.
+func (r *running) stop() error {
+	r.stopped = true
+	r.cancel()
+	select {
+	case err := <-r.errc:
+		return err
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("Run did not return within 30s of cancel")
+	}
+}
+
+// logWatch passes records on and closes seen at the first one whose
+// message is message.
+type logWatch struct {
+	slog.Handler
+	message string
+	once    *sync.Once
+	seen    chan struct{}
+}
+
+func (w *logWatch) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == w.message {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return w.Handler.Handle(ctx, r)
+}
+
+func (w *logWatch) WithAttrs(as []slog.Attr) slog.Handler {
+	return &logWatch{Handler: w.Handler.WithAttrs(as), message: w.message, once: w.once, seen: w.seen}
+}
+
+func (w *logWatch) WithGroup(name string) slog.Handler {
+	return &logWatch{Handler: w.Handler.WithGroup(name), message: w.message, once: w.once, seen: w.seen}
+}
+
+// client connects a paho client to the broker, disconnected at test end.
+func (e *env) client(id string) mqtt.Client {
+	t := e.t
+	t.Helper()
+	o := mqtt.NewClientOptions().AddBroker(e.broker.URL()).SetClientID(id).SetCleanSession(true).SetAutoReconnect(false)
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(250) })
+	return c
+}
+
+func publish(t *testing.T, c mqtt.Client, topic string, payload []byte) {
+	t.Helper()
+	if tok := c.Publish(topic, 1, false, payload); !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
+		t.Fatalf("publish to %s: %v", topic, tok.Error())
+	}
+}
+
+func subscribe(t *testing.T, c mqtt.Client, filter string, h mqtt.MessageHandler) {
+	t.Helper()
+	if tok := c.Subscribe(filter, 1, h); !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
+		t.Fatalf("subscribe to %s: %v", filter, tok.Error())
+	}
+}
+
+// consumer reads both topics from the start.
+func (e *env) consumer() *kgo.Client {
+	e.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.cluster.ListenAddrs()...),
+		kgo.ConsumeTopics(topics.KafkaTelemetry, topics.KafkaDLQ),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(cl.Close)
+	return cl
+}
+
+// records keeps what a consumer has read so far.
+type records struct {
+	cl   *kgo.Client
+	recs []*kgo.Record
+}
+
+// until polls Kafka until done accepts what was read.
+func (rs *records) until(t *testing.T, what string, done func(telemetry, dlq []*kgo.Record) error) (telemetry, dlq []*kgo.Record) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		telemetry, dlq = nil, nil
+		for _, r := range rs.recs {
+			if r.Topic == topics.KafkaDLQ {
+				dlq = append(dlq, r)
+			} else {
+				telemetry = append(telemetry, r)
+			}
+		}
+		err := done(telemetry, dlq)
+		if err == nil {
+			return telemetry, dlq
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, waitLimit, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		fs := rs.cl.PollFetches(ctx)
+		cancel()
+		for _, fe := range fs.Errors() {
+			if fe.Err != context.DeadlineExceeded {
+				t.Fatalf("fetch %s/%d: %v", fe.Topic, fe.Partition, fe.Err)
+			}
+		}
+		rs.recs = append(rs.recs, fs.Records()...)
+	}
+}
+
+// endOffsets returns the sum of a topic's end offsets: how many records it
+// holds in all.
+func (e *env) endOffsets(topic string) int64 {
+	e.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.cluster.ListenAddrs()...))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n
+}
+
+// batch encodes a small but realistic batch of one vehicle.
+func batch(t *testing.T, vehicle string, epoch, seq uint64) []byte {
+	t.Helper()
+	base := time.Date(2025, 3, 1, 8, 0, 0, 0, time.UTC).Add(time.Duration(seq) * time.Second).UnixNano()
+	b := &wire.Batch{
+		Identity: wire.Identity{VehicleID: vehicle, Epoch: epoch, Seq: seq},
+		BaseTime: base, AgentVersion: "test", Decoder: "test:v1",
+		Readings: []wire.Reading{
+			{Signal: "vehicle.speed", Unit: "km/h", Time: base, Value: wire.Float(float64(seq))},
+			{Signal: "status", Time: base, Value: wire.String("available")},
+		},
+		Fixes: []wire.Fix{{Time: base, Lat: 37.98, Lon: 23.72, Alt: 70, Speed: 8, Heading: 90, Accuracy: math.NaN()}},
+	}
+	data, err := wire.Encode(b, wire.EncodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func header(r *kgo.Record, key string) (string, bool) {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
+// murmur2 is Kafka's Utils.murmur2, written out from the Java source so the
+// test does not trust the partitioner the bridge itself uses.
+func murmur2(data []byte) int32 {
+	const (
+		seed uint32 = 0x9747b28c
+		m    uint32 = 0x5bd1e995
+		r           = 24
+	)
+	h := seed ^ uint32(len(data))
+	n := len(data) / 4
+	for i := 0; i < n; i++ {
+		k := binary.LittleEndian.Uint32(data[4*i:])
+		k *= m
+		k ^= k >> r
+		k *= m
+		h *= m
+		h ^= k
+	}
+	tail := data[4*n:]
+	switch len(tail) {
+	case 3:
+		h ^= uint32(tail[2]) << 16
+		fallthrough
+	case 2:
+		h ^= uint32(tail[1]) << 8
+		fallthrough
+	case 1:
+		h ^= uint32(tail[0])
+		h *= m
+	}
+	h ^= h >> 13
+	h *= m
+	h ^= h >> 15
+	return int32(h)
+}
+
+// kafkaPartition is the partition Kafka's default partitioner (and Kafka
+// Streams) picks for a key.
+func kafkaPartition(key string, n int32) int32 {
+	return (murmur2([]byte(key)) & 0x7fffffff) % n
+}
+
+// TestMurmur2Vectors pins murmur2 to the vectors of Kafka's UtilsTest.
+func TestMurmur2Vectors(t *testing.T) {
+	for in, want := range map[string]int32{
+		"21":                         -973932308,
+		"foobar":                     -790332482,
+		"a-little-bit-long-string":   -985981536,
+		"a-little-bit-longer-string": -1486304829,
+		"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+		"abc": 479470107,
+	} {
+		if got := murmur2([]byte(in)); got != want {
+			t.Errorf("murmur2(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
+
+func TestRelaysBatchesToKafka(t *testing.T) {
+	e := newEnv(t)
+	br := e.startBridge(e.config())
+	br.waitSubscribed(t)
+
+	vehicles := []string{"veh-0001", "veh-0002", "veh-0003", "veh-0004", "veh-0005", "veh-0006"}
+	spread := map[int32]bool{}
+	for _, v := range vehicles {
+		spread[kafkaPartition(v, partitions)] = true
+	}
+	if len(spread) < 2 {
+		t.Fatalf("test vehicles all hash to one partition; pick others")
+	}
+
+	car := e.client("car")
+	sent := map[wire.Identity][]byte{}
+	before := time.Now()
+	const perVehicle = 5
+	for seq := uint64(1); seq <= perVehicle; seq++ {
+		for _, v := range vehicles {
+			payload := batch(t, v, 7, seq)
+			sent[wire.Identity{VehicleID: v, Epoch: 7, Seq: seq}] = payload
+			publish(t, car, topics.Telemetry(v), payload)
+		}
+	}
+
+	rs := &records{cl: e.consumer()}
+	telemetry, dlq := rs.until(t, "every batch in Kafka", func(tel, _ []*kgo.Record) error {
+		if len(tel) < len(sent) {
+			return fmt.Errorf("%d of %d batches", len(tel), len(sent))
+		}
+		return nil
+	})
+	after := time.Now()
+	if len(dlq) != 0 {
+		t.Errorf("%d good batches went to the DLQ; first error header: %q", len(dlq), dlq[0].Headers)
+	}
+
+	lastSeq := map[string]uint64{}
+	seen := map[wire.Identity]bool{}
+	for _, r := range telemetry {
+		id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+		if err != nil {
+			t.Fatalf("record at %d/%d does not decode: %v", r.Partition, r.Offset, err)
+		}
+		want, ok := sent[id]
+		if !ok {
+			t.Fatalf("record %v was never sent", id)
+		}
+		if seen[id] {
+			t.Errorf("batch %v in Kafka twice", id)
+		}
+		seen[id] = true
+		if !bytes.Equal(r.Value, want) {
+			t.Errorf("batch %v: value differs from the payload sent (%d vs %d bytes)", id, len(r.Value), len(want))
+		}
+		if string(r.Key) != id.VehicleID {
+			t.Errorf("batch %v: key %q, want the vehicle id", id, r.Key)
+		}
+		if p := kafkaPartition(id.VehicleID, partitions); r.Partition != p {
+			t.Errorf("batch %v on partition %d; Kafka's murmur2 partitioner puts key %q on %d", id, r.Partition, id.VehicleID, p)
+		}
+		if src, _ := header(r, kafkaio.HeaderSourceTopic); src != topics.Telemetry(id.VehicleID) {
+			t.Errorf("batch %v: source_topic header %q", id, src)
+		}
+		if got, _ := header(r, kafkaio.HeaderBridgeID); got != bridgeID {
+			t.Errorf("batch %v: bridge_id header %q, want %q", id, got, bridgeID)
+		}
+		at, _ := header(r, kafkaio.HeaderReceivedAt)
+		ts, err := time.Parse(time.RFC3339Nano, at)
+		if err != nil || ts.Before(before.Add(-time.Second)) || ts.After(after.Add(time.Second)) {
+			t.Errorf("batch %v: received_at header %q (%v) is not the time it was relayed (%v to %v)", id, at, err, before, after)
+		}
+		// One vehicle's batches sit on one partition, so offset order is
+		// their order: it must be the order they were sent in.
+		if id.Seq <= lastSeq[id.VehicleID] {
+			t.Errorf("%s: seq %d after %d", id.VehicleID, id.Seq, lastSeq[id.VehicleID])
+		}
+		lastSeq[id.VehicleID] = id.Seq
+	}
+}
+
+// ackLog collects the Acks published to vehicles.
+type ackLog struct {
+	mu   sync.Mutex
+	acks []*pb.Ack
+	errs []string
+}
+
+func (l *ackLog) handler(_ mqtt.Client, msg mqtt.Message) {
+	ack := &pb.Ack{}
+	err := proto.Unmarshal(msg.Payload(), ack)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.errs = append(l.errs, fmt.Sprintf("%s: undecodable ack: %v", msg.Topic(), err))
+		return
+	}
+	if topics.Ack(ack.GetVehicleId()) != msg.Topic() {
+		l.errs = append(l.errs, fmt.Sprintf("ack for %q published on %s", ack.GetVehicleId(), msg.Topic()))
+	}
+	l.acks = append(l.acks, ack)
+}
+
+// acked returns every acked identity with how often it was acked, and
+// problems with the form of the acks: ranges must be sorted, disjoint and
+// merged (no two adjacent ranges of one epoch).
+func (l *ackLog) acked() (map[wire.Identity]int, []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[wire.Identity]int{}
+	problems := slices.Clone(l.errs)
+	for _, a := range l.acks {
+		var prev *pb.SeqRange
+		for _, r := range a.GetRanges() {
+			if r.GetLast() < r.GetFirst() {
+				problems = append(problems, fmt.Sprintf("%s: range %v is reversed", a.GetVehicleId(), r))
+			}
+			if prev != nil && (r.GetEpoch() < prev.GetEpoch() || r.GetEpoch() == prev.GetEpoch() && r.GetFirst() <= prev.GetLast()+1) {
+				problems = append(problems, fmt.Sprintf("%s: range %v after %v is not sorted, disjoint and merged", a.GetVehicleId(), r, prev))
+			}
+			prev = r
+			for s := r.GetFirst(); s <= r.GetLast() && s-r.GetFirst() < 1<<16; s++ {
+				out[wire.Identity{VehicleID: a.GetVehicleId(), Epoch: r.GetEpoch(), Seq: s}]++
+			}
+		}
+	}
+	return out, problems
+}
+
+func TestAcksVehiclesExactlyWhatKafkaHolds(t *testing.T) {
+	e := newEnv(t)
+	br := e.startBridge(e.config())
+	br.waitSubscribed(t)
+
+	var log ackLog
+	cloud := e.client("ack-watcher")
+	subscribe(t, cloud, "fleet/v1/+/ack", log.handler)
+
+	// A gap (seq 4) and two epochs: the acks must say exactly this.
+	want := map[wire.Identity]bool{}
+	car := e.client("car")
+	for _, id := range []wire.Identity{
+		{VehicleID: "veh-a", Epoch: 11, Seq: 1}, {VehicleID: "veh-a", Epoch: 11, Seq: 2}, {VehicleID: "veh-a", Epoch: 11, Seq: 3},
+		{VehicleID: "veh-a", Epoch: 11, Seq: 5}, {VehicleID: "veh-a", Epoch: 11, Seq: 6}, {VehicleID: "veh-a", Epoch: 12, Seq: 1},
+		{VehicleID: "veh-b", Epoch: 11, Seq: 1}, {VehicleID: "veh-b", Epoch: 11, Seq: 2},
+	} {
+		want[id] = true
+		publish(t, car, topics.Telemetry(id.VehicleID), batch(t, id.VehicleID, id.Epoch, id.Seq))
+	}
+
+	eventually(t, "acks for every batch", func() error {
+		got, _ := log.acked()
+		if len(got) < len(want) {
+			return fmt.Errorf("%d of %d batches acked", len(got), len(want))
+		}
+		return nil
+	})
+	got, problems := log.acked()
+	for _, p := range problems {
+		t.Error(p)
+	}
+	for id, n := range got {
+		if !want[id] {
+			t.Errorf("ack covers %v, which was never sent", id)
+		}
+		if n > 1 {
+			t.Errorf("%v acked %d times", id, n)
+		}
+	}
+
+	// Every acked batch is in Kafka: the ack is the agent's licence to
+	// delete its copy.
+	rs := &records{cl: e.consumer()}
+	rs.until(t, "acked batches in Kafka", func(tel, _ []*kgo.Record) error {
+		have := map[wire.Identity]bool{}
+		for _, r := range tel {
+			id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+			if err != nil {
+				return err
+			}
+			have[id] = true
+		}
+		for id := range got {
+			if !have[id] {
+				return fmt.Errorf("%v acked but not in Kafka", id)
+			}
+		}
+		return nil
+	})
+}
+
+func TestSeqRanges(t *testing.T) {
+	r := func(first, last uint64) *pb.SeqRange { return &pb.SeqRange{Epoch: 9, First: first, Last: last} }
+	for _, c := range []struct {
+		seqs []uint64
+		want []*pb.SeqRange
+	}{
+		{nil, nil},
+		{[]uint64{4}, []*pb.SeqRange{r(4, 4)}},
+		{[]uint64{1, 2, 3}, []*pb.SeqRange{r(1, 3)}},
+		{[]uint64{3, 1, 2}, []*pb.SeqRange{r(1, 3)}},
+		{[]uint64{1, 2, 2, 3, 3}, []*pb.SeqRange{r(1, 3)}},
+		{[]uint64{1, 2, 4, 5, 9}, []*pb.SeqRange{r(1, 2), r(4, 5), r(9, 9)}},
+		{[]uint64{0, math.MaxUint64}, []*pb.SeqRange{r(0, 0), r(math.MaxUint64, math.MaxUint64)}},
+		{[]uint64{math.MaxUint64 - 1, math.MaxUint64}, []*pb.SeqRange{r(math.MaxUint64-1, math.MaxUint64)}},
+	} {
+		in := slices.Clone(c.seqs)
+		got := SeqRanges(9, c.seqs)
+		if len(got) != len(c.want) {
+			t.Errorf("SeqRanges(%v) = %v, want %v", in, got, c.want)
+			continue
+		}
+		for i := range got {
+			if !proto.Equal(got[i], c.want[i]) {
+				t.Errorf("SeqRanges(%v) = %v, want %v", in, got, c.want)
+				break
+			}
+		}
+		if !slices.Equal(in, c.seqs) {
+			t.Errorf("SeqRanges modified its input: %v became %v", in, c.seqs)
+		}
+	}
+}
+
+// sysWatch follows a $SYS topic of the broker, keeping the values
+// published after it subscribed (not the retained one).
+type sysWatch struct {
+	mu     sync.Mutex
+	values []string
+}
+
+func (w *sysWatch) handler(_ mqtt.Client, msg mqtt.Message) {
+	if msg.Retained() {
+		return
+	}
+	w.mu.Lock()
+	w.values = append(w.values, string(msg.Payload()))
+	w.mu.Unlock()
+}
+
+func (w *sysWatch) last() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.values) == 0 {
+		return ""
+	}
+	return w.values[len(w.values)-1]
+}
+
+func TestRejectsToDLQAndAcknowledges(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config()
+	br := e.startBridge(cfg)
+	br.waitSubscribed(t)
+
+	// A valid batch larger than the limit (random strings do not compress).
+	rng := rand.New(rand.NewPCG(1, 2))
+	big := &wire.Batch{Identity: wire.Identity{VehicleID: "veh-big", Epoch: 1, Seq: 1}, BaseTime: 1e18}
+	for i := 0; i < 200; i++ {
+		s := make([]byte, 32)
+		for j := range s {
+			s[j] = byte('a' + rng.IntN(26))
+		}
+		big.Readings = append(big.Readings, wire.Reading{Signal: "note", Time: 1e18 + int64(i)*1e6, Value: wire.String(string(s))})
+	}
+	oversized, err := wire.Encode(big, wire.EncodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(oversized) <= cfg.MaxBatchBytes {
+		t.Fatalf("oversized batch is only %d bytes", len(oversized))
+	}
+	garbage := []byte("\xff\xff\xff\xffthis is not a telemetry batch")
+	if _, err := wire.Decode(garbage, wire.Limits{}); err == nil {
+		t.Fatal("garbage decodes")
+	}
+
+	cases := map[string]struct {
+		payload   []byte
+		value     []byte // what the DLQ record holds
+		wantError []string
+	}{
+		"veh-garbage": {garbage, garbage, []string{"malformed"}},
+		"veh-big":     {oversized, oversized[:cfg.MaxBatchBytes], []string{"too large", fmt.Sprint(len(oversized)), "truncated"}},
+		"veh-honest":  {batch(t, "veh-liar", 1, 1), nil, []string{`"veh-liar"`, `"veh-honest"`, "does not match"}},
+	}
+	car := e.client("car")
+	for vehicle, c := range cases {
+		publish(t, car, topics.Telemetry(vehicle), c.payload)
+	}
+
+	rs := &records{cl: e.consumer()}
+	_, dlq := rs.until(t, "a DLQ record per bad payload", func(_, dlq []*kgo.Record) error {
+		if len(dlq) < len(cases) {
+			return fmt.Errorf("%d of %d", len(dlq), len(cases))
+		}
+		return nil
+	})
+	for _, r := range dlq {
+		c, ok := cases[string(r.Key)]
+		if !ok {
+			t.Errorf("DLQ record with key %q", r.Key)
+			continue
+		}
+		delete(cases, string(r.Key))
+		want := c.value
+		if want == nil {
+			want = c.payload
+		}
+		if !bytes.Equal(r.Value, want) {
+			t.Errorf("%s: DLQ value is %d bytes, want the %d rejected bytes", r.Key, len(r.Value), len(want))
+		}
+		reason, ok := header(r, kafkaio.HeaderError)
+		if !ok {
+			t.Errorf("%s: DLQ record has no error header", r.Key)
+		}
+		for _, w := range c.wantError {
+			if !strings.Contains(reason, w) {
+				t.Errorf("%s: error header %q does not say %q", r.Key, reason, w)
+			}
+		}
+		if src, _ := header(r, kafkaio.HeaderSourceTopic); src != topics.Telemetry(string(r.Key)) {
+			t.Errorf("%s: source_topic header %q", r.Key, src)
+		}
+		if got, _ := header(r, kafkaio.HeaderBridgeID); got != bridgeID {
+			t.Errorf("%s: bridge_id header %q", r.Key, got)
+		}
+	}
+	for vehicle := range cases {
+		t.Errorf("no DLQ record for %s", vehicle)
+	}
+
+	// The broker holds no unacknowledged message: the bridge acked the
+	// rejected ones, so nothing will be delivered again. The broker reports
+	// its in-flight count on $SYS every second.
+	var inflight sysWatch
+	subscribe(t, e.client("operator"), "$SYS/broker/messages/inflight", inflight.handler)
+	eventually(t, "the broker's in-flight count to reach 0", func() error {
+		if v := inflight.last(); v != "0" {
+			return fmt.Errorf("in flight: %q", v)
+		}
+		return nil
+	})
+	if n := e.endOffsets(topics.KafkaTelemetry); n != 0 {
+		t.Errorf("%d records in the telemetry topic; want none", n)
+	}
+	if n := e.endOffsets(topics.KafkaDLQ); n != 3 {
+		t.Errorf("%d records in the DLQ; want 3 (nothing redelivered)", n)
+	}
+	if v := metricValue(t, br.AdminURL(), `fleet_bridge_messages_total{result="dlq"}`); v != "3" {
+		t.Errorf(`fleet_bridge_messages_total{result="dlq"} = %q, want 3`, v)
+	}
+}
+
+// httpGet does one request without keeping the connection (no idle
+// connection goroutines outlive the test).
+func httpGet(url string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Close = true
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+func metricValue(t *testing.T, adminURL, series string) string {
+	t.Helper()
+	code, body, err := httpGet(adminURL + "/metrics")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("/metrics: %d %v", code, err)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func TestReadyz(t *testing.T) {
+	t.Run("connected", func(t *testing.T) {
+		e := newEnv(t)
+		br := e.startBridge(e.config())
+		eventually(t, "/readyz 200", func() error {
+			code, body, err := httpGet(br.AdminURL() + "/readyz")
+			if err != nil || code != http.StatusOK {
+				return fmt.Errorf("%d %s %v", code, body, err)
+			}
+			var ready struct{ Ready bool }
+			if err := json.Unmarshal([]byte(body), &ready); err != nil || !ready.Ready {
+				return fmt.Errorf("body %q", body)
+			}
+			return nil
+		})
+		if code, _, err := httpGet(br.AdminURL() + "/healthz"); err != nil || code != http.StatusOK {
+			t.Errorf("/healthz: %d %v", code, err)
+		}
+		if v := metricValue(t, br.AdminURL(), "fleet_bridge_mqtt_connected"); v != "1" {
+			t.Errorf("fleet_bridge_mqtt_connected = %q, want 1", v)
+		}
+	})
+	t.Run("no broker", func(t *testing.T) {
+		e := newEnv(t)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := "tcp://" + ln.Addr().String()
+		ln.Close()
+		cfg := e.config()
+		cfg.MQTT.URL = closed
+		br := e.startBridge(cfg)
+		eventually(t, "/readyz 503 naming mqtt", func() error {
+			code, body, err := httpGet(br.AdminURL() + "/readyz")
+			if err != nil {
+				return err
+			}
+			var ready struct {
+				Ready   bool
+				Failing map[string]string
+			}
+			if code != http.StatusServiceUnavailable || json.Unmarshal([]byte(body), &ready) != nil || ready.Ready || ready.Failing["mqtt"] == "" {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
+		})
+		if err := br.stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		// paho's Disconnect returns before its goroutine gives up the
+		// connection attempt in progress; that goroutine must still end.
+		eventually(t, "paho's goroutines to end", func() error {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			for _, g := range strings.Split(stacks, "\n\n") {
+				if strings.Contains(g, "eclipse/paho") {
+					return fmt.Errorf("a paho goroutine is still running:\n%s", g)
+				}
+			}
+			return nil
+		})
+	})
+}
+
+func TestShutdownDrainsInFlightBatches(t *testing.T) {
+	// Registered first, so it runs after every other cleanup. Goroutines
+	// of earlier tests still winding down are not this test's.
+	earlier := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, earlier) })
+	e := newEnv(t)
+	cfg := e.config()
+	// Records wait for the linger, so when Run is cancelled every batch is
+	// still on its way to Kafka.
+	cfg.Linger = 300 * time.Millisecond
+	cfg.AckInterval = time.Hour // only the final acks at shutdown
+	br := e.startBridge(cfg)
+	br.waitSubscribed(t)
+
+	var log ackLog
+	subscribe(t, e.client("ack-watcher"), "fleet/v1/+/ack", log.handler)
+	car := e.client("car")
+	want := map[wire.Identity]bool{}
+	var toks []mqtt.Token
+	for seq := uint64(1); seq <= 50; seq++ {
+		for _, v := range []string{"veh-x", "veh-y", "veh-z"} {
+			want[wire.Identity{VehicleID: v, Epoch: 5, Seq: seq}] = true
+			toks = append(toks, car.Publish(topics.Telemetry(v), 1, false, batch(t, v, 5, seq)))
+		}
+	}
+	for _, tok := range toks {
+		if !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	// Another car keeps publishing while the bridge shuts down.
+	late := e.client("late-car")
+	var lateBatches [][]byte
+	for seq := uint64(1); seq <= 200; seq++ {
+		lateBatches = append(lateBatches, batch(t, "veh-late", 5, seq))
+	}
+	lateDone := make(chan struct{})
+	go func() {
+		defer close(lateDone)
+		for _, b := range lateBatches {
+			late.Publish(topics.Telemetry("veh-late"), 1, false, b).WaitTimeout(time.Second)
+		}
+	}()
+	if err := br.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	<-lateDone
+
+	// What reached Kafka before Run returned was acked to the vehicles,
+	// and nothing was acked that Kafka does not hold.
+	inKafka := map[wire.Identity]bool{}
+	total := e.endOffsets(topics.KafkaTelemetry)
+	rs := &records{cl: e.consumer()}
+	tel, _ := rs.until(t, "the drained batches", func(tel, _ []*kgo.Record) error {
+		if int64(len(tel)) < total {
+			return fmt.Errorf("read %d of %d", len(tel), total)
+		}
+		return nil
+	})
+	for _, r := range tel {
+		id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inKafka[id] = true
+	}
+	if len(inKafka) == 0 {
+		t.Fatal("nothing reached Kafka during the drain")
+	}
+	eventually(t, "acks for every drained batch", func() error {
+		got, _ := log.acked()
+		for id := range inKafka {
+			if got[id] == 0 {
+				return fmt.Errorf("%v is in Kafka but was not acked (%d acked, %d in Kafka, %d ack messages)", id, len(got), len(inKafka), len(log.acks))
+			}
+		}
+		return nil
+	})
+	got, problems := log.acked()
+	for _, p := range problems {
+		t.Error(p)
+	}
+	for id := range got {
+		if !inKafka[id] {
+			t.Errorf("%v acked but not in Kafka", id)
+		}
+	}
+
+	// Whatever the first bridge had not taken is still the broker's: a
+	// bridge with the same session relays the rest, so nothing is lost.
+	br2 := e.startBridge(cfg)
+	br2.waitSubscribed(t)
+	rs.until(t, "every batch in Kafka after a restart", func(tel, _ []*kgo.Record) error {
+		have := map[wire.Identity]bool{}
+		for _, r := range tel {
+			id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+			if err != nil {
+				return err
+			}
+			have[id] = true
+		}
+		for id := range want {
+			if !have[id] {
+				return fmt.Errorf("%v missing (%d of %d there)", id, len(have), len(want))
+			}
+		}
+		return nil
+	})
+	if err := br2.stop(); err != nil {
+		t.Fatalf("second Run: %v", err)
+	}
+}
+
+// TestUnreachableKafkaLosesNothing: a batch Kafka did not take is not
+// acknowledged, so the broker delivers it again, here to the restarted
+// bridge (same MQTT session) once Kafka is back.
+func TestUnreachableKafkaLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := ln.Addr().String()
+	ln.Close()
+	down := e.config()
+	down.Kafka.Brokers = []string{nowhere}
+	down.CreateTopics = false
+	down.DrainTimeout = 300 * time.Millisecond
+	br := e.startBridge(down)
+	br.waitSubscribed(t)
+
+	var log ackLog
+	subscribe(t, e.client("ack-watcher"), "fleet/v1/+/ack", log.handler)
+	car := e.client("car")
+	want := map[wire.Identity]bool{}
+	for seq := uint64(1); seq <= 10; seq++ {
+		want[wire.Identity{VehicleID: "veh-k", Epoch: 2, Seq: seq}] = true
+		publish(t, car, topics.Telemetry("veh-k"), batch(t, "veh-k", 2, seq))
+	}
+	eventually(t, "the bridge to hold the batches", func() error {
+		if v := metricValue(t, br.AdminURL(), "fleet_bridge_inflight"); v != "10" {
+			return fmt.Errorf("fleet_bridge_inflight %q", v)
+		}
+		return nil
+	})
+	if err := br.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got, _ := log.acked(); len(got) != 0 {
+		t.Fatalf("vehicle acked for %d batches Kafka never had", len(got))
+	}
+
+	e.startBridge(e.config()) // same MQTT client ID, so the same session
+	rs := &records{cl: e.consumer()}
+	rs.until(t, "the batches in Kafka after the restart", func(tel, _ []*kgo.Record) error {
+		have := map[wire.Identity]bool{}
+		for _, r := range tel {
+			id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+			if err != nil {
+				return err
+			}
+			have[id] = true
+		}
+		for id := range want {
+			if !have[id] {
+				return fmt.Errorf("%v missing (%d of %d there)", id, len(have), len(want))
+			}
+		}
+		return nil
+	})
+	eventually(t, "acks for them", func() error {
+		got, _ := log.acked()
+		for id := range want {
+			if got[id] == 0 {
+				return fmt.Errorf("%v not acked", id)
+			}
+		}
+		return nil
+	})
+}
+
+// bridgeProgram is how the bridge binary parses its configuration.
+var bridgeProgram = cli.Program{Name: "bridge", EnvPrefix: "FLEET_BRIDGE"}
+
+func configDir() string { return filepath.Join(testenv.RepoRoot(), "testdata", "config", "bridge") }
+
+// TestConfigFiles parses every testdata/config/bridge file as `bridge
+// --config FILE` does: *.good.yaml must be accepted, *.bad.yaml rejected with
+// an error naming the flag on its first line (`# want: <flag>`).
+func TestConfigFiles(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(configDir(), "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var good, bad int
+	for _, file := range files {
+		name := filepath.Base(file)
+		switch {
+		case strings.HasSuffix(name, ".good.yaml"):
+			good++
+		case strings.HasSuffix(name, ".bad.yaml"):
+			bad++
+		}
+		t.Run(name, func(t *testing.T) {
+			var cfg Config
+			_, err := cli.Parse(bridgeProgram, &cfg, []string{"--config", file}, io.Discard)
+			switch {
+			case strings.HasSuffix(name, ".good.yaml"):
+				if err != nil {
+					t.Fatalf("good config rejected: %v", err)
+				}
+			case strings.HasSuffix(name, ".bad.yaml"):
+				want := wantedFlag(t, file)
+				if err == nil {
+					t.Fatalf("bad config accepted; want an error naming --%s", want)
+				}
+				if !strings.Contains(err.Error(), "--"+want) {
+					t.Fatalf("error %q does not name --%s", err, want)
+				}
+			default:
+				t.Fatal("name must end in .good.yaml or .bad.yaml")
+			}
+		})
+	}
+	if good < 2 || bad < 6 {
+		t.Fatalf("%d good and %d bad config files; want at least 2 and 6", good, bad)
+	}
+}
+
+// TestConfigFileValues checks a file's settings land in the Config, and
+// that flags override the file.
+func TestConfigFileValues(t *testing.T) {
+	var cfg Config
+	file := filepath.Join(configDir(), "full.good.yaml")
+	if _, err := cli.Parse(bridgeProgram, &cfg, []string{"--config", file, "--linger", "20ms"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.MQTT.URL = "ssl://mqtt.fleet.example:8883"
+	want.MQTT.ClientID = "fleet-bridge-eu-1"
+	want.MQTT.Username = "bridge"
+	want.MQTT.Password = "s3cret"
+	want.MQTT.KeepAlive = 45 * time.Second
+	want.Kafka.Brokers = cli.StringList{"kafka-0:9092", "kafka-1:9092", "kafka-2:9092"}
+	want.Kafka.ClientID = "fleet-bridge-eu-1"
+	want.Kafka.SASLMechanism = "scram-sha-512"
+	want.Kafka.SASLUser = "bridge"
+	want.Kafka.SASLPassword = "s3cret"
+	want.Kafka.TLS = true
+	want.ShareGroup = "bridges-eu"
+	want.Topic = "fleet.telemetry.eu.v1"
+	want.DLQTopic = "fleet.telemetry.eu.dlq.v1"
+	want.CreateTopics = false
+	want.Partitions = 24
+	want.Replication = 3
+	want.BridgeID = "eu-1"
+	want.Listen = "0.0.0.0:9101"
+	want.MaxBatchBytes = 262144
+	want.Linger = 20 * time.Millisecond // the flag wins over the file's 10ms
+	want.AckInterval = 250 * time.Millisecond
+	want.DrainTimeout = 30 * time.Second
+	if fmt.Sprintf("%+v", cfg) != fmt.Sprintf("%+v", want) {
+		t.Errorf("config\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func wantedFlag(t *testing.T, file string) string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(data), "\n")
+	want, ok := strings.CutPrefix(first, "# want: ")
+	if !ok || strings.TrimSpace(want) == "" {
+		t.Fatalf("first line %q is not `# want: <flag-name>`", first)
+	}
+	return strings.TrimSpace(want)
+}

@@ -1,0 +1,472 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
+	"github.com/fleetpipe/fleetpipe/internal/testenv"
+	"github.com/fleetpipe/fleetpipe/internal/topics"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
+	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const waitLimit = 20 * time.Second
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+func startBroker(t *testing.T) *embedmqtt.Broker {
+	t.Helper()
+	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return b
+}
+
+// acker plays the cloud: it reads every vehicle's telemetry, decodes each
+// batch and acks it, as the bridge does once Kafka holds the batch.
+type acker struct {
+	client mqtt.Client
+
+	mu      sync.Mutex
+	batches map[wire.Identity]*wire.Batch
+	raw     map[wire.Identity][]byte
+	copies  int
+	bad     []string
+}
+
+func startAcker(t *testing.T, url string) *acker {
+	t.Helper()
+	a := &acker{batches: map[wire.Identity]*wire.Batch{}, raw: map[wire.Identity][]byte{}}
+	a.client = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("acker").SetAutoReconnect(false))
+	if tok := a.client.Connect(); !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
+		t.Fatalf("acker connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { a.client.Disconnect(250) })
+	if tok := a.client.Subscribe(topics.TelemetryFilter, 1, a.onBatch); !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
+		t.Fatalf("acker subscribe: %v", tok.Error())
+	}
+	return a
+}
+
+func (a *acker) onBatch(_ mqtt.Client, msg mqtt.Message) {
+	b, err := wire.Decode(msg.Payload(), wire.Limits{})
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.bad = append(a.bad, fmt.Sprintf("%s: undecodable batch: %v", msg.Topic(), err))
+		return
+	}
+	if topics.Telemetry(b.VehicleID) != msg.Topic() {
+		a.bad = append(a.bad, fmt.Sprintf("batch of %s published on %s", b.VehicleID, msg.Topic()))
+	}
+	a.copies++
+	if prev, ok := a.raw[b.Identity]; ok && !bytes.Equal(prev, msg.Payload()) {
+		a.bad = append(a.bad, fmt.Sprintf("batch %v re-sent with different bytes", b.Identity))
+	}
+	a.raw[b.Identity] = msg.Payload()
+	a.batches[b.Identity] = b
+	data, err := proto.Marshal(&pb.Ack{VehicleId: b.VehicleID, Ranges: []*pb.SeqRange{{Epoch: b.Epoch, First: b.Seq, Last: b.Seq}}})
+	if err != nil {
+		a.bad = append(a.bad, err.Error())
+		return
+	}
+	a.client.Publish(topics.Ack(b.VehicleID), 1, false, data) // no waiting inside a paho handler
+}
+
+func (a *acker) snapshot() (map[wire.Identity]*wire.Batch, []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[wire.Identity]*wire.Batch, len(a.batches))
+	for k, v := range a.batches {
+		out[k] = v
+	}
+	return out, append([]string(nil), a.bad...)
+}
+
+// testConfig is a small fleet simulated as fast as possible.
+func testConfig(url string) Config {
+	cfg := DefaultConfig()
+	cfg.MQTT.URL = url
+	cfg.SimVehicles = 3
+	cfg.SimSeed = 42
+	cfg.SimStart = "2025-06-02T07:30:00Z"
+	cfg.SimSpeedup = 0
+	cfg.SimDuration = 30 * time.Second
+	cfg.ExitWhenDone = true
+	cfg.AckTimeout = 2 * time.Second
+	cfg.DrainTimeout = waitLimit
+	cfg.Listen = "127.0.0.1:0"
+	return cfg
+}
+
+func runAgent(t *testing.T, ctx context.Context, cfg Config) error {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	a, err := New(cfg, Deps{Logger: testLogger(t), Registerer: reg, Gatherer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(2 * waitLimit):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+func sortReadings(rs []wire.Reading) {
+	sort.SliceStable(rs, func(i, j int) bool {
+		if rs[i].Signal != rs[j].Signal {
+			return rs[i].Signal < rs[j].Signal
+		}
+		return rs[i].Time < rs[j].Time
+	})
+}
+
+func sameFloat(a, b float64) bool { return math.Float64bits(a) == math.Float64bits(b) }
+
+func sameReading(a, b wire.Reading) bool {
+	return a.Signal == b.Signal && a.Unit == b.Unit && a.Time == b.Time && a.Value.Kind == b.Value.Kind &&
+		sameFloat(a.Value.Float, b.Value.Float) && a.Value.Int == b.Value.Int && a.Value.Bool == b.Value.Bool && a.Value.Str == b.Value.Str
+}
+
+func sameFix(a, b wire.Fix) bool {
+	return a.Time == b.Time && sameFloat(a.Lat, b.Lat) && sameFloat(a.Lon, b.Lon) && sameFloat(a.Alt, b.Alt) &&
+		sameFloat(a.Speed, b.Speed) && sameFloat(a.Heading, b.Heading) && sameFloat(a.Accuracy, b.Accuracy)
+}
+
+// TestDeliversEveryReadingOnce runs a finite simulation to completion: Run
+// returns nil only once the cloud acked everything, and the cloud must have
+// received exactly what the simulator generates for the configuration.
+func TestDeliversEveryReadingOnce(t *testing.T) {
+	broker := startBroker(t)
+	cloud := startAcker(t, broker.URL())
+	cfg := testConfig(broker.URL())
+	if err := runAgent(t, context.Background(), cfg); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	got, problems := cloud.snapshot()
+	for _, p := range problems {
+		t.Error(p)
+	}
+
+	// Regenerate the simulation, as a test of the cloud side would.
+	sc, err := cfg.SimConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := sc.Start.Add(cfg.SimDuration)
+	byVehicle := map[string][]*wire.Batch{}
+	for _, b := range got {
+		byVehicle[b.VehicleID] = append(byVehicle[b.VehicleID], b)
+	}
+	if len(byVehicle) != cfg.SimVehicles {
+		t.Fatalf("batches from %d vehicles, want %d", len(byVehicle), cfg.SimVehicles)
+	}
+	epochs := map[uint64]bool{}
+	for _, v := range sim.NewFleet(sc) {
+		var wantReadings []wire.Reading
+		var wantFixes []wire.Fix
+		for v.Now().Before(end) {
+			rs, fix := v.Step()
+			wantReadings = append(wantReadings, rs...)
+			wantFixes = append(wantFixes, fix)
+		}
+
+		batches := byVehicle[v.ID]
+		if len(batches) == 0 {
+			t.Errorf("%s: no batches", v.ID)
+			continue
+		}
+		sort.Slice(batches, func(i, j int) bool { return batches[i].Seq < batches[j].Seq })
+		var gotReadings []wire.Reading
+		var gotFixes []wire.Fix
+		for i, b := range batches {
+			if b.Seq != uint64(i+1) {
+				t.Fatalf("%s: seqs %d..%d have a gap before %d", v.ID, batches[0].Seq, batches[len(batches)-1].Seq, b.Seq)
+			}
+			epochs[b.Epoch] = true
+			if b.AgentVersion != Version || b.Decoder != sim.Decoder {
+				t.Errorf("%v: agent %q decoder %q, want %q %q", b.Identity, b.AgentVersion, b.Decoder, Version, sim.Decoder)
+			}
+			first := int64(math.MaxInt64)
+			last := int64(math.MinInt64)
+			for _, r := range b.Readings {
+				first, last = min(first, r.Time), max(last, r.Time)
+			}
+			for _, f := range b.Fixes {
+				first, last = min(first, f.Time), max(last, f.Time)
+			}
+			if b.BaseTime != first {
+				t.Errorf("%v: base time %d, want its earliest reading %d", b.Identity, b.BaseTime, first)
+			}
+			if time.Duration(last-first) > cfg.BatchMaxAge+time.Second {
+				t.Errorf("%v spans %v; batches close at %v", b.Identity, time.Duration(last-first), cfg.BatchMaxAge)
+			}
+			gotReadings = append(gotReadings, b.Readings...)
+			gotFixes = append(gotFixes, b.Fixes...)
+		}
+		sortReadings(wantReadings)
+		sortReadings(gotReadings)
+		if len(gotReadings) != len(wantReadings) {
+			t.Errorf("%s: %d readings arrived, the simulation made %d", v.ID, len(gotReadings), len(wantReadings))
+		} else {
+			for i := range wantReadings {
+				if !sameReading(gotReadings[i], wantReadings[i]) {
+					t.Errorf("%s: reading %+v arrived as %+v", v.ID, wantReadings[i], gotReadings[i])
+					break
+				}
+			}
+		}
+		if len(gotFixes) != len(wantFixes) {
+			t.Errorf("%s: %d fixes arrived, the simulation made %d", v.ID, len(gotFixes), len(wantFixes))
+		} else {
+			for i := range wantFixes {
+				if !sameFix(gotFixes[i], wantFixes[i]) {
+					t.Errorf("%s: fix %d %+v arrived as %+v", v.ID, i, wantFixes[i], gotFixes[i])
+					break
+				}
+			}
+		}
+	}
+	if len(epochs) != 1 {
+		t.Errorf("epochs %v; want one, for the agent's spool", epochs)
+	}
+	for e := range epochs {
+		if e == 0 || e > math.MaxInt64 {
+			t.Errorf("epoch %d: want a positive signed 64-bit number", e)
+		}
+	}
+}
+
+// TestFailsWhenTheCloudNeverAcks: with nobody acking, an agent told to exit
+// when done gives up after the drain timeout and says how much is unacked.
+func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
+	broker := startBroker(t)
+	cfg := testConfig(broker.URL())
+	cfg.SimVehicles = 1
+	cfg.SimDuration = 5 * time.Second
+	cfg.DrainTimeout = 500 * time.Millisecond
+	err := runAgent(t, context.Background(), cfg)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not acknowledged") {
+		t.Fatalf("Run = %v; want an error saying batches were not acknowledged", err)
+	}
+	if !strings.Contains(err.Error(), "5 batches") {
+		t.Errorf("Run = %v; want it to count the 5 unacked one-second batches", err)
+	}
+}
+
+// TestStopsOnCancel: an endless simulation stops when its context is
+// cancelled, after its last batches are acked.
+func TestStopsOnCancel(t *testing.T) {
+	broker := startBroker(t)
+	cloud := startAcker(t, broker.URL())
+	cfg := testConfig(broker.URL())
+	cfg.SimDuration = 0
+	cfg.ExitWhenDone = false
+	cfg.SimSpeedup = 100
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			if got, _ := cloud.snapshot(); len(got) >= 6 {
+				cancel()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	if err := runAgent(t, ctx, cfg); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil (every batch acked)", err)
+	}
+	got, problems := cloud.snapshot()
+	for _, p := range problems {
+		t.Error(p)
+	}
+	seqs := map[string][]uint64{}
+	for id := range got {
+		seqs[id.VehicleID] = append(seqs[id.VehicleID], id.Seq)
+	}
+	for vehicle, s := range seqs {
+		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+		if s[0] != 1 || s[len(s)-1] != uint64(len(s)) {
+			t.Errorf("%s: seqs %v are not 1..n", vehicle, s)
+		}
+	}
+}
+
+// agentProgram is how the edge-agent binary parses its configuration.
+var agentProgram = cli.Program{Name: "edge-agent", EnvPrefix: "FLEET_AGENT"}
+
+func configDir() string { return filepath.Join(testenv.RepoRoot(), "testdata", "config", "edge-agent") }
+
+// TestConfigFiles parses every testdata/config/edge-agent file as
+// `edge-agent --config FILE` does: *.good.yaml must be accepted, *.bad.yaml
+// rejected with an error naming the flag on its first line (`# want: <flag>`).
+func TestConfigFiles(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(configDir(), "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var good, bad int
+	for _, file := range files {
+		name := filepath.Base(file)
+		switch {
+		case strings.HasSuffix(name, ".good.yaml"):
+			good++
+		case strings.HasSuffix(name, ".bad.yaml"):
+			bad++
+		}
+		t.Run(name, func(t *testing.T) {
+			var cfg Config
+			_, err := cli.Parse(agentProgram, &cfg, []string{"--config", file}, io.Discard)
+			switch {
+			case strings.HasSuffix(name, ".good.yaml"):
+				if err != nil {
+					t.Fatalf("good config rejected: %v", err)
+				}
+				if _, err := cfg.SimConfig(); err != nil {
+					t.Fatalf("good config has no simulator configuration: %v", err)
+				}
+			case strings.HasSuffix(name, ".bad.yaml"):
+				want := wantedFlag(t, file)
+				if err == nil {
+					t.Fatalf("bad config accepted; want an error naming --%s", want)
+				}
+				if !strings.Contains(err.Error(), "--"+want) {
+					t.Fatalf("error %q does not name --%s", err, want)
+				}
+			default:
+				t.Fatal("name must end in .good.yaml or .bad.yaml")
+			}
+		})
+	}
+	if good < 2 || bad < 6 {
+		t.Fatalf("%d good and %d bad config files; want at least 2 and 6", good, bad)
+	}
+}
+
+// TestConfigFileValues checks a file's settings reach the simulator, and
+// that flags override the file.
+func TestConfigFileValues(t *testing.T) {
+	var cfg Config
+	file := filepath.Join(configDir(), "full.good.yaml")
+	if _, err := cli.Parse(agentProgram, &cfg, []string{"--config", file, "--sim-vehicles", "7"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MQTT.URL != "ssl://mqtt.fleet.example:8883" || cfg.SimSpeedup != 10 || cfg.SimDuration != 10*time.Minute ||
+		!cfg.ExitWhenDone || cfg.BatchMaxAge != 5*time.Second || cfg.BatchMaxReadings != 2000 || cfg.TickNanos != 1_000_000 ||
+		cfg.AckTimeout != 30*time.Second || cfg.Listen != "" || cfg.DrainTimeout != 5*time.Minute {
+		t.Errorf("config %+v", cfg)
+	}
+	sc, err := cfg.SimConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sim.DefaultConfig()
+	want.Seed, want.Vehicles, want.IMUHz, want.IDPrefix = 99, 7, 25, "taxi-"
+	want.Start = time.Date(2025, 1, 15, 6, 0, 0, 0, time.UTC)
+	want.CenterLat, want.CenterLon = 52.52, 13.405
+	if !sc.Start.Equal(want.Start) {
+		t.Errorf("sim start %v, want %v", sc.Start, want.Start)
+	}
+	sc.Start = want.Start
+	if sc != want {
+		t.Errorf("sim config\n got %+v\nwant %+v (the flag's 7 vehicles win over the file)", sc, want)
+	}
+}
+
+func wantedFlag(t *testing.T, file string) string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(data), "\n")
+	want, ok := strings.CutPrefix(first, "# want: ")
+	if !ok || strings.TrimSpace(want) == "" {
+		t.Fatalf("first line %q is not `# want: <flag-name>`", first)
+	}
+	return strings.TrimSpace(want)
+}
+
+// TestBinaryStaysSmall: the agent ships to small boards and must not link
+// Kafka, S3 or Parquet code (ARCHITECTURE.md, "Components").
+func TestBinaryStaysSmall(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		if _, statErr := os.Stat(goTool); statErr != nil {
+			t.Fatalf("no go command to list the dependencies with: %v", err)
+		}
+	}
+	cmd := exec.Command(goTool, "list", "-deps", "-f", "{{.ImportPath}}", "github.com/fleetpipe/fleetpipe/edge-agent")
+	cmd.Dir = testenv.RepoRoot()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 || !contains(deps, "github.com/fleetpipe/fleetpipe/edge-agent/agent") {
+		t.Fatalf("go list gave an implausible dependency list: %v", deps)
+	}
+	forbidden := []string{
+		"github.com/twmb/franz-go", "github.com/IBM/sarama", "github.com/Shopify/sarama", "github.com/segmentio/kafka-go",
+		"github.com/confluentinc/confluent-kafka-go", "github.com/aws/", "github.com/minio/", "github.com/johannesboyne/gofakes3",
+		"github.com/parquet-go/", "github.com/xitongsys/parquet-go", "github.com/apache/arrow",
+		"github.com/fleetpipe/fleetpipe/internal/kafkaio", "github.com/fleetpipe/fleetpipe/internal/objstore",
+		"github.com/fleetpipe/fleetpipe/internal/s3local", "github.com/fleetpipe/fleetpipe/consumers/",
+		"github.com/fleetpipe/fleetpipe/bridge/",
+	}
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if strings.HasPrefix(d, f) {
+				t.Errorf("edge-agent depends on %s (matches %q); Kafka, S3 and Parquet code must stay out of the agent", d, f)
+			}
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
