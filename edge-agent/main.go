@@ -1,12 +1,18 @@
-// Command edge-agent runs on a vehicle's Linux board: it collects readings,
-// batches them, and publishes them over MQTT, keeping each batch until the
-// cloud acknowledges that Kafka holds it. Today its source is a simulator
-// of a whole fleet.
+// Command edge-agent runs on a vehicle's Linux board: it collects readings
+// (CAN with a DBC, GPS, or a simulated fleet), batches them compactly,
+// spools them durably and publishes them over MQTT, freeing each batch only
+// when the cloud acknowledges that Kafka holds it.
+//
+//	edge-agent [flags]                      run (see --help)
+//	edge-agent --check-config [flags]       validate the configuration and exit
+//	edge-agent decode --dbc F --candump F   print what the agent would collect from a log
 package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -17,6 +23,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "decode" {
+		os.Exit(agent.DecodeMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	var cfg agent.Config
 	cli.Main(agent.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		reg := prometheus.NewRegistry()
@@ -25,6 +34,10 @@ func main() {
 		a, err := agent.New(cfg, agent.Deps{Logger: logger, Registerer: reg, Gatherer: reg})
 		if err != nil {
 			return err
+		}
+		if cfg.CheckConfig {
+			fmt.Println("edge-agent: configuration OK")
+			return nil
 		}
 		return a.Run(ctx)
 	})

@@ -98,7 +98,8 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	agentArgs := []string{"--mqtt-url", mqttURL, "--sim-vehicles", strconv.Itoa(vehicles), "--sim-seed", strconv.Itoa(seed),
 		"--sim-start", start.Format(time.RFC3339), "--sim-duration", simDuration.String(), "--sim-speedup", strconv.Itoa(speedup),
 		"--sim-imu-hz", strconv.Itoa(imuHz), "--sim-id-prefix", "e2e-" + run + "-", "--batch-max-age", "2s",
-		"--ack-timeout", "3s", "--exit-when-done", "--drain-timeout", "2m", "--listen", ""}
+		"--ack-timeout", "3s", "--exit-when-done", "--drain-timeout", "2m", "--listen", "",
+		"--spool-dir", filepath.Join(t.TempDir(), "spool"), "--backlog-rate", "200"}
 	edge := startProc(t, bin("edge-agent"), "edge-agent", agentArgs...)
 
 	// Crash the sink and then the bridge while the cars are driving.

@@ -1,23 +1,32 @@
-// Package agent wires the edge agent together: sources produce readings, a
-// batcher groups them per vehicle, the wire package encodes each batch, and
-// an uplink publishes it and keeps it until the cloud's end-to-end ack.
+// Package agent wires the edge agent together. Per vehicle: sources produce
+// readings and fixes; a batcher groups them; each closed batch is split into
+// a high-priority part (fixes and the priority signals) and a bulk part,
+// each encoded (internal/wire) under the next seq of the vehicle's durable
+// spool and appended to it; only then is it handed to the uplink, which
+// publishes it and frees it from the spool when the cloud's end-to-end ack
+// says Kafka holds it.
 //
-// Today the only source is the simulator, which runs many vehicles in one
-// process, each with its own MQTT connection, as separate cars would.
+// Sources: "sim" runs a simulated fleet in one process, each car with its
+// own MQTT connection and spool (SPOOL-DIR/VEHICLE-ID); "can" (DBC-decoded
+// SocketCAN or a candump log) and "gps" (NMEA or gpsd) feed the one vehicle
+// --vehicle-id.
 //
-// Metrics (besides the uplink's fleet_agent_* ones):
+// Metrics (besides the uplink's, spool's and sources' fleet_agent_* ones):
 //
-//	fleet_agent_readings_total   readings and fixes collected
-//	fleet_agent_vehicles         vehicles running in this process
+//	fleet_agent_readings_total                 readings and fixes collected
+//	fleet_agent_readings_dropped_total{reason} readings not spooled (spool_full, encode)
+//	fleet_agent_batches_spooled_total{class}   batches appended to the spool
+//	fleet_agent_vehicles                       vehicles running in this process
 package agent
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,14 +34,17 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/batcher"
+	"github.com/fleetpipe/fleetpipe/edge-agent/can"
+	"github.com/fleetpipe/fleetpipe/edge-agent/gps"
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/edge-agent/uplink"
 	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
 // Version is the agent's version, sent in every batch and status message.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 // Deps are the agent's dependencies.
 type Deps struct {
@@ -41,34 +53,70 @@ type Deps struct {
 	Gatherer   prometheus.Gatherer
 }
 
-// Agent runs the configured vehicles.
-type Agent struct {
-	cfg      Config
-	sim      sim.Config
-	logger   *slog.Logger
-	upm      *uplink.Metrics
-	readings prometheus.Counter
-	admin    *admin.Server
+type metrics struct {
+	readings *prometheus.CounterVec // by kind: collected
+	dropped  *prometheus.CounterVec
+	spooled  *prometheus.CounterVec
 }
 
-// New checks the configuration and binds the metrics port.
+// Agent runs the configured vehicles.
+type Agent struct {
+	cfg     Config
+	sim     sim.Config
+	logger  *slog.Logger
+	reg     prometheus.Registerer
+	upm     *uplink.Metrics
+	m       metrics
+	admin   *admin.Server
+	collect can.CollectConfig
+}
+
+// New checks the configuration (loading the collection config) and binds
+// the metrics port.
 func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	sc, err := cfg.SimConfig()
-	if err != nil {
-		return nil, err
+	a := &Agent{cfg: cfg, logger: deps.Logger, reg: deps.Registerer}
+	if cfg.has("sim") {
+		sc, err := cfg.SimConfig()
+		if err != nil {
+			return nil, err
+		}
+		a.sim = sc
+	}
+	if cfg.has("can") {
+		if cfg.CANCollect != "" {
+			cc, err := can.LoadCollectConfig(cfg.CANCollect)
+			if err != nil {
+				return nil, fmt.Errorf("--can-collect: %w", err)
+			}
+			a.collect = cc
+		}
+		if _, err := can.LoadDBC(cfg.CAN.DBC); err != nil {
+			return nil, fmt.Errorf("--can-dbc: %w", err)
+		}
+	}
+	if cfg.CheckConfig {
+		return a, nil
 	}
 	f := promauto.With(deps.Registerer)
-	a := &Agent{
-		cfg: cfg, sim: sc, logger: deps.Logger,
-		upm: uplink.NewMetrics(deps.Registerer),
-		readings: f.NewCounter(prometheus.CounterOpts{Name: "fleet_agent_readings_total",
-			Help: "Readings and fixes collected."}),
+	a.upm = uplink.NewMetrics(deps.Registerer)
+	a.m = metrics{
+		readings: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_readings_total",
+			Help: "Readings and fixes collected from the sources."}, []string{"kind"}),
+		dropped: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_readings_dropped_total",
+			Help: "Readings and fixes not spooled, by reason (spool_full: refused under --spool-full=stop; encode)."}, []string{"reason"}),
+		spooled: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_batches_spooled_total",
+			Help: "Batches appended to the spool, by class."}, []string{"class"}),
 	}
-	f.NewGauge(prometheus.GaugeOpts{Name: "fleet_agent_vehicles", Help: "Vehicles running in this process."}).Set(float64(sc.Vehicles))
+	n := 1
+	if cfg.has("sim") {
+		n = a.sim.Vehicles
+	}
+	f.NewGauge(prometheus.GaugeOpts{Name: "fleet_agent_vehicles", Help: "Vehicles running in this process."}).Set(float64(n))
 	if cfg.Listen != "" {
+		var err error
 		if a.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer}); err != nil {
 			return nil, err
 		}
@@ -76,125 +124,334 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// NewEpoch returns a random 63-bit spool epoch (positive as a signed
-// 64-bit integer, so every SQL engine shows it the same way).
-func NewEpoch() uint64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return binary.LittleEndian.Uint64(b[:]) >> 1
+// vehicle is one car's spool, uplink and batching.
+type vehicle struct {
+	id     string
+	spool  *spool.Spool
+	uplink *uplink.Uplink
 }
 
-// Run drives the vehicles until ctx is cancelled or, with ExitWhenDone,
-// until the simulation has run its duration and every batch is acked.
-func (a *Agent) Run(ctx context.Context) error {
-	epoch := NewEpoch()
-	vehicles := sim.NewFleet(a.sim)
-	a.logger.Info("edge agent starting", "vehicles", len(vehicles), "mqtt", a.cfg.MQTT.URL,
-		"sim_start", a.sim.Start.Format(time.RFC3339), "speedup", a.cfg.SimSpeedup, "duration", a.cfg.SimDuration, "epoch", fmt.Sprintf("%016x", epoch))
+func (a *Agent) openVehicle(id, dir string) (*vehicle, error) {
+	sc := a.cfg.Spool
+	sc.Dir = dir
+	sp, err := spool.Open(sc, spool.Deps{Logger: a.logger.With("vehicle", id), Registerer: a.reg})
+	if err != nil {
+		return nil, fmt.Errorf("%s: spool: %w", id, err)
+	}
+	mc := a.cfg.MQTT
+	if a.cfg.has("sim") || mc.ClientID == "" || mc.ClientID == defaultClientID {
+		mc.ClientID = id
+	}
+	u, err := uplink.New(uplink.Config{
+		VehicleID: id, AgentVersion: Version, MQTT: mc, AckTimeout: a.cfg.AckTimeout,
+		MaxInflight: a.cfg.MaxInflight, BacklogRate: a.cfg.BacklogRate,
+		ReconnectMin: a.cfg.ReconnectMin, ReconnectMax: a.cfg.ReconnectMax,
+	}, sp, uplink.Deps{Logger: a.logger, Metrics: a.upm})
+	if err != nil {
+		sp.Close()
+		return nil, err
+	}
+	if st := sp.Stats(); st.Records > 0 || st.Recovery.CorruptRecords > 0 {
+		a.logger.Info("spool recovered", "vehicle", id, "epoch", fmt.Sprintf("%016x", st.Epoch), "pending_batches", st.Records,
+			"corrupt_records", st.Recovery.CorruptRecords, "new_epoch", st.Recovery.NewEpoch)
+	}
+	return &vehicle{id: id, spool: sp, uplink: u}, nil
+}
 
-	upCtx, stopUplinks := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopUplinks()
-	ups := make([]*uplink.Uplink, len(vehicles))
-	upGroup, _ := errgroup.WithContext(upCtx)
-	for i, v := range vehicles {
-		mc := a.cfg.MQTT
-		mc.ClientID = v.ID
-		u, err := uplink.New(uplink.Config{VehicleID: v.ID, AgentVersion: Version, MQTT: mc, AckTimeout: a.cfg.AckTimeout},
-			uplink.Deps{Logger: a.logger, Metrics: a.upm})
+// Run collects and sends until ctx is cancelled or, with ExitWhenDone, until
+// the simulation has run its duration and every batch is acked. Spooled
+// batches survive an exit and are sent by the next run.
+func (a *Agent) Run(ctx context.Context) error {
+	var ids []string
+	var simCars []*sim.Vehicle
+	if a.cfg.has("sim") {
+		simCars = sim.NewFleet(a.sim)
+		for _, v := range simCars {
+			ids = append(ids, v.ID)
+		}
+	} else {
+		ids = []string{a.cfg.VehicleID}
+	}
+	vehicles := make([]*vehicle, len(ids))
+	defer func() {
+		for _, v := range vehicles {
+			if v != nil {
+				v.spool.Close()
+			}
+		}
+	}()
+	for i, id := range ids {
+		dir := a.cfg.Spool.Dir
+		if a.cfg.has("sim") {
+			dir = filepath.Join(dir, id)
+		}
+		v, err := a.openVehicle(id, dir)
 		if err != nil {
 			return err
 		}
-		ups[i] = u
-		upGroup.Go(func() error { return u.Run(upCtx) })
+		vehicles[i] = v
+	}
+	a.logger.Info("edge agent starting", "vehicles", len(vehicles), "sources", a.cfg.Sources.String(), "mqtt", a.cfg.MQTT.URL,
+		"spool", a.cfg.Spool.Dir, "fsync", a.cfg.Spool.Fsync)
+
+	upCtx, stopUplinks := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopUplinks()
+	var ups errgroup.Group
+	for _, v := range vehicles {
+		ups.Go(func() error { return v.uplink.Run(upCtx) })
 	}
 	if a.admin != nil {
-		upGroup.Go(func() error { return a.admin.Run(upCtx) })
+		ups.Go(func() error { return a.admin.Run(upCtx) })
 	}
 
-	drive, dctx := errgroup.WithContext(ctx)
+	collect, cctx := errgroup.WithContext(ctx)
 	for i, v := range vehicles {
-		drive.Go(func() error { return a.drive(dctx, v, ups[i], epoch) })
+		if simCars != nil {
+			collect.Go(func() error { return a.driveSim(cctx, simCars[i], v) })
+		} else {
+			collect.Go(func() error { return a.runSources(cctx, v) })
+		}
 	}
-	err := drive.Wait()
+	err := collect.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		stopUplinks()
-		_ = upGroup.Wait()
+		_ = ups.Wait()
 		return err
 	}
 
-	// Wait for the end-to-end acks: all of them when asked to exit once
-	// done, briefly on an interrupt (batches still unacked are lost: the
-	// durable spool that would keep them is not built yet).
-	wait := a.cfg.DrainTimeout
 	if !a.cfg.ExitWhenDone {
 		<-ctx.Done()
-		wait = min(wait, 5*time.Second)
+		stopUplinks()
+		_ = ups.Wait()
+		a.logger.Info("edge agent stopped; unacknowledged batches stay spooled for the next run")
+		return nil
 	}
-	wctx, cancel := context.WithTimeout(context.Background(), wait)
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.DrainTimeout)
 	defer cancel()
 	var unacked error
-	for _, u := range ups {
-		if err := u.WaitAcked(wctx); err != nil {
+	for _, v := range vehicles {
+		if err := v.uplink.WaitAcked(wctx); err != nil {
 			unacked = err
 			break
 		}
 	}
 	stopUplinks()
-	_ = upGroup.Wait()
+	_ = ups.Wait()
 	if unacked != nil {
 		n := 0
-		for _, u := range ups {
-			n += u.Pending()
+		for _, v := range vehicles {
+			n += v.uplink.Pending()
 		}
-		return fmt.Errorf("%d batches not acknowledged by the cloud within %v: %w", n, wait, unacked)
+		return fmt.Errorf("%d batches not acknowledged by the cloud within %v (they stay spooled): %w", n, a.cfg.DrainTimeout, unacked)
 	}
 	a.logger.Info("edge agent stopped; every batch acknowledged")
 	return nil
 }
 
-// drive steps one vehicle, paced by the speed-up, batching and sending.
-func (a *Agent) drive(ctx context.Context, v *sim.Vehicle, u *uplink.Uplink, epoch uint64) error {
-	b := batcher.New(batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings})
-	var seq uint64
-	send := func() error {
-		rs, fixes, base, ok := b.Take()
-		if !ok {
-			return nil
-		}
-		seq++
-		batch := &wire.Batch{
-			Identity: wire.Identity{VehicleID: v.ID, Epoch: epoch, Seq: seq},
-			BaseTime: base, AgentVersion: Version, Decoder: sim.Decoder,
-			Readings: rs, Fixes: fixes,
-		}
-		payload, err := wire.Encode(batch, wire.EncodeOptions{TickNanos: a.cfg.TickNanos})
-		if err != nil {
-			return fmt.Errorf("%s: encode batch %d: %w", v.ID, seq, err)
-		}
-		u.Send(batch.Identity, payload)
+// collector batches one vehicle's items and spools each closed batch.
+type collector struct {
+	a *Agent
+	v *vehicle
+	b *batcher.Batcher
+}
+
+func (a *Agent) newCollector(v *vehicle) *collector {
+	return &collector{a: a, v: v, b: batcher.New(batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings})}
+}
+
+func (c *collector) add(rs []wire.Reading, fixes []wire.Fix, now time.Time) error {
+	c.a.m.readings.WithLabelValues("reading").Add(float64(len(rs)))
+	c.a.m.readings.WithLabelValues("fix").Add(float64(len(fixes)))
+	c.b.Add(rs, fixes...)
+	if c.b.Due(now) {
+		return c.flush()
+	}
+	return nil
+}
+
+// flush spools what the batcher holds: fixes and priority signals in a
+// high-class batch, the rest in a bulk one.
+func (c *collector) flush() error {
+	rs, fixes, _, ok := c.b.Take()
+	if !ok {
 		return nil
 	}
+	var high, bulk []wire.Reading
+	for _, r := range rs {
+		if slices.Contains(c.a.cfg.PrioritySignals, r.Signal) {
+			high = append(high, r)
+		} else {
+			bulk = append(bulk, r)
+		}
+	}
+	if len(high) > 0 || len(fixes) > 0 {
+		if err := c.spool(high, fixes, spool.High); err != nil {
+			return err
+		}
+	}
+	if len(bulk) > 0 {
+		return c.spool(bulk, nil, spool.Bulk)
+	}
+	return nil
+}
+
+// earliest is the time of the first item, the base time of a batch.
+func earliest(rs []wire.Reading, fixes []wire.Fix) int64 {
+	var t int64
+	first := true
+	for _, r := range rs {
+		if first || r.Time < t {
+			t, first = r.Time, false
+		}
+	}
+	for _, f := range fixes {
+		if first || f.Time < t {
+			t, first = f.Time, false
+		}
+	}
+	return t
+}
+
+func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class) error {
+	n := len(rs) + len(fixes)
+	base := earliest(rs, fixes)
+	seq, err := c.v.spool.Reserve()
+	if err != nil {
+		return fmt.Errorf("%s: spool: %w", c.v.id, err)
+	}
+	decoder := sim.Decoder
+	if !c.a.cfg.has("sim") {
+		decoder = "agent:" + c.a.cfg.Sources.String()
+	}
+	batch := &wire.Batch{
+		Identity: wire.Identity{VehicleID: c.v.id, Epoch: c.v.spool.Epoch(), Seq: seq},
+		BaseTime: base, AgentVersion: Version, Decoder: decoder, Readings: rs, Fixes: fixes,
+	}
+	payload, err := wire.Encode(batch, wire.EncodeOptions{TickNanos: c.a.cfg.TickNanos})
+	if err != nil {
+		c.a.m.dropped.WithLabelValues("encode").Add(float64(n))
+		c.a.logger.Error("batch not encodable; dropped", "batch", batch.Identity, "err", err)
+		return nil
+	}
+	err = c.v.spool.Append(seq, payload, spool.Meta{Class: class, Readings: uint32(n), Time: time.Unix(0, base)})
+	if errors.Is(err, spool.ErrSpoolFull) {
+		c.a.m.dropped.WithLabelValues("spool_full").Add(float64(n))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: spool append: %w", c.v.id, err)
+	}
+	c.a.m.spooled.WithLabelValues(class.String()).Inc()
+	c.v.uplink.Live(seq)
+	return nil
+}
+
+// driveSim steps one simulated car, paced by the speed-up.
+func (a *Agent) driveSim(ctx context.Context, car *sim.Vehicle, v *vehicle) error {
+	c := a.newCollector(v)
 	end := a.sim.Start.Add(a.cfg.SimDuration)
 	wallStart := time.Now()
-	for step := 1; a.cfg.SimDuration == 0 || v.Now().Before(end); step++ {
-		rs, fix := v.Step()
-		b.Add(rs, fix)
-		a.readings.Add(float64(len(rs) + 1))
-		if b.Due(v.Now()) {
-			if err := send(); err != nil {
-				return err
-			}
+	for step := 1; a.cfg.SimDuration == 0 || car.Now().Before(end); step++ {
+		rs, fix := car.Step()
+		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+			return err
 		}
 		if a.cfg.SimSpeedup > 0 {
 			next := wallStart.Add(time.Duration(float64(step) * float64(time.Second) / a.cfg.SimSpeedup))
 			select {
 			case <-ctx.Done():
-				return send()
+				return c.flush()
 			case <-time.After(time.Until(next)):
 			}
 		} else if ctx.Err() != nil {
-			return send()
+			return c.flush()
 		}
 	}
-	return send()
+	return c.flush()
+}
+
+// item is what a live source hands the collector.
+type item struct {
+	readings []wire.Reading
+	fixes    []wire.Fix
+}
+
+// runSources runs the vehicle's CAN and GPS sources into one collector,
+// closing batches by age on the wall clock.
+func (a *Agent) runSources(ctx context.Context, v *vehicle) error {
+	items := make(chan item, 256)
+	var wg sync.WaitGroup
+	srcCtx, stopSources := context.WithCancel(ctx)
+	defer stopSources()
+	errc := make(chan error, 2)
+	if a.cfg.has("can") {
+		cc := a.cfg.CAN
+		cc.Collect = a.collect
+		src, err := can.New(cc, can.Deps{Logger: a.logger, Registerer: a.reg})
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			errc <- src.Run(srcCtx, func(rs []wire.Reading) {
+				select {
+				case items <- item{readings: rs}:
+				case <-srcCtx.Done():
+				}
+			})
+		})
+	}
+	if a.cfg.has("gps") {
+		src, err := gps.New(a.cfg.GPS, gps.Deps{Logger: a.logger, Registerer: a.reg})
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			errc <- src.Run(srcCtx, func(f wire.Fix) {
+				select {
+				case items <- item{fixes: []wire.Fix{f}}:
+				case <-srcCtx.Done():
+				}
+			})
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	c := a.newCollector(v)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case it := <-items:
+			if err := c.add(it.readings, it.fixes, time.Now()); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if c.b.Due(time.Now()) {
+				if err := c.flush(); err != nil {
+					return err
+				}
+			}
+		case err := <-errc:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+		case <-done:
+			// Finite sources (a log replay) ended: spool what is left.
+			for {
+				select {
+				case it := <-items:
+					if err := c.add(it.readings, it.fixes, time.Now()); err != nil {
+						return err
+					}
+					continue
+				default:
+				}
+				break
+			}
+			return c.flush()
+		case <-ctx.Done():
+			return c.flush()
+		}
+	}
 }

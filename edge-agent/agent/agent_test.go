@@ -113,9 +113,11 @@ func (a *acker) snapshot() (map[wire.Identity]*wire.Batch, []string) {
 	return out, append([]string(nil), a.bad...)
 }
 
-// testConfig is a small fleet simulated as fast as possible.
-func testConfig(url string) Config {
+// testConfig is a small fleet simulated as fast as possible, spooling
+// under a fresh folder.
+func testConfig(t *testing.T, url string) Config {
 	cfg := DefaultConfig()
+	cfg.Spool.Dir = t.TempDir()
 	cfg.MQTT.URL = url
 	cfg.SimVehicles = 3
 	cfg.SimSeed = 42
@@ -174,7 +176,7 @@ func sameFix(a, b wire.Fix) bool {
 func TestDeliversEveryReadingOnce(t *testing.T) {
 	broker := startBroker(t)
 	cloud := startAcker(t, broker.URL())
-	cfg := testConfig(broker.URL())
+	cfg := testConfig(t, broker.URL())
 	if err := runAgent(t, context.Background(), cfg); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -262,8 +264,8 @@ func TestDeliversEveryReadingOnce(t *testing.T) {
 			}
 		}
 	}
-	if len(epochs) != 1 {
-		t.Errorf("epochs %v; want one, for the agent's spool", epochs)
+	if len(epochs) != cfg.SimVehicles {
+		t.Errorf("epochs %v; want one per vehicle (each has its own spool)", epochs)
 	}
 	for e := range epochs {
 		if e == 0 || e > math.MaxInt64 {
@@ -276,7 +278,7 @@ func TestDeliversEveryReadingOnce(t *testing.T) {
 // when done gives up after the drain timeout and says how much is unacked.
 func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
 	broker := startBroker(t)
-	cfg := testConfig(broker.URL())
+	cfg := testConfig(t, broker.URL())
 	cfg.SimVehicles = 1
 	cfg.SimDuration = 5 * time.Second
 	cfg.DrainTimeout = 500 * time.Millisecond
@@ -284,8 +286,10 @@ func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not acknowledged") {
 		t.Fatalf("Run = %v; want an error saying batches were not acknowledged", err)
 	}
-	if !strings.Contains(err.Error(), "5 batches") {
-		t.Errorf("Run = %v; want it to count the 5 unacked one-second batches", err)
+	// Five one-second batches, each spooled as a high (fix, status) and a
+	// bulk (signals) part.
+	if !strings.Contains(err.Error(), "10 batches") {
+		t.Errorf("Run = %v; want it to count the 10 unacked batches", err)
 	}
 }
 
@@ -294,7 +298,7 @@ func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
 func TestStopsOnCancel(t *testing.T) {
 	broker := startBroker(t)
 	cloud := startAcker(t, broker.URL())
-	cfg := testConfig(broker.URL())
+	cfg := testConfig(t, broker.URL())
 	cfg.SimDuration = 0
 	cfg.ExitWhenDone = false
 	cfg.SimSpeedup = 100

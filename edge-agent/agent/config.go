@@ -3,21 +3,48 @@ package agent
 import (
 	"flag"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/can"
+	"github.com/fleetpipe/fleetpipe/edge-agent/gps"
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
 // Config is the agent's configuration.
 type Config struct {
 	MQTT mqttconn.Config
 
-	// Source is where readings come from; "sim" for now.
-	Source string
+	// Sources lists where readings come from: "sim" (a simulated fleet,
+	// each car its own MQTT client and spool), or any of "can" and "gps"
+	// for the one vehicle named by VehicleID.
+	Sources   cli.StringList
+	VehicleID string
+
+	CAN        can.Config
+	CANCollect string // YAML collection config file
+	GPS        gps.Config
+
+	Spool spool.Config
+	// PrioritySignals are the signals that, with the fixes, go in a
+	// batch of the spool's high class (kept when bulk signals are dropped).
+	PrioritySignals cli.StringList
+
+	MaxInflight  int
+	BacklogRate  float64
+	ReconnectMin time.Duration
+	ReconnectMax time.Duration
+
+	// CheckConfig validates the configuration (loading the DBC and the
+	// collection config) and exits.
+	CheckConfig bool
 
 	SimVehicles int
 	SimSeed     uint64
@@ -41,6 +68,9 @@ type Config struct {
 	DrainTimeout time.Duration
 }
 
+// defaultClientID stands for "the vehicle's ID" as the MQTT client ID.
+const defaultClientID = "(vehicle id)"
+
 // DefaultConfig returns the defaults the flags use.
 func DefaultConfig() Config {
 	var c Config
@@ -50,8 +80,24 @@ func DefaultConfig() Config {
 
 // RegisterFlags declares the agent's flags.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	c.MQTT.RegisterFlags(fs, "tcp://127.0.0.1:1883", "(vehicle id)")
-	fs.StringVar(&c.Source, "source", "sim", "reading source: sim (simulated vehicles)")
+	c.MQTT.RegisterFlags(fs, "tcp://127.0.0.1:1883", defaultClientID)
+	c.Sources = cli.StringList{"sim"}
+	fs.Var(&c.Sources, "source", "comma-separated reading sources: sim (a simulated fleet), or can and/or gps for the vehicle --vehicle-id")
+	fs.StringVar(&c.VehicleID, "vehicle-id", "", "this vehicle's ID (with --source can/gps); its MQTT client ID unless --mqtt-client-id is set")
+	fs.StringVar(&c.CAN.DBC, "can-dbc", "", "DBC file decoding the CAN bus")
+	fs.StringVar(&c.CAN.Interface, "can-interface", "", "live SocketCAN interface, e.g. can0")
+	fs.StringVar(&c.CAN.Candump, "can-candump", "", "candump -L log to replay instead of a live interface")
+	fs.BoolVar(&c.CAN.Realtime, "can-realtime", true, "replay --can-candump at the log's pace (false: as fast as possible)")
+	fs.StringVar(&c.CANCollect, "can-collect", "", "YAML collection config: which signals to keep and how (empty: every decoded signal of every frame)")
+	c.GPS.RegisterFlags(fs)
+	c.Spool.RegisterFlags(fs)
+	c.PrioritySignals = cli.StringList{"status"}
+	fs.Var(&c.PrioritySignals, "priority-signals", "comma-separated signals spooled with the fixes in the high class (dropped last when the spool is full)")
+	fs.IntVar(&c.MaxInflight, "max-inflight", 64, "batches published and awaiting their end-to-end ack, at most")
+	fs.Float64Var(&c.BacklogRate, "backlog-rate", 20, "spooled backlog batches published per second after an outage (new batches go at once)")
+	fs.DurationVar(&c.ReconnectMin, "reconnect-min", time.Second, "first wait before reconnecting to the broker (jittered, doubling)")
+	fs.DurationVar(&c.ReconnectMax, "reconnect-max", time.Minute, "longest wait between reconnects")
+	fs.BoolVar(&c.CheckConfig, "check-config", false, "validate the configuration (DBC and collection config included) and exit")
 	d := sim.DefaultConfig()
 	fs.IntVar(&c.SimVehicles, "sim-vehicles", d.Vehicles, "number of simulated vehicles (each its own MQTT client)")
 	fs.Uint64Var(&c.SimSeed, "sim-seed", d.Seed, "simulator seed; the same seed and start give the same readings")
@@ -78,8 +124,20 @@ func (c Config) Validate() error {
 	if err := c.MQTT.Validate(); err != nil {
 		return err
 	}
-	if c.Source != "sim" {
-		return cli.FieldError("source", "%q: only \"sim\" is available", c.Source)
+	if err := c.validateSources(); err != nil {
+		return err
+	}
+	if err := c.Spool.Validate(); err != nil {
+		return err
+	}
+	if c.MaxInflight < 1 {
+		return cli.FieldError("max-inflight", "must be at least 1")
+	}
+	if c.BacklogRate <= 0 {
+		return cli.FieldError("backlog-rate", "must be positive")
+	}
+	if c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin {
+		return cli.FieldError("reconnect-max", "want 0 < --reconnect-min <= --reconnect-max")
 	}
 	if c.SimVehicles < 1 || c.SimVehicles > 100_000 {
 		return cli.FieldError("sim-vehicles", "%d: want 1 to 100000", c.SimVehicles)
@@ -116,6 +174,52 @@ func (c Config) Validate() error {
 	}
 	if c.DrainTimeout <= 0 {
 		return cli.FieldError("drain-timeout", "must be positive")
+	}
+	return nil
+}
+
+func (c Config) has(source string) bool { return slices.Contains(c.Sources, source) }
+
+func (c Config) validateSources() error {
+	if len(c.Sources) == 0 {
+		return cli.FieldError("source", "must name at least one source")
+	}
+	for _, s := range c.Sources {
+		switch s {
+		case "sim", "can", "gps":
+		default:
+			return cli.FieldError("source", "%q: want sim, can or gps", s)
+		}
+	}
+	if c.has("sim") {
+		if len(c.Sources) > 1 {
+			return cli.FieldError("source", "sim runs a simulated fleet and does not mix with can or gps")
+		}
+		return nil
+	}
+	if err := wire.CheckVehicleID(c.VehicleID); err != nil {
+		return cli.FieldError("vehicle-id", "%v", err)
+	}
+	if c.has("can") {
+		switch {
+		case c.CAN.DBC == "":
+			return cli.FieldError("can-dbc", "must be set with --source can")
+		case (c.CAN.Interface == "") == (c.CAN.Candump == ""):
+			return cli.FieldError("can-interface", "set exactly one of --can-interface and --can-candump")
+		}
+		for name, p := range map[string]string{"can-dbc": c.CAN.DBC, "can-candump": c.CAN.Candump, "can-collect": c.CANCollect} {
+			if p == "" {
+				continue
+			}
+			if _, err := os.Stat(p); err != nil {
+				return cli.FieldError(name, "%v", err)
+			}
+		}
+	}
+	if c.has("gps") {
+		if err := c.GPS.Validate(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

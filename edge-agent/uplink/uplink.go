@@ -1,32 +1,54 @@
-// Package uplink publishes one vehicle's batches over MQTT and keeps each
-// until the cloud's end-to-end ack says Kafka holds it.
+// Package uplink publishes one vehicle's spooled batches over MQTT and frees
+// each from the spool only when the cloud's end-to-end ack says Kafka holds
+// it.
 //
 // A batch is published with QoS 1 to fleet/v1/{vehicle_id}/telemetry. The
 // broker's PUBACK frees nothing: only an Ack on fleet/v1/{vehicle_id}/ack
-// that covers the batch's (epoch, seq) does. Batches not acked within
-// AckTimeout are published again; duplicates are dropped downstream by
-// batch identity. The vehicle's retained status topic says "online" while
-// connected, and its will says "offline".
+// covering the batch's (epoch, seq) does, and then the spool drops it.
+// A published batch not acked within AckTimeout is published again.
 //
-// Send, Pending and WaitAcked are safe for concurrent use.
+// Live first: a batch handed to Live goes out at once (after a reconnect,
+// the newest ones first), so the cloud's live map is current within a
+// batch of reconnecting. Everything else still in the spool — the backlog
+// of an outage, or of a reboot — drains behind, oldest first, at
+// BacklogRate batches per second, with at most MaxInflight batches
+// awaiting their ack. Duplicates that re-sending creates are dropped
+// downstream by batch identity.
+//
+// The connection is kept up with jittered exponential backoff between
+// attempts; the vehicle's retained status topic says "online" while
+// connected and its will says "offline".
+//
+// Live, Pending and WaitAcked are safe for concurrent use; Run runs once.
 package uplink
 
 import (
 	"context"
 	"fmt"
+	"iter"
 	"log/slog"
-	"sort"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
-	"github.com/fleetpipe/fleetpipe/internal/wire"
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
+
+// Store is the spool the uplink sends from and frees.
+type Store interface {
+	Epoch() uint64
+	Get(seq uint64) (spool.Record, error)
+	Pending(from uint64, classes ...spool.Class) iter.Seq2[spool.Record, error]
+	AckRange(first, last uint64) (int, error)
+	Stats() spool.Stats
+}
 
 // Config configures one vehicle's uplink.
 type Config struct {
@@ -34,13 +56,34 @@ type Config struct {
 	AgentVersion string
 	MQTT         mqttconn.Config // ClientID is used as given
 	// AckTimeout is how long a published batch waits for its end-to-end
-	// ack before it is published again.
+	// ack before it is published again (default 10s).
 	AckTimeout time.Duration
-	// ResendPerTick bounds how many overdue batches are re-published per
-	// check (a quarter of AckTimeout), so a backlog drains at a bounded rate.
-	ResendPerTick int
-	// OnAcked, if set, is called with each batch freed by an ack.
-	OnAcked func(wire.Identity)
+	// MaxInflight bounds the batches published and not yet acked (default 64).
+	MaxInflight int
+	// BacklogRate is how many backlog batches per second are published
+	// (default 20); live batches do not count against it.
+	BacklogRate float64
+	// ReconnectMin and ReconnectMax bound the jittered exponential backoff
+	// between connection attempts (defaults 1s and 60s).
+	ReconnectMin, ReconnectMax time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = 10 * time.Second
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 64
+	}
+	if c.BacklogRate <= 0 {
+		c.BacklogRate = 20
+	}
+	if c.ReconnectMin <= 0 {
+		c.ReconnectMin = time.Second
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		c.ReconnectMax = max(60*time.Second, c.ReconnectMin)
+	}
 }
 
 // Deps are the uplink's dependencies.
@@ -49,42 +92,48 @@ type Deps struct {
 	Metrics *Metrics // shared by all vehicles of a process; may be nil
 }
 
-type pending struct {
-	id       wire.Identity
-	payload  []byte
-	sentAt   time.Time // zero: never published
-	sentConn uint64    // the connection it was last published on
-	attempts int
-}
+// liveQueueLen bounds the batches remembered for live sending while
+// disconnected; older ones are sent as backlog.
+const liveQueueLen = 8
 
-type key struct{ epoch, seq uint64 }
+type inflight struct {
+	sentAt time.Time
+	conn   uint64
+}
 
 // Uplink is one vehicle's MQTT connection.
 type Uplink struct {
 	cfg    Config
 	logger *slog.Logger
 	m      *Metrics
+	store  Store
 	client mqtt.Client
 
-	mu      sync.Mutex
-	conn    uint64 // counts connections; a batch sent on an older one is re-sent
-	ready   bool   // onConnect has run for the current connection
-	pending map[key]*pending
-	changed chan struct{} // closed and replaced when pending shrinks
-	kick    chan struct{} // asks the resend loop to run now
+	live   chan uint64
+	acks   chan *pb.Ack
+	events chan bool // connected (true) or lost (false)
+
+	// Owned by Run's goroutine.
+	conn     uint64 // counts connections
+	up       bool
+	inflight map[uint64]inflight
+	liveQ    []uint64 // newest last
+	cursor   uint64   // next backlog seq to consider
+	tokens   float64
+	lastTick time.Time
+
+	connected atomic.Bool
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced whenever acks free batches
 }
 
-// New builds the uplink; Run connects it.
-func New(cfg Config, deps Deps) (*Uplink, error) {
-	if cfg.AckTimeout <= 0 {
-		cfg.AckTimeout = 10 * time.Second
-	}
-	if cfg.ResendPerTick <= 0 {
-		cfg.ResendPerTick = 100
-	}
+// New builds the uplink over store; Run connects it.
+func New(cfg Config, store Store, deps Deps) (*Uplink, error) {
+	cfg.defaults()
 	u := &Uplink{
-		cfg: cfg, logger: deps.Logger.With("vehicle", cfg.VehicleID), m: deps.Metrics,
-		pending: map[key]*pending{}, changed: make(chan struct{}), kick: make(chan struct{}, 1),
+		cfg: cfg, logger: deps.Logger.With("vehicle", cfg.VehicleID), m: deps.Metrics, store: store,
+		live: make(chan uint64, 256), acks: make(chan *pb.Ack, 64), events: make(chan bool, 4),
+		inflight: map[uint64]inflight{}, changed: make(chan struct{}),
 	}
 	opts, err := cfg.MQTT.ClientOptions()
 	if err != nil {
@@ -94,18 +143,16 @@ func New(cfg Config, deps Deps) (*Uplink, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The uplink reconnects itself, with jitter, so a fleet that lost its
+	// broker does not come back in lockstep.
+	opts.SetAutoReconnect(false)
+	opts.SetConnectRetry(false)
 	opts.SetBinaryWill(topics.Status(cfg.VehicleID), offline, 1, true)
 	opts.SetOnConnectHandler(u.onConnect)
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-		u.mu.Lock()
-		u.ready = false
-		u.mu.Unlock()
+		u.connected.Store(false)
 		u.logger.Warn("mqtt connection lost", "err", err)
-	})
-	opts.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
-		if u.m != nil {
-			u.m.reconnects.Inc()
-		}
+		u.events <- false
 	})
 	u.client = mqtt.NewClient(opts)
 	return u, nil
@@ -115,27 +162,117 @@ func statusPayload(cfg Config, online bool) ([]byte, error) {
 	return proto.Marshal(&pb.Status{VehicleId: cfg.VehicleID, Online: online, AgentVersion: cfg.AgentVersion, TimeUnixNano: time.Now().UnixNano()})
 }
 
-// Run connects and re-publishes overdue batches until ctx is cancelled,
-// then marks the vehicle offline and disconnects. Batches still pending
-// stay pending (a later Run, or the spool, owns them).
+// Live hands over a batch just appended to the spool, to be published now.
+// It never blocks on the network.
+func (u *Uplink) Live(seq uint64) {
+	select {
+	case u.live <- seq:
+	default:
+		// Run is behind; the batch is in the spool and goes as backlog.
+	}
+}
+
+// Pending is the number of spooled batches not yet acked.
+func (u *Uplink) Pending() int { return u.store.Stats().Records }
+
+// WaitAcked returns once the spool holds no unacked batch, or with an error
+// naming how many remain when ctx ends first.
+func (u *Uplink) WaitAcked(ctx context.Context) error {
+	for {
+		u.mu.Lock()
+		ch := u.changed
+		u.mu.Unlock()
+		n := u.Pending()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %d batches still unacknowledged: %w", u.cfg.VehicleID, n, ctx.Err())
+		case <-ch:
+		case <-time.After(time.Second): // records dropped by the spool do not signal
+		}
+	}
+}
+
+// Run keeps the connection up and publishes until ctx is cancelled, then
+// marks the vehicle offline and disconnects. Unacked batches stay in the
+// spool for the next Run.
 func (u *Uplink) Run(ctx context.Context) error {
-	u.client.Connect() // retries in the background
-	t := time.NewTicker(max(u.cfg.AckTimeout/4, 10*time.Millisecond))
-	defer t.Stop()
+	connCtx, stopConnecting := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); u.keepConnected(connCtx) }()
+	defer func() {
+		stopConnecting()
+		wg.Wait()
+		if u.client.IsConnectionOpen() {
+			if p, err := statusPayload(u.cfg, false); err == nil {
+				u.client.Publish(topics.Status(u.cfg.VehicleID), 1, true, p).WaitTimeout(time.Second)
+			}
+		}
+		u.client.Disconnect(250)
+	}()
+
+	tick := time.NewTicker(min(max(u.cfg.AckTimeout/8, 10*time.Millisecond), 100*time.Millisecond))
+	defer tick.Stop()
+	u.lastTick = time.Now()
 	for {
 		select {
 		case <-ctx.Done():
-			if u.client.IsConnectionOpen() {
-				if p, err := statusPayload(u.cfg, false); err == nil {
-					u.client.Publish(topics.Status(u.cfg.VehicleID), 1, true, p).WaitTimeout(time.Second)
-				}
-			}
-			u.client.Disconnect(250)
 			return nil
-		case <-t.C:
-		case <-u.kick:
+		case seq := <-u.live:
+			u.liveQ = append(u.liveQ, seq)
+			if len(u.liveQ) > liveQueueLen {
+				u.liveQ = u.liveQ[len(u.liveQ)-liveQueueLen:]
+			}
+			u.sendLive()
+		case ack := <-u.acks:
+			u.applyAck(ack)
+		case up := <-u.events:
+			u.up = up
+			if up {
+				u.conn++
+				u.cursor = 0
+				u.sendLive()
+			}
+		case now := <-tick.C:
+			u.expire(now)
+			u.sendLive()
+			u.sendBacklog(now)
 		}
-		u.resendOverdue()
+	}
+}
+
+// keepConnected connects, and reconnects after a loss, with jittered
+// exponential backoff.
+func (u *Uplink) keepConnected(ctx context.Context) {
+	backoff := u.cfg.ReconnectMin
+	for ctx.Err() == nil {
+		if !u.client.IsConnectionOpen() {
+			t := u.client.Connect()
+			ok := t.WaitTimeout(30*time.Second) && t.Error() == nil
+			if !ok {
+				if u.m != nil {
+					u.m.reconnects.Inc()
+				}
+				wait := time.Duration(float64(backoff) * (0.5 + rand.Float64()))
+				u.logger.Debug("mqtt connect failed; retrying", "err", t.Error(), "in", wait)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				backoff = min(backoff*2, u.cfg.ReconnectMax)
+				continue
+			}
+			backoff = u.cfg.ReconnectMin
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 }
 
@@ -146,94 +283,8 @@ func (u *Uplink) onConnect(c mqtt.Client) {
 	if p, err := statusPayload(u.cfg, true); err == nil {
 		c.Publish(topics.Status(u.cfg.VehicleID), 1, true, p)
 	}
-	// Whatever was published on an earlier connection may be lost: send it
-	// again now rather than after the timeout.
-	u.mu.Lock()
-	u.conn++
-	u.ready = true
-	for _, p := range u.pending {
-		if p.sentConn < u.conn {
-			p.sentAt = time.Time{}
-		}
-	}
-	u.mu.Unlock()
-	select {
-	case u.kick <- struct{}{}:
-	default:
-	}
-}
-
-// Send publishes a batch and keeps it until acked. It never blocks on the
-// network; while disconnected the batch waits for the connection.
-func (u *Uplink) Send(id wire.Identity, payload []byte) {
-	p := &pending{id: id, payload: payload}
-	u.mu.Lock()
-	u.pending[key{id.Epoch, id.Seq}] = p
-	u.mu.Unlock()
-	if u.m != nil {
-		u.m.pending.Add(1)
-		u.m.batches.WithLabelValues("queued").Inc()
-	}
-	if u.connected() {
-		u.publish(p)
-	}
-}
-
-// connected reports whether batches may be published now: the connection
-// is open and onConnect has run for it. Publishing earlier races with
-// paho's resume of its store on connect, which re-sends (and, racily,
-// marks DUP) a publish made at that moment (eclipse/paho.mqtt.golang#703).
-func (u *Uplink) connected() bool {
-	u.mu.Lock()
-	ready := u.ready
-	u.mu.Unlock()
-	return ready && u.client.IsConnectionOpen()
-}
-
-func (u *Uplink) publish(p *pending) {
-	u.mu.Lock()
-	p.sentAt = time.Now()
-	p.sentConn = u.conn
-	p.attempts++
-	attempts := p.attempts
-	u.mu.Unlock()
-	start := time.Now()
-	t := u.client.Publish(topics.Telemetry(u.cfg.VehicleID), 1, false, p.payload)
-	if u.m != nil {
-		if attempts > 1 {
-			u.m.batches.WithLabelValues("resent").Inc()
-		} else {
-			u.m.batches.WithLabelValues("sent").Inc()
-		}
-		u.m.bytes.Add(float64(len(p.payload)))
-		go func() {
-			if t.WaitTimeout(u.cfg.AckTimeout) && t.Error() == nil {
-				u.m.publishSeconds.Observe(time.Since(start).Seconds())
-			}
-		}()
-	}
-}
-
-func (u *Uplink) resendOverdue() {
-	if !u.connected() {
-		return
-	}
-	now := time.Now()
-	u.mu.Lock()
-	var due []*pending
-	for _, p := range u.pending {
-		if p.sentAt.IsZero() || now.Sub(p.sentAt) >= u.cfg.AckTimeout {
-			due = append(due, p)
-		}
-	}
-	u.mu.Unlock()
-	sort.Slice(due, func(i, j int) bool { return due[i].id.Seq < due[j].id.Seq })
-	if len(due) > u.cfg.ResendPerTick {
-		due = due[:u.cfg.ResendPerTick]
-	}
-	for _, p := range due {
-		u.publish(p)
-	}
+	u.connected.Store(true)
+	u.events <- true
 }
 
 func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
@@ -242,59 +293,112 @@ func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
 		u.logger.Warn("ignoring malformed ack", "err", err, "vehicle_id", ack.GetVehicleId())
 		return
 	}
-	var freed []wire.Identity
-	u.mu.Lock()
+	u.acks <- ack
+}
+
+func (u *Uplink) applyAck(ack *pb.Ack) {
+	epoch := u.store.Epoch()
+	freed := 0
 	for _, r := range ack.GetRanges() {
-		if r.GetLast() < r.GetFirst() || r.GetLast()-r.GetFirst() > 1<<20 {
+		if r.GetEpoch() != epoch || r.GetLast() < r.GetFirst() {
+			continue // an older spool's batches: nothing here to free
+		}
+		n, err := u.store.AckRange(r.GetFirst(), r.GetLast())
+		if err != nil {
+			u.logger.Error("spool ack failed", "err", err)
 			continue
 		}
-		for s := r.GetFirst(); ; s++ {
-			if p, ok := u.pending[key{r.GetEpoch(), s}]; ok {
-				delete(u.pending, key{r.GetEpoch(), s})
-				freed = append(freed, p.id)
-			}
-			if s == r.GetLast() {
-				break
+		freed += n
+		for s := range u.inflight {
+			if s >= r.GetFirst() && s <= r.GetLast() {
+				delete(u.inflight, s)
 			}
 		}
 	}
-	if len(freed) > 0 {
+	if freed > 0 {
+		if u.m != nil {
+			u.m.batches.WithLabelValues("acked").Add(float64(freed))
+		}
+		u.mu.Lock()
 		close(u.changed)
 		u.changed = make(chan struct{})
-	}
-	u.mu.Unlock()
-	if u.m != nil {
-		u.m.pending.Sub(float64(len(freed)))
-		u.m.batches.WithLabelValues("acked").Add(float64(len(freed)))
-	}
-	if u.cfg.OnAcked != nil {
-		for _, id := range freed {
-			u.cfg.OnAcked(id)
-		}
-	}
-}
-
-// Pending is the number of batches not yet acked.
-func (u *Uplink) Pending() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.pending)
-}
-
-// WaitAcked returns when every batch sent so far is acked, or with an error
-// when ctx ends first.
-func (u *Uplink) WaitAcked(ctx context.Context) error {
-	for {
-		u.mu.Lock()
-		n, ch := len(u.pending), u.changed
 		u.mu.Unlock()
-		if n == 0 {
-			return nil
+	}
+}
+
+// sendLive publishes the queued live batches, newest first.
+func (u *Uplink) sendLive() {
+	if !u.up || !u.connected.Load() {
+		return
+	}
+	for len(u.liveQ) > 0 && len(u.inflight) < 2*u.cfg.MaxInflight {
+		seq := u.liveQ[len(u.liveQ)-1]
+		u.liveQ = u.liveQ[:len(u.liveQ)-1]
+		if _, ok := u.inflight[seq]; ok {
+			continue
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %d batches still unacknowledged: %w", u.cfg.VehicleID, n, ctx.Err())
-		case <-ch:
+		rec, err := u.store.Get(seq)
+		if err != nil {
+			continue // acked or dropped meanwhile
+		}
+		u.publish(rec, "live")
+	}
+}
+
+// sendBacklog publishes the oldest unacked batches not in flight, within
+// the backlog rate and the in-flight bound.
+func (u *Uplink) sendBacklog(now time.Time) {
+	u.tokens = min(u.tokens+now.Sub(u.lastTick).Seconds()*u.cfg.BacklogRate, max(u.cfg.BacklogRate, 1))
+	u.lastTick = now
+	if !u.up || !u.connected.Load() {
+		return
+	}
+	wrapped := false
+	for u.tokens >= 1 && len(u.inflight) < u.cfg.MaxInflight {
+		sent := false
+		for rec, err := range u.store.Pending(u.cursor) {
+			if err != nil {
+				continue
+			}
+			u.cursor = rec.Seq + 1
+			if _, ok := u.inflight[rec.Seq]; ok {
+				continue
+			}
+			u.publish(rec, "backlog")
+			u.tokens--
+			sent = true
+			break
+		}
+		if !sent {
+			if wrapped || u.cursor == 0 {
+				return
+			}
+			u.cursor, wrapped = 0, true // start over: expired batches go again
 		}
 	}
+}
+
+func (u *Uplink) expire(now time.Time) {
+	for seq, f := range u.inflight {
+		if now.Sub(f.sentAt) >= u.cfg.AckTimeout || f.conn != u.conn {
+			delete(u.inflight, seq)
+		}
+	}
+}
+
+// publish sends one batch; path says why ("live" or "backlog").
+func (u *Uplink) publish(rec spool.Record, path string) {
+	u.inflight[rec.Seq] = inflight{sentAt: time.Now(), conn: u.conn}
+	start := time.Now()
+	t := u.client.Publish(topics.Telemetry(u.cfg.VehicleID), 1, false, rec.Payload)
+	if u.m == nil {
+		return
+	}
+	u.m.batches.WithLabelValues("sent_" + path).Inc()
+	u.m.bytes.Add(float64(len(rec.Payload)))
+	go func() {
+		if t.WaitTimeout(u.cfg.AckTimeout) && t.Error() == nil {
+			u.m.publishSeconds.Observe(time.Since(start).Seconds())
+		}
+	}()
 }

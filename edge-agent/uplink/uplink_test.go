@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
@@ -139,12 +140,6 @@ func (a *acker) count(id wire.Identity) int {
 	return len(a.arrivals[id])
 }
 
-func (a *acker) times(id wire.Identity) []time.Time {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]time.Time(nil), a.arrivals[id]...)
-}
-
 func (a *acker) problems() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -161,326 +156,304 @@ func ack(t *testing.T, c mqtt.Client, vehicle string, ackFor string, ranges ...*
 	publish(t, c, topics.Ack(vehicle), false, data)
 }
 
-// freed records what OnAcked reports.
-type freed struct {
-	mu  sync.Mutex
-	ids []wire.Identity
-}
-
-func (f *freed) add(id wire.Identity) {
-	f.mu.Lock()
-	f.ids = append(f.ids, id)
-	f.mu.Unlock()
-}
-
-func (f *freed) list() []wire.Identity {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]wire.Identity(nil), f.ids...)
-}
-
-// started is an uplink whose Run is going.
+// started is an uplink over its own spool, with Run going.
 type started struct {
 	*Uplink
-	reg    *prometheus.Registry
-	freed  *freed
+	spool  *spool.Spool
+	id     string
 	cancel context.CancelFunc
 	errc   chan error
 }
 
-func newUplink(t *testing.T, url, vehicle string, ackTimeout time.Duration) *started {
+func newUplink(t *testing.T, url, vehicle string, cfg Config, sp *spool.Spool) *started {
 	t.Helper()
-	mc := mqttconn.Config{URL: url, ClientID: vehicle, KeepAlive: 30 * time.Second}
-	reg := prometheus.NewRegistry()
-	f := &freed{}
-	u, err := New(Config{VehicleID: vehicle, AgentVersion: "9.9.9", MQTT: mc, AckTimeout: ackTimeout, OnAcked: f.add},
-		Deps{Logger: testLogger(t), Metrics: NewMetrics(reg)})
+	if sp == nil {
+		sp = openSpool(t, t.TempDir())
+	}
+	cfg.VehicleID, cfg.AgentVersion = vehicle, "9.9.9"
+	cfg.MQTT = mqttconn.Config{URL: url, ClientID: vehicle, KeepAlive: 30 * time.Second}
+	if cfg.ReconnectMin == 0 {
+		cfg.ReconnectMin, cfg.ReconnectMax = 20*time.Millisecond, 200*time.Millisecond
+	}
+	u, err := New(cfg, sp, Deps{Logger: testLogger(t), Metrics: NewMetrics(prometheus.NewRegistry())})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &started{Uplink: u, reg: reg, freed: f}
-}
-
-// run starts Run; the test's end stops it and requires it to return nil.
-func (s *started) run(t *testing.T) {
-	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel, s.errc = cancel, make(chan error, 1)
-	go func() { s.errc <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		if err := s.stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	st := &started{Uplink: u, spool: sp, id: vehicle, cancel: cancel, errc: make(chan error, 1)}
+	go func() { st.errc <- u.Run(ctx) }()
+	t.Cleanup(st.stop)
+	return st
 }
 
-func (s *started) stop() error {
+func (s *started) stop() {
 	if s.cancel == nil {
-		return nil
+		return
 	}
 	s.cancel()
 	s.cancel = nil
-	select {
-	case err := <-s.errc:
-		return err
-	case <-time.After(waitLimit):
-		return errors.New("Run did not return after cancel")
-	}
+	<-s.errc
 }
 
-// counter reads a counter of the uplink metrics.
-func (s *started) counter(t *testing.T, name, state string) float64 {
+func openSpool(t *testing.T, dir string) *spool.Spool {
 	t.Helper()
-	mfs, err := s.reg.Gather()
+	sp, err := spool.Open(spool.Config{Dir: dir, Fsync: spool.FsyncNever}, spool.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "state" && l.GetValue() == state {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	t.Cleanup(func() { sp.Close() })
+	return sp
 }
 
-func encode(t *testing.T, id wire.Identity) []byte {
+// spoolBatch encodes a one-reading batch under the spool's next seq and
+// appends it, as the agent does.
+func spoolBatch(t *testing.T, sp *spool.Spool, vehicle string) wire.Identity {
 	t.Helper()
-	ts := time.Date(2025, 6, 2, 7, 30, 0, 0, time.UTC).Add(time.Duration(id.Seq) * time.Second).UnixNano()
-	data, err := wire.Encode(&wire.Batch{Identity: id, BaseTime: ts, AgentVersion: "9.9.9",
-		Readings: []wire.Reading{{Signal: "vehicle.speed", Unit: "km/h", Time: ts, Value: wire.Float(float64(id.Seq))}}},
-		wire.EncodeOptions{})
+	seq, err := sp.Reserve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return data
+	id := wire.Identity{VehicleID: vehicle, Epoch: sp.Epoch(), Seq: seq}
+	data, err := wire.Encode(&wire.Batch{Identity: id, BaseTime: time.Now().UnixNano(),
+		Readings: []wire.Reading{{Signal: "x", Time: time.Now().UnixNano(), Value: wire.Int(int64(seq))}}}, wire.EncodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Append(seq, data, spool.Meta{Class: spool.Bulk, Readings: 1, Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
-func TestResendsUntilAcked(t *testing.T) {
-	broker := startBroker(t)
-	cloud := startAcker(t, broker.URL(), false)
-	const ackTimeout = 300 * time.Millisecond
-	u := newUplink(t, broker.URL(), "veh-1", ackTimeout)
-	u.run(t)
-
-	first := wire.Identity{VehicleID: "veh-1", Epoch: 3, Seq: 1}
-	u.Send(first, encode(t, first))
-	if n := u.Pending(); n != 1 {
-		t.Fatalf("Pending = %d after one Send, want 1", n)
-	}
-	eventually(t, "the unacked batch published again", func() error {
-		if n := cloud.count(first); n < 2 {
-			return fmt.Errorf("seen %d times", n)
-		}
-		return nil
-	})
-	ts := cloud.times(first)
-	if gap := ts[1].Sub(ts[0]); gap < ackTimeout*3/4 {
-		t.Errorf("re-published %v after the first copy; want no sooner than the ack timeout %v", gap, ackTimeout)
-	}
-	if u.Pending() != 1 {
-		t.Errorf("Pending = %d before the ack, want 1", u.Pending())
-	}
-
-	ack(t, cloud.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: 3, First: 1, Last: 1})
+func TestLiveBatchIsAckedAndFreed(t *testing.T) {
+	b := startBroker(t)
+	a := startAcker(t, b.URL(), true)
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second}, nil)
+	id := spoolBatch(t, u.spool, "veh-1")
+	u.Live(id.Seq)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
 	if err := u.WaitAcked(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := u.Pending(); n != 0 {
-		t.Errorf("Pending = %d after the ack, want 0", n)
+	if n := a.count(id); n != 1 {
+		t.Errorf("the cloud got %v %d times, want once", id, n)
 	}
-	if got := u.freed.list(); len(got) != 1 || got[0] != first {
-		t.Errorf("OnAcked got %v, want [%v]", got, first)
+	if p := u.Pending(); p != 0 {
+		t.Errorf("Pending = %d after the ack", p)
 	}
+	if p := a.problems(); len(p) > 0 {
+		t.Errorf("acker saw: %v", p)
+	}
+}
 
-	// A second batch, never acked: by the time it has been re-published,
-	// the acked one would have been too if it were still kept.
-	second := wire.Identity{VehicleID: "veh-1", Epoch: 3, Seq: 2}
-	u.Send(second, encode(t, second))
-	eventually(t, "the second batch published", func() error {
-		if cloud.count(second) == 0 {
+func TestResendUntilAcked(t *testing.T) {
+	b := startBroker(t)
+	a := startAcker(t, b.URL(), false)
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 200 * time.Millisecond}, nil)
+	id := spoolBatch(t, u.spool, "veh-1")
+	u.Live(id.Seq)
+	eventually(t, "a re-send after the ack timeout", func() error {
+		if n := a.count(id); n < 2 {
+			return fmt.Errorf("sent %d times", n)
+		}
+		return nil
+	})
+	if u.Pending() != 1 {
+		t.Fatalf("Pending = %d, want 1: the PUBACK must not free the batch", u.Pending())
+	}
+	ack(t, a.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: id.Epoch, First: id.Seq, Last: id.Seq})
+	eventually(t, "the ack to free the batch", func() error {
+		if p := u.Pending(); p != 0 {
+			return fmt.Errorf("pending %d", p)
+		}
+		return nil
+	})
+	// Once freed, it is not sent again: wait for a later batch to make the
+	// round trip, then check the first one's count stopped growing.
+	after := a.count(id)
+	a.mu.Lock()
+	a.acking = true
+	a.mu.Unlock()
+	id2 := spoolBatch(t, u.spool, "veh-1")
+	u.Live(id2.Seq)
+	eventually(t, "a later batch to be acked", func() error {
+		if u.Pending() != 0 {
+			return errors.New("pending")
+		}
+		return nil
+	})
+	if n := a.count(id); n > after+1 {
+		t.Errorf("freed batch sent %d more times", n-after)
+	}
+}
+
+// TestLiveFirstWhileTheBacklogDrains is a reboot after an outage: the spool
+// holds a backlog; it drains oldest first at the backlog rate while a new
+// batch goes out at once.
+func TestLiveFirstWhileTheBacklogDrains(t *testing.T) {
+	b := startBroker(t)
+	a := startAcker(t, b.URL(), true)
+	sp := openSpool(t, t.TempDir())
+	var backlog []wire.Identity
+	for range 12 {
+		backlog = append(backlog, spoolBatch(t, sp, "veh-1"))
+	}
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second, BacklogRate: 4}, sp)
+	eventually(t, "the backlog to start draining", func() error {
+		if a.count(backlog[0]) == 0 {
+			return errors.New("nothing yet")
+		}
+		return nil
+	})
+	live := spoolBatch(t, sp, "veh-1")
+	u.Live(live.Seq)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if err := u.WaitAcked(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	order := append([]wire.Identity(nil), a.order...)
+	a.mu.Unlock()
+	pos := map[wire.Identity]int{}
+	for i, id := range order {
+		if _, ok := pos[id]; !ok {
+			pos[id] = i
+		}
+	}
+	if pos[live] > pos[backlog[len(backlog)-1]] {
+		t.Errorf("the live batch arrived after the whole backlog (order %v)", order)
+	}
+	for i := 1; i < len(backlog); i++ {
+		if pos[backlog[i]] < pos[backlog[i-1]] {
+			t.Errorf("backlog out of order: %v before %v", backlog[i], backlog[i-1])
+		}
+	}
+	for _, id := range append(backlog, live) {
+		if a.count(id) == 0 {
+			t.Errorf("%v never arrived", id)
+		}
+	}
+}
+
+func TestIgnoresForeignAndMalformedAcks(t *testing.T) {
+	b := startBroker(t)
+	a := startAcker(t, b.URL(), false)
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second}, nil)
+	id, id2 := spoolBatch(t, u.spool, "veh-1"), spoolBatch(t, u.spool, "veh-1")
+	u.Live(id.Seq)
+	u.Live(id2.Seq)
+	eventually(t, "the batches to arrive", func() error {
+		if a.count(id) == 0 || a.count(id2) == 0 {
 			return errors.New("not yet")
 		}
 		return nil
 	})
-	seenFirst := cloud.count(first) // publishes of it before the second are in already
-	eventually(t, "the second batch published again", func() error {
-		if n := cloud.count(second); n < 2 {
-			return fmt.Errorf("seen %d times", n)
+	r := &pb.SeqRange{Epoch: id.Epoch, First: id.Seq, Last: id.Seq}
+	ack(t, a.client, "veh-1", "veh-2", r)                                                              // names another vehicle
+	ack(t, a.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: id.Epoch + 1, First: id.Seq, Last: id.Seq}) // another epoch
+	ack(t, a.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: id.Epoch, First: id.Seq, Last: id.Seq - 1}) // empty range
+	publish(t, a.client, topics.Ack("veh-1"), false, []byte("garbage"))
+	ack(t, a.client, "veh-2", "veh-2", r) // another vehicle's topic
+	// Acks are applied in arrival order: once this valid one for id2 took
+	// effect, the ones before it have been handled.
+	ack(t, a.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: id2.Epoch, First: id2.Seq, Last: id2.Seq})
+	eventually(t, "the valid ack to free its batch", func() error {
+		if _, err := u.spool.Get(id2.Seq); err == nil {
+			return errors.New("still pending")
 		}
 		return nil
 	})
-	if n := cloud.count(first); n != seenFirst {
-		t.Errorf("the acked batch was published %d more times after its ack", n-seenFirst)
-	}
-	if got := u.counter(t, "fleet_agent_batches_total", "resent"); got < 2 {
-		t.Errorf(`fleet_agent_batches_total{state="resent"} = %v, want at least 2`, got)
-	}
-	if got := u.counter(t, "fleet_agent_batches_total", "acked"); got != 1 {
-		t.Errorf(`fleet_agent_batches_total{state="acked"} = %v, want 1`, got)
-	}
-	for _, p := range cloud.problems() {
-		t.Error(p)
+	if _, err := u.spool.Get(id.Seq); err != nil {
+		t.Fatalf("a foreign or malformed ack freed %v: %v", id, err)
 	}
 }
 
-func TestIgnoresAcksNotForIt(t *testing.T) {
-	broker := startBroker(t)
-	cloud := startAcker(t, broker.URL(), false)
-	u := newUplink(t, broker.URL(), "veh-1", time.Minute)
-	u.run(t)
-	ids := []wire.Identity{{VehicleID: "veh-1", Epoch: 8, Seq: 1}, {VehicleID: "veh-1", Epoch: 8, Seq: 2}, {VehicleID: "veh-1", Epoch: 8, Seq: 3}}
-	for _, id := range ids {
-		u.Send(id, encode(t, id))
+func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
+	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
 	}
-	eventually(t, "the batches published", func() error {
-		for _, id := range ids {
-			if cloud.count(id) == 0 {
-				return fmt.Errorf("%v not seen", id)
-			}
+	bctx, stopBroker := context.WithCancel(context.Background())
+	bdone := make(chan struct{})
+	go func() { defer close(bdone); _ = b.Run(bctx) }()
+	addr := strings.TrimPrefix(b.URL(), "tcp://")
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: time.Second}, nil)
+	eventually(t, "the first connection", func() error {
+		if !u.connected.Load() {
+			return errors.New("not connected")
 		}
 		return nil
 	})
-
-	// None of these may free anything.
-	publish(t, cloud.client, topics.Ack("veh-1"), false, []byte("\xff\xff not an ack"))
-	ack(t, cloud.client, "veh-1", "veh-2", &pb.SeqRange{Epoch: 8, First: 1, Last: 3})         // another vehicle's
-	ack(t, cloud.client, "veh-2", "veh-1", &pb.SeqRange{Epoch: 8, First: 1, Last: 3})         // on another vehicle's topic
-	ack(t, cloud.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: 9, First: 1, Last: 3})         // another epoch
-	ack(t, cloud.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: 8, First: 3, Last: 1})         // reversed
-	ack(t, cloud.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: 8, First: 4, Last: 1<<63 + 1}) // absurdly long
-	// This one frees seq 2 only; acks are handled in order, so once it has
-	// taken effect the ones above have been handled too.
-	ack(t, cloud.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: 8, First: 2, Last: 2})
-	eventually(t, "seq 2 freed", func() error {
-		if u.Pending() != 2 {
-			return fmt.Errorf("pending %d", u.Pending())
+	stopBroker()
+	<-bdone
+	eventually(t, "the uplink to notice", func() error {
+		if u.connected.Load() {
+			return errors.New("still connected")
 		}
 		return nil
 	})
-	if got := u.freed.list(); len(got) != 1 || got[0] != ids[1] {
-		t.Errorf("freed %v, want only %v", got, ids[1])
+	var ids []wire.Identity
+	for range 5 {
+		id := spoolBatch(t, u.spool, "veh-1")
+		u.Live(id.Seq)
+		ids = append(ids, id)
 	}
-
-	// WaitAcked waits for the rest, and says what is missing when its
-	// context ends first.
-	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	err := u.WaitAcked(short)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "veh-1") || !strings.Contains(err.Error(), "2 batches") {
-		t.Errorf("WaitAcked with batches pending = %v; want a deadline error naming veh-1 and 2 batches", err)
+	b2, err := embedmqtt.New(embedmqtt.Config{Addr: addr}, embedmqtt.Deps{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
 	}
-	waited := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-		defer cancel()
-		waited <- u.WaitAcked(ctx)
-	}()
-	ack(t, cloud.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: 8, First: 1, Last: 1}, &pb.SeqRange{Epoch: 8, First: 3, Last: 3})
-	if err := <-waited; err != nil {
-		t.Errorf("WaitAcked after the last acks: %v", err)
-	}
-	if u.Pending() != 0 {
-		t.Errorf("Pending = %d, want 0", u.Pending())
-	}
-}
-
-func TestWaitAckedWithNothingSent(t *testing.T) {
-	broker := startBroker(t)
-	u := newUplink(t, broker.URL(), "veh-1", time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // even a dead context: nothing is pending
-	if err := u.WaitAcked(ctx); err != nil {
-		t.Errorf("WaitAcked = %v with nothing sent", err)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = b2.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	a := startAcker(t, b2.URL(), true)
+	wctx, wcancel := context.WithTimeout(context.Background(), waitLimit)
+	defer wcancel()
+	if err := u.WaitAcked(wctx); err != nil {
+		t.Fatal(err)
 	}
-	if u.Pending() != 0 {
-		t.Errorf("Pending = %d", u.Pending())
+	for _, id := range ids {
+		if a.count(id) == 0 {
+			t.Errorf("%v spooled while the broker was down never arrived", id)
+		}
 	}
 }
 
-// TestSendsWhatWasQueuedOnConnect: a batch sent before the connection is
-// up is published as soon as it is, not after the ack timeout.
-func TestSendsWhatWasQueuedOnConnect(t *testing.T) {
-	broker := startBroker(t)
-	cloud := startAcker(t, broker.URL(), true)
-	u := newUplink(t, broker.URL(), "veh-1", time.Hour)
-	id := wire.Identity{VehicleID: "veh-1", Epoch: 1, Seq: 1}
-	u.Send(id, encode(t, id))
-	u.run(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	defer cancel()
-	if err := u.WaitAcked(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if n := cloud.count(id); n != 1 {
-		t.Errorf("published %d times, want once", n)
-	}
-}
-
-func TestStatus(t *testing.T) {
-	broker := startBroker(t)
-	watcher := connect(t, broker.URL(), "watcher")
-	statuses := make(chan *pb.Status, 10)
-	subscribe(t, watcher, topics.Status("veh-1"), func(_ mqtt.Client, msg mqtt.Message) {
-		if msg.Retained() {
-			return // live changes only; the retained one is checked below
-		}
-		s := &pb.Status{}
-		if err := proto.Unmarshal(msg.Payload(), s); err != nil {
-			t.Errorf("status payload: %v", err)
-			return
-		}
-		statuses <- s
-	})
-	next := func() *pb.Status {
-		t.Helper()
-		select {
-		case s := <-statuses:
-			return s
-		case <-time.After(waitLimit):
-			t.Fatal("no status message")
-			return nil
-		}
-	}
-
-	u := newUplink(t, broker.URL(), "veh-1", time.Second)
-	u.run(t)
-	if s := next(); !s.GetOnline() || s.GetVehicleId() != "veh-1" || s.GetAgentVersion() != "9.9.9" || s.GetTimeUnixNano() == 0 {
-		t.Errorf("status while running: %v", s)
-	}
-	if err := u.stop(); err != nil {
-		t.Fatal(err)
-	}
-	if s := next(); s.GetOnline() {
-		t.Errorf("status after Run returned: %v", s)
-	}
-
-	// It is retained: a dashboard that connects later sees the car offline.
-	late := connect(t, broker.URL(), "late-watcher")
-	retained := make(chan *pb.Status, 1)
-	subscribe(t, late, topics.Status("veh-1"), func(_ mqtt.Client, msg mqtt.Message) {
-		s := &pb.Status{}
-		if proto.Unmarshal(msg.Payload(), s) == nil && msg.Retained() {
-			select {
-			case retained <- s:
-			default:
-			}
+func TestStatusOnlineThenOffline(t *testing.T) {
+	b := startBroker(t)
+	watcher := connect(t, b.URL(), "watcher")
+	var mu sync.Mutex
+	var last *pb.Status
+	subscribe(t, watcher, topics.Status("veh-1"), func(_ mqtt.Client, m mqtt.Message) {
+		st := &pb.Status{}
+		if proto.Unmarshal(m.Payload(), st) == nil {
+			mu.Lock()
+			last = st
+			mu.Unlock()
 		}
 	})
-	select {
-	case s := <-retained:
-		if s.GetOnline() {
-			t.Errorf("retained status %v, want offline", s)
+	u := newUplink(t, b.URL(), "veh-1", Config{}, nil)
+	state := func() (bool, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return last != nil, last != nil && last.Online
+	}
+	eventually(t, "status online", func() error {
+		if seen, on := state(); !seen || !on {
+			return errors.New("not online")
 		}
-	case <-time.After(waitLimit):
-		t.Fatal("no retained status")
+		return nil
+	})
+	u.stop()
+	eventually(t, "status offline after stopping", func() error {
+		if _, on := state(); on {
+			return errors.New("still online")
+		}
+		return nil
+	})
+	if last.GetAgentVersion() != "9.9.9" || last.GetVehicleId() != "veh-1" {
+		t.Errorf("status %+v", last)
 	}
 }

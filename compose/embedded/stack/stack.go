@@ -184,6 +184,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	ac.SimSpeedup = cfg.Speedup
 	ac.SimIMUHz = cfg.IMUHz
 	ac.Listen = cfg.AgentAdmin
+	ac.Spool.Dir = filepath.Join(cfg.DataDir, "spool")
 	agentReg := prometheus.NewRegistry()
 	fleet, err := agent.New(ac, agent.Deps{Logger: logger.With("component", "edge-agent"), Registerer: agentReg, Gatherer: agentReg})
 	if err != nil {
