@@ -5,6 +5,7 @@
 #   make build      every binary into bin/, plus static edge agents for linux/arm64, arm/v7, amd64
 #   make generate   regenerate proto/ Go code with the pinned generators
 #   make lint       gofmt, go vet, staticcheck, buf lint, generated code up to date
+#   make bench      benchmarks and load tools, written up in reports/bench.md
 #   make services-up / services-down   the real services alone (Mosquitto, Kafka, MinIO)
 #
 # Tools are pinned and installed into .cache/bin (git-ignored) on first use.
@@ -32,7 +33,7 @@ TESTFLAGS ?=
 
 .PHONY: help
 help:
-	@sed -n 's/^#   //p' $(MAKEFILE_LIST) | head -8
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST) | head -9
 
 .PHONY: run
 run:
@@ -119,6 +120,11 @@ test: lint
 .PHONY: test-short
 test-short:
 	$(GO) test -race -shuffle=on -count=1 $(TESTFLAGS) ./...
+
+# Benchmarks and load tools; the report is reports/bench.md.
+.PHONY: bench
+bench:
+	compose/loadtest/bench.sh
 
 # A short run of every fuzz target.
 FUZZTIME ?= 30s

@@ -1,18 +1,15 @@
 package can
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/snappy"
-	"google.golang.org/protobuf/encoding/protowire"
-
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
+	"github.com/fleetpipe/fleetpipe/internal/wire/wiretest"
 )
 
 // logReadings decodes a real candump log with its DBC, keeping every decoded
@@ -50,68 +47,6 @@ func logReadings(tb testing.TB, dbcName, logName string) []wire.Reading {
 	return out
 }
 
-// windows splits time-ordered readings into batches of the given length.
-func windows(rs []wire.Reading, d time.Duration) [][]wire.Reading {
-	var out [][]wire.Reading
-	start := 0
-	for i := range rs {
-		if rs[i].Time-rs[start].Time >= int64(d) {
-			out = append(out, rs[start:i])
-			start = i
-		}
-	}
-	return append(out, rs[start:])
-}
-
-// wireBytes is the size of the batches as the agent encodes them.
-func wireBytes(tb testing.TB, batches [][]wire.Reading) int {
-	n := 0
-	for i, rs := range batches {
-		data, err := wire.Encode(&wire.Batch{
-			Identity: wire.Identity{VehicleID: "car-0001", Epoch: 1 << 62, Seq: uint64(i + 1)},
-			BaseTime: rs[0].Time, AgentVersion: "0.1.0", Decoder: "dbc", Readings: rs,
-		}, wire.EncodeOptions{TickNanos: 100_000})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		n += len(data)
-	}
-	return n
-}
-
-// baselineBytes is the naive encoding the issue compares against: one
-// protobuf message per reading (signal id, time offset in ms, double),
-// length-delimited, each batch compressed with snappy.
-func baselineBytes(batches [][]wire.Reading) int {
-	ids := map[string]uint64{}
-	n := 0
-	var buf []byte
-	for _, rs := range batches {
-		buf = buf[:0]
-		for _, r := range rs {
-			id, ok := ids[r.Signal]
-			if !ok {
-				id = uint64(len(ids) + 1)
-				ids[r.Signal] = id
-			}
-			var msg []byte
-			msg = protowire.AppendTag(msg, 1, protowire.VarintType)
-			msg = protowire.AppendVarint(msg, id)
-			msg = protowire.AppendTag(msg, 2, protowire.VarintType)
-			msg = protowire.AppendVarint(msg, uint64((r.Time-rs[0].Time)/1e6))
-			msg = protowire.AppendTag(msg, 3, protowire.Fixed64Type)
-			v := r.Value.Float
-			if r.Value.Kind == wire.KindInt {
-				v = float64(r.Value.Int)
-			}
-			msg = protowire.AppendFixed64(msg, math.Float64bits(v))
-			buf = protowire.AppendBytes(buf, msg)
-		}
-		n += len(snappy.Encode(nil, buf))
-	}
-	return n
-}
-
 var wireLogs = []struct{ name, dbc, log string }{
 	{"civic", "honda_civic_hatchback_ex_2017_can_generated.dbc", "civic_typer_2019_turnonanddrive.candump.log"},
 	{"kona", "hyundai_kia_generic.dbc", "hyundai_kona_turnonlog.candump.log"},
@@ -125,13 +60,16 @@ func BenchmarkWireBytesPerReading(b *testing.B) {
 	for _, l := range wireLogs {
 		rs := logReadings(b, l.dbc, l.log)
 		for _, w := range []time.Duration{time.Second, 10 * time.Second} {
-			batches := windows(rs, w)
+			batches := wiretest.Windows(rs, w)
 			b.Run(fmt.Sprintf("%s/%s", l.name, w), func(b *testing.B) {
 				var n int
 				for i := 0; i < b.N; i++ {
-					n = wireBytes(b, batches)
+					var err error
+					if n, err = wiretest.EncodedBytes(batches, nil); err != nil {
+						b.Fatal(err)
+					}
 				}
-				base := baselineBytes(batches)
+				base := wiretest.BaselineBytes(batches)
 				b.ReportMetric(float64(n)/float64(len(rs)), "B/reading")
 				b.ReportMetric(float64(base)/float64(len(rs)), "baseline-B/reading")
 				b.ReportMetric(float64(base)/float64(n), "x-smaller")
@@ -146,7 +84,7 @@ func BenchmarkWireBytesPerReading(b *testing.B) {
 func TestWireEncodingIsLossless(t *testing.T) {
 	for _, l := range wireLogs {
 		rs := logReadings(t, l.dbc, l.log)
-		for _, batch := range windows(rs, time.Second) {
+		for _, batch := range wiretest.Windows(rs, time.Second) {
 			data, err := wire.Encode(&wire.Batch{Identity: wire.Identity{VehicleID: "car"}, BaseTime: batch[0].Time, Readings: batch},
 				wire.EncodeOptions{TickNanos: 100_000})
 			if err != nil {
@@ -176,5 +114,4 @@ func TestWireEncodingIsLossless(t *testing.T) {
 			}
 		}
 	}
-	_ = bytes.MinRead
 }

@@ -1,0 +1,169 @@
+// Command agentload measures the edge agent's cost: it runs the real
+// edge-agent binary as one simulated car producing a chosen number of
+// readings per second against an in-process MQTT broker and an acker that
+// plays the cloud (acking every batch end to end), then reports the agent
+// process's peak resident memory and its CPU time per reading, read from
+// /proc. Linux only.
+//
+//	agentload --agent bin/edge-agent --rate 1000 --seconds 30
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
+	"github.com/fleetpipe/fleetpipe/internal/topics"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
+	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
+)
+
+func main() {
+	agentBin := flag.String("agent", "bin/edge-agent", "edge-agent binary")
+	rate := flag.Int("rate", 1000, "readings per second the simulated car produces (fixes included)")
+	seconds := flag.Int("seconds", 30, "measured seconds (after a 5 s warm-up)")
+	fsync := flag.String("fsync", "always", "the agent's --spool-fsync")
+	flag.Parse()
+	if err := run(*agentBin, *rate, *seconds, *fsync); err != nil {
+		fmt.Fprintln(os.Stderr, "agentload:", err)
+		os.Exit(1)
+	}
+}
+
+func run(agentBin string, rate, seconds int, fsync string) error {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	broker, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: logger})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = broker.Run(ctx) }()
+
+	// The cloud: ack every batch as the bridge does once Kafka holds it.
+	acker := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker.URL()).SetClientID("acker"))
+	if t := acker.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("acker: %v", t.Error())
+	}
+	defer acker.Disconnect(100)
+	acker.Subscribe(topics.TelemetryFilter, 1, func(c mqtt.Client, m mqtt.Message) {
+		id, err := wire.DecodeIdentity(m.Payload(), wire.Limits{})
+		if err != nil {
+			return
+		}
+		data, _ := proto.Marshal(&pb.Ack{VehicleId: id.VehicleID, Ranges: []*pb.SeqRange{{Epoch: id.Epoch, First: id.Seq, Last: id.Seq}}})
+		c.Publish(topics.Ack(id.VehicleID), 1, false, data)
+	}).Wait()
+
+	// One car: each simulated second brings 2 x IMU Hz accelerometer
+	// readings, six 1 Hz signals and a fix.
+	imuHz := max((rate-7)/2, 0)
+	perSecond := 2*imuHz + 7
+	dir, err := os.MkdirTemp("", "agentload")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	metricsAddr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(agentBin, "--mqtt-url", broker.URL(), "--sim-vehicles", "1", "--sim-imu-hz", strconv.Itoa(imuHz),
+		"--sim-speedup", "1", "--batch-max-age", "1s", "--spool-dir", filepath.Join(dir, "spool"), "--spool-fsync", fsync,
+		"--listen", metricsAddr, "--log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+
+	time.Sleep(5 * time.Second) // warm-up: the measurement's definition, not a wait for a condition
+	cpu0, err := cpuSeconds(pid)
+	if err != nil {
+		return err
+	}
+	n0, err := readings("http://" + metricsAddr)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	time.Sleep(time.Duration(seconds) * time.Second)
+	cpu1, _ := cpuSeconds(pid)
+	n1, err := readings("http://" + metricsAddr)
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(t0).Seconds()
+	hwm, rss := memory(pid)
+	got := n1 - n0
+	fmt.Printf("| readings/s (target %d, sim %d) | %.0f |\n", rate, perSecond, got/elapsed)
+	fmt.Printf("| CPU per reading | %.2f µs |\n", (cpu1-cpu0)/got*1e6)
+	fmt.Printf("| CPU | %.1f%% of one core |\n", (cpu1-cpu0)/elapsed*100)
+	fmt.Printf("| peak RSS (VmHWM) | %.1f MB |\n", hwm/1e6)
+	fmt.Printf("| RSS at the end | %.1f MB |\n", rss/1e6)
+	fmt.Printf("| spool fsync | %s |\n", fsync)
+	return nil
+}
+
+// cpuSeconds is the process's user+system CPU time.
+func cpuSeconds(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100, nil // USER_HZ is 100 on Linux
+}
+
+var memLine = regexp.MustCompile(`(?m)^(VmHWM|VmRSS):\s+(\d+) kB`)
+
+func memory(pid int) (hwm, rss float64) {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, m := range memLine.FindAllStringSubmatch(string(data), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		if m[1] == "VmHWM" {
+			hwm = v * 1000
+		} else {
+			rss = v * 1000
+		}
+	}
+	return hwm, rss
+}
+
+var readingsLine = regexp.MustCompile(`(?m)^fleet_agent_readings_total\{kind="(?:reading|fix)"\} (\S+)$`)
+
+func readings(base string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, m := range readingsLine.FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		sum += v
+	}
+	return sum, nil
+}

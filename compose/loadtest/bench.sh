@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# make bench: Go benchmarks and load tools, written up in reports/bench.md.
+# Budgets (issue 3): agent <= 25 MB RSS and <= 2 us CPU per reading at 1,000
+# readings/s; <= 0.5 bytes per reading (1 s batches) and <= 0.25 (10 s) on
+# the real CAN logs. The report states the numbers; it does not fail on them
+# (machines are shared and noisy).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p reports bin
+export FLEET_SHARED_DATA=${FLEET_SHARED_DATA:-$(cd .. && pwd)/shared/data}
+out=reports/bench.md
+go build -o bin/edge-agent ./edge-agent
+
+wire=$(go test -run '^$' -bench 'WireBytesPerReading' -benchtime 3x ./edge-agent/can ./edge-agent/sim)
+micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|Append' -benchtime 2s ./edge-agent/can ./edge-agent/spool)
+load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_LOAD_SECONDS:-30}")
+
+{
+	echo "# Benchmark report"
+	echo
+	echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "- machine: $(nproc) cores,$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+	echo "- go: $(go env GOVERSION); commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	echo
+	echo "## Bytes on the wire per reading"
+	echo
+	echo "Real CAN logs decoded with their DBCs (every decoded signal of every frame, lossless,"
+	echo "0.1 ms timestamps) and the simulator, in 1 s and 10 s batches, next to one protobuf"
+	echo "message per reading compressed with snappy. Budget: <= 0.5 B (1 s), <= 0.25 B (10 s)."
+	echo
+	echo "| batch | B/reading | baseline B/reading | smaller by |"
+	echo "| --- | ---: | ---: | ---: |"
+	echo "$wire" | awk '/^BenchmarkWireBytesPerReading/ {
+		name=$1; sub(/^BenchmarkWireBytesPerReading\//, "", name); sub(/-[0-9]+$/, "", name)
+		for (i=1;i<=NF;i++) { if ($(i+1)=="B/reading") b=$i; if ($(i+1)=="baseline-B/reading") base=$i; if ($(i+1)=="x-smaller") x=$i }
+		printf "| %s | %s | %s | %sx |\n", name, b, base, x }'
+	echo
+	echo "## Edge agent at 1,000 readings/s (one simulated car, spool fsync per batch)"
+	echo
+	echo "Budget: <= 25 MB RSS, <= 2 us CPU per reading."
+	echo
+	echo "| measure | value |"
+	echo "| --- | ---: |"
+	echo "$load"
+	echo
+	echo "## Go micro-benchmarks"
+	echo
+	echo '```'
+	echo "$micro" | grep -E '^(Benchmark|goos|cpu)'
+	echo '```'
+} >"$out"
+cat "$out"
