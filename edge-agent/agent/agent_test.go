@@ -474,3 +474,21 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestShippedExampleConfig parses the example config that ships beside the
+// systemd unit: every key must be a real flag and every value valid. Only
+// the paths that exist on a board, not here, are pointed at test files.
+func TestShippedExampleConfig(t *testing.T) {
+	example := filepath.Join(testenv.RepoRoot(), "edge-agent", "deploy", "agent.example.yaml")
+	dbc := filepath.Join(testenv.RepoRoot(), "testdata", "can", "test.dbc")
+	var cfg Config
+	_, err := cli.Parse(agentProgram, &cfg, []string{"--config", example,
+		"--mqtt-ca-file=", "--mqtt-cert-file=", "--mqtt-key-file=", "--can-dbc", dbc}, io.Discard)
+	if err != nil {
+		t.Fatalf("the shipped example config is rejected: %v", err)
+	}
+	if cfg.VehicleID != "car-0001" || cfg.Spool.Fsync != "always" || cfg.BatchMaxAge != time.Second ||
+		cfg.CAN.Interface != "can0" || cfg.GPS.Path != "/dev/ttyUSB0" || cfg.BacklogRate != 20 {
+		t.Errorf("example config read as %+v", cfg)
+	}
+}
