@@ -250,9 +250,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // collector batches one vehicle's items and spools each closed batch.
 type collector struct {
-	a *Agent
-	v *vehicle
-	b *batcher.Batcher
+	a          *Agent
+	v          *vehicle
+	b          *batcher.Batcher
+	high, bulk []wire.Reading // reused between batches
 }
 
 func (a *Agent) newCollector(v *vehicle) *collector {
@@ -276,7 +277,8 @@ func (c *collector) flush() error {
 	if !ok {
 		return nil
 	}
-	var high, bulk []wire.Reading
+	defer c.b.Recycle(rs, fixes) // wire.Encode keeps no reference
+	high, bulk := c.high[:0], c.bulk[:0]
 	for _, r := range rs {
 		if slices.Contains(c.a.cfg.PrioritySignals, r.Signal) {
 			high = append(high, r)
@@ -284,6 +286,7 @@ func (c *collector) flush() error {
 			bulk = append(bulk, r)
 		}
 	}
+	defer func() { clear(high); clear(bulk); c.high, c.bulk = high[:0], bulk[:0] }()
 	if len(high) > 0 || len(fixes) > 0 {
 		if err := c.spool(high, fixes, spool.High); err != nil {
 			return err

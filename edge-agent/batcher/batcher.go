@@ -25,6 +25,8 @@ type Batcher struct {
 	fixes    []wire.Fix
 	first    int64 // time of the first item, Unix ns
 	empty    bool
+	spareR   []wire.Reading // recycled by the caller, used by the next batch
+	spareF   []wire.Fix
 }
 
 // New returns an empty batcher.
@@ -70,12 +72,21 @@ func (b *Batcher) Due(now time.Time) bool {
 }
 
 // Take returns what is held, with the earliest item time as base time, and
-// empties the batcher. ok is false when it held nothing.
+// empties the batcher. ok is false when it held nothing. The caller owns
+// the slices; handing them back with Recycle once done lets the next batch
+// reuse their memory.
 func (b *Batcher) Take() (readings []wire.Reading, fixes []wire.Fix, base int64, ok bool) {
 	if b.empty {
 		return nil, nil, 0, false
 	}
 	readings, fixes, base = b.readings, b.fixes, b.first
-	b.readings, b.fixes, b.empty = nil, nil, true
+	b.readings, b.fixes, b.empty = b.spareR[:0], b.spareF[:0], true
+	b.spareR, b.spareF = nil, nil
 	return readings, fixes, base, true
+}
+
+// Recycle gives back slices from Take that the caller no longer uses.
+func (b *Batcher) Recycle(readings []wire.Reading, fixes []wire.Fix) {
+	clear(readings) // drop string references
+	b.spareR, b.spareF = readings[:0], fixes[:0]
 }

@@ -111,7 +111,8 @@ type Uplink struct {
 
 	live   chan uint64
 	acks   chan *pb.Ack
-	events chan bool // connected (true) or lost (false)
+	events chan bool     // connected (true) or lost (false), for Run
+	lost   chan struct{} // connection lost, for keepConnected
 
 	// Owned by Run's goroutine.
 	conn     uint64 // counts connections
@@ -121,8 +122,14 @@ type Uplink struct {
 	cursor   uint64   // next backlog seq to consider
 	tokens   float64
 	lastTick time.Time
+	// idle is set when a whole backlog scan found nothing to send; the spool
+	// is not read again until something can have changed that: a
+	// reconnect, an expired in-flight batch, a live batch that did not go
+	// out as live.
+	idle bool
 
 	connected atomic.Bool
+	missed    atomic.Bool // Live could not queue a batch: it is backlog now
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced whenever acks free batches
 }
@@ -132,7 +139,7 @@ func New(cfg Config, store Store, deps Deps) (*Uplink, error) {
 	cfg.defaults()
 	u := &Uplink{
 		cfg: cfg, logger: deps.Logger.With("vehicle", cfg.VehicleID), m: deps.Metrics, store: store,
-		live: make(chan uint64, 256), acks: make(chan *pb.Ack, 64), events: make(chan bool, 4),
+		live: make(chan uint64, 256), acks: make(chan *pb.Ack, 64), events: make(chan bool, 4), lost: make(chan struct{}, 1),
 		inflight: map[uint64]inflight{}, changed: make(chan struct{}),
 	}
 	opts, err := cfg.MQTT.ClientOptions()
@@ -153,6 +160,10 @@ func New(cfg Config, store Store, deps Deps) (*Uplink, error) {
 		u.connected.Store(false)
 		u.logger.Warn("mqtt connection lost", "err", err)
 		u.events <- false
+		select {
+		case u.lost <- struct{}{}:
+		default:
+		}
 	})
 	u.client = mqtt.NewClient(opts)
 	return u, nil
@@ -169,6 +180,7 @@ func (u *Uplink) Live(seq uint64) {
 	case u.live <- seq:
 	default:
 		// Run is behind; the batch is in the spool and goes as backlog.
+		u.missed.Store(true)
 	}
 }
 
@@ -214,7 +226,9 @@ func (u *Uplink) Run(ctx context.Context) error {
 		u.client.Disconnect(250)
 	}()
 
-	tick := time.NewTicker(min(max(u.cfg.AckTimeout/8, 10*time.Millisecond), 100*time.Millisecond))
+	// Few wakeups: the board sleeps more (the backlog rate is applied on
+	// elapsed time, so a coarse tick only makes its bursts larger).
+	tick := time.NewTicker(min(max(u.cfg.AckTimeout/8, 10*time.Millisecond), 500*time.Millisecond))
 	defer tick.Stop()
 	u.lastTick = time.Now()
 	for {
@@ -225,6 +239,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.liveQ = append(u.liveQ, seq)
 			if len(u.liveQ) > liveQueueLen {
 				u.liveQ = u.liveQ[len(u.liveQ)-liveQueueLen:]
+				u.idle = false // the ones pushed out are backlog now
 			}
 			u.sendLive()
 		case ack := <-u.acks:
@@ -234,9 +249,13 @@ func (u *Uplink) Run(ctx context.Context) error {
 			if up {
 				u.conn++
 				u.cursor = 0
+				u.idle = false
 				u.sendLive()
 			}
 		case now := <-tick.C:
+			if u.missed.Swap(false) {
+				u.idle = false
+			}
 			u.expire(now)
 			u.sendLive()
 			u.sendBacklog(now)
@@ -271,7 +290,7 @@ func (u *Uplink) keepConnected(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(250 * time.Millisecond):
+		case <-u.lost:
 		}
 	}
 }
@@ -350,7 +369,7 @@ func (u *Uplink) sendLive() {
 func (u *Uplink) sendBacklog(now time.Time) {
 	u.tokens = min(u.tokens+now.Sub(u.lastTick).Seconds()*u.cfg.BacklogRate, max(u.cfg.BacklogRate, 1))
 	u.lastTick = now
-	if !u.up || !u.connected.Load() {
+	if !u.up || !u.connected.Load() || u.idle {
 		return
 	}
 	wrapped := false
@@ -371,6 +390,7 @@ func (u *Uplink) sendBacklog(now time.Time) {
 		}
 		if !sent {
 			if wrapped || u.cursor == 0 {
+				u.idle = true
 				return
 			}
 			u.cursor, wrapped = 0, true // start over: expired batches go again
@@ -382,6 +402,7 @@ func (u *Uplink) expire(now time.Time) {
 	for seq, f := range u.inflight {
 		if now.Sub(f.sentAt) >= u.cfg.AckTimeout || f.conn != u.conn {
 			delete(u.inflight, seq)
+			u.idle = false
 		}
 	}
 }

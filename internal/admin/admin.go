@@ -2,6 +2,8 @@
 // metrics on /metrics, liveness on /healthz and readiness on /readyz, plus
 // whatever handlers the service adds (an API, a dashboard).
 //
+// /debug/pprof/ serves Go's profiles (net/http/pprof).
+//
 // /healthz answers 200 while the process serves HTTP. /readyz answers 200
 // when every registered readiness check passes and 503 with a JSON body
 // naming the failing checks otherwise.
@@ -15,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -55,6 +58,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(deps.Gatherer, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	// Go profiles, for when a service or an agent uses more CPU or memory
+	// than it should. The admin port is for operators; don't expose it.
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return s, nil
 }
 

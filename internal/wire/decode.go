@@ -55,7 +55,7 @@ func Decode(data []byte, lim Limits) (*Batch, error) {
 	switch env.GetCompression() {
 	case pb.Compression_COMPRESSION_NONE:
 	case pb.Compression_COMPRESSION_ZSTD:
-		_, dec, err := codecs()
+		dec, err := decoder()
 		if err != nil {
 			return nil, fmt.Errorf("wire: zstd: %w", err)
 		}

@@ -33,30 +33,42 @@ type EncodeOptions struct {
 // DefaultTickNanos is the default time resolution: 0.1 ms.
 const DefaultTickNanos = 100_000
 
+// The zstd encoder and decoder are built once, on first use, and shared:
+// EncodeAll and DecodeAll are safe for concurrent use and building them is
+// costly. They are separate so that an agent, which only encodes, never
+// pays for a decoder.
 var (
-	zstdOnce sync.Once
-	zstdEnc  *zstd.Encoder
-	zstdDec  *zstd.Decoder
-	zstdErr  error
+	encOnce sync.Once
+	zstdEnc *zstd.Encoder
+	encErr  error
+	decOnce sync.Once
+	zstdDec *zstd.Decoder
+	decErr  error
 )
 
-// codecs returns the shared zstd encoder and decoder; EncodeAll and
-// DecodeAll are safe for concurrent use, and building them is costly.
-func codecs() (*zstd.Encoder, *zstd.Decoder, error) {
-	zstdOnce.Do(func() {
-		zstdEnc, zstdErr = zstd.NewWriter(nil,
+// encoderWindow is zstd's history window. Bodies are tens of kilobytes; the
+// library's default window (8 MiB) would cost an agent that much memory
+// for nothing.
+const encoderWindow = 512 << 10
+
+func encoder() (*zstd.Encoder, error) {
+	encOnce.Do(func() {
+		zstdEnc, encErr = zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.SpeedBetterCompression),
 			zstd.WithEncoderConcurrency(1),
+			zstd.WithWindowSize(encoderWindow),
 			zstd.WithLowerEncoderMem(true))
-		if zstdErr != nil {
-			return
-		}
-		zstdDec, zstdErr = zstd.NewReader(nil,
-			zstd.WithDecoderConcurrency(0),
-			zstd.WithDecoderMaxMemory(uint64(DefaultLimits.MaxBodyBytes)*4),
-			zstd.IgnoreChecksum(false))
 	})
-	return zstdEnc, zstdDec, zstdErr
+	return zstdEnc, encErr
+}
+
+func decoder() (*zstd.Decoder, error) {
+	decOnce.Do(func() {
+		zstdDec, decErr = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(uint64(DefaultLimits.MaxBodyBytes)*4))
+	})
+	return zstdDec, decErr
 }
 
 // Encode returns the wire form of b. It fails if the vehicle ID is invalid
@@ -91,7 +103,7 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 		Body:             raw,
 	}
 	if opt.Compression == CompressionZstd {
-		enc, _, err := codecs()
+		enc, err := encoder()
 		if err != nil {
 			return nil, fmt.Errorf("wire: zstd: %w", err)
 		}

@@ -1,0 +1,50 @@
+package agent
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
+)
+
+// BenchmarkCollectPerReading is the agent's per-reading work for one
+// simulated car at about 1,000 readings per simulated second: simulate,
+// batch, encode and spool (fsync off: the disk is measured elsewhere). The
+// uplink is not running; its queue just fills.
+func BenchmarkCollectPerReading(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Spool.Dir = b.TempDir()
+	cfg.Spool.Fsync = "never"
+	cfg.SimIMUHz = 496
+	cfg.Listen = ""
+	cfg.SimStart = "2026-01-05T08:00:00Z"
+	reg := prometheus.NewRegistry()
+	a, err := New(cfg, Deps{Logger: slog.New(slog.DiscardHandler), Registerer: reg, Gatherer: reg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := a.openVehicle("bench-0001", b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer v.spool.Close()
+	car := sim.NewVehicle(a.sim, 0)
+	c := a.newCollector(v)
+	readings := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rs, fix := car.Step()
+		readings += len(rs) + 1
+		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(readings), "ns/reading")
+	_ = time.Second
+}
