@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -30,6 +29,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/cli/clitest"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
@@ -1015,47 +1015,10 @@ var bridgeProgram = cli.Program{Name: "bridge", EnvPrefix: "FLEET_BRIDGE"}
 
 func configDir() string { return filepath.Join(testenv.RepoRoot(), "testdata", "config", "bridge") }
 
-// TestConfigFiles parses every testdata/config/bridge file as `bridge
-// --config FILE` does: *.good.yaml must be accepted, *.bad.yaml rejected with
-// an error naming the flag on its first line (`# want: <flag>`).
+// TestConfigFiles parses every testdata/config/bridge file as
+// `bridge --config FILE` does.
 func TestConfigFiles(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(configDir(), "*.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var good, bad int
-	for _, file := range files {
-		name := filepath.Base(file)
-		switch {
-		case strings.HasSuffix(name, ".good.yaml"):
-			good++
-		case strings.HasSuffix(name, ".bad.yaml"):
-			bad++
-		}
-		t.Run(name, func(t *testing.T) {
-			var cfg Config
-			_, err := cli.Parse(bridgeProgram, &cfg, []string{"--config", file}, io.Discard)
-			switch {
-			case strings.HasSuffix(name, ".good.yaml"):
-				if err != nil {
-					t.Fatalf("good config rejected: %v", err)
-				}
-			case strings.HasSuffix(name, ".bad.yaml"):
-				want := wantedFlag(t, file)
-				if err == nil {
-					t.Fatalf("bad config accepted; want an error naming --%s", want)
-				}
-				if !strings.Contains(err.Error(), "--"+want) {
-					t.Fatalf("error %q does not name --%s", err, want)
-				}
-			default:
-				t.Fatal("name must end in .good.yaml or .bad.yaml")
-			}
-		})
-	}
-	if good < 2 || bad < 6 {
-		t.Fatalf("%d good and %d bad config files; want at least 2 and 6", good, bad)
-	}
+	clitest.ConfigFiles(t, bridgeProgram, configDir(), func() *Config { return &Config{} }, nil, 2, 6)
 }
 
 // TestConfigFileValues checks a file's settings land in the Config, and
@@ -1093,18 +1056,4 @@ func TestConfigFileValues(t *testing.T) {
 	if fmt.Sprintf("%+v", cfg) != fmt.Sprintf("%+v", want) {
 		t.Errorf("config\n got %+v\nwant %+v", cfg, want)
 	}
-}
-
-func wantedFlag(t *testing.T, file string) string {
-	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, _, _ := strings.Cut(string(data), "\n")
-	want, ok := strings.CutPrefix(first, "# want: ")
-	if !ok || strings.TrimSpace(want) == "" {
-		t.Fatalf("first line %q is not `# want: <flag-name>`", first)
-	}
-	return strings.TrimSpace(want)
 }

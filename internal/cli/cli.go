@@ -18,6 +18,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -40,6 +42,12 @@ type Program struct {
 	Summary   string // one paragraph for --help
 }
 
+// flagNames finds the ways ff and the flag package name a flag in their
+// errors (flag "linger", flag -linger), so that every configuration error
+// names it as --linger, whether it came from a flag, the environment or the
+// file.
+var flagNames = regexp.MustCompile(`flag "?-?([a-z0-9][a-z0-9.-]*)"?`)
+
 // Logging holds the flags every binary has for its logs.
 type Logging struct {
 	Level  string
@@ -51,15 +59,27 @@ type Logging struct {
 // when asked for help.
 func Parse(p Program, cfg Config, args []string, out io.Writer) (*slog.Logger, error) {
 	fs := flag.NewFlagSet(p.Name, flag.ContinueOnError)
-	fs.SetOutput(out)
+	// The flag package would print each error itself; the caller prints
+	// the one Parse returns.
+	fs.SetOutput(io.Discard)
 	fs.String("config", "", "YAML file of settings (keys are flag names); flags and environment override it")
 	var lg Logging
 	fs.StringVar(&lg.Level, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&lg.Format, "log-format", "text", "log format: text or json")
 	cfg.RegisterFlags(fs)
+	helpAsked := slices.ContainsFunc(args, func(a string) bool {
+		return a == "-h" || a == "--h" || a == "-help" || a == "--help"
+	})
 	fs.Usage = func() {
+		if !helpAsked {
+			// A bad flag: the error says which; the whole list would bury it.
+			fmt.Fprintf(out, "Run %s --help for the flags.\n", p.Name)
+			return
+		}
 		fmt.Fprintf(out, "Usage: %s [flags]\n\n%s\n\nEvery flag can also be set in the environment as %s_<FLAG> (upper case,\n'-' as '_') or in the --config YAML file as <flag>: value. Flags win over\nthe environment, which wins over the file.\n\nFlags:\n", p.Name, p.Summary, p.EnvPrefix)
+		fs.SetOutput(out)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	err := ff.Parse(fs, args,
 		ff.WithEnvVarPrefix(p.EnvPrefix),
@@ -69,7 +89,7 @@ func Parse(p Program, cfg Config, args []string, out io.Writer) (*slog.Logger, e
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("config: %s", flagNames.ReplaceAllString(err.Error(), "flag --$1"))
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))

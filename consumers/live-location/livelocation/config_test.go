@@ -1,9 +1,7 @@
 package livelocation
 
 import (
-	"bufio"
 	"io"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -11,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/cli/clitest"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 )
 
@@ -25,50 +24,10 @@ func parse(t *testing.T, args ...string) (Config, error) {
 	return cfg, err
 }
 
+// TestConfigFiles parses every testdata/config/live-location file as
+// `live-location --config FILE` does.
 func TestConfigFiles(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(configDir(), "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no config files in %s: %v", configDir(), err)
-	}
-	for _, file := range files {
-		name := filepath.Base(file)
-		t.Run(name, func(t *testing.T) {
-			_, err := parse(t, "--config", file)
-			switch {
-			case strings.HasSuffix(name, ".good.yaml"):
-				if err != nil {
-					t.Fatalf("good config rejected: %v", err)
-				}
-			case strings.HasSuffix(name, ".bad.yaml"):
-				want := wantedFlag(t, file)
-				if err == nil {
-					t.Fatalf("bad config accepted; want an error naming --%s", want)
-				}
-				if !strings.Contains(err.Error(), "--"+want+":") && !strings.Contains(err.Error(), `"`+want+`"`) {
-					t.Fatalf("error %q does not name --%s", err, want)
-				}
-			default:
-				t.Fatalf("name neither *.good.yaml nor *.bad.yaml")
-			}
-		})
-	}
-}
-
-// wantedFlag reads the "# want: <flag>" first line of a bad config file.
-func wantedFlag(t *testing.T, file string) string {
-	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan()
-	want, ok := strings.CutPrefix(sc.Text(), "# want: ")
-	if !ok || want == "" {
-		t.Fatalf("first line %q is not # want: <flag>", sc.Text())
-	}
-	return strings.TrimSpace(want)
+	clitest.ConfigFiles(t, Program, configDir(), func() *Config { return &Config{} }, nil, 1, 3)
 }
 
 func TestFullConfigFile(t *testing.T) {

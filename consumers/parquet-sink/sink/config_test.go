@@ -1,7 +1,6 @@
 package sink_test
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/cli/clitest"
 )
 
 // program is how main.go runs the sink.
@@ -26,59 +26,10 @@ func parseConfig(args ...string) (sink.Config, error) {
 }
 
 // TestConfigFiles parses every testdata/config/parquet-sink file as
-// `parquet-sink --config FILE` would: *.good.yaml must be accepted,
-// *.bad.yaml rejected with an error naming the flag on its first line
-// (`# want: <flag>`).
+// `parquet-sink --config FILE` does.
 func TestConfigFiles(t *testing.T) {
 	t.Parallel()
-	files, err := filepath.Glob(filepath.Join(configDir, "*.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var good, bad int
-	for _, path := range files {
-		switch {
-		case strings.HasSuffix(path, ".good.yaml"):
-			good++
-		case strings.HasSuffix(path, ".bad.yaml"):
-			bad++
-		}
-		t.Run(filepath.Base(path), func(t *testing.T) {
-			_, err := parseConfig("--config", path)
-			switch {
-			case strings.HasSuffix(path, ".good.yaml"):
-				if err != nil {
-					t.Fatal(err)
-				}
-			case strings.HasSuffix(path, ".bad.yaml"):
-				want := wantFlag(t, path)
-				if err == nil || !strings.Contains(err.Error(), "--"+want+":") {
-					t.Fatalf("err %v, want one naming --%s", err, want)
-				}
-			default:
-				t.Fatal("name must end in .good.yaml or .bad.yaml")
-			}
-		})
-	}
-	if good < 2 || bad < 6 {
-		t.Fatalf("%d good and %d bad files; want at least 2 and 6", good, bad)
-	}
-}
-
-func wantFlag(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan()
-	want, ok := strings.CutPrefix(sc.Text(), "# want: ")
-	if !ok || strings.TrimSpace(want) == "" {
-		t.Fatalf("first line %q is not `# want: <flag-name>`", sc.Text())
-	}
-	return strings.TrimSpace(want)
+	clitest.ConfigFiles(t, sink.Program, configDir, func() *sink.Config { return &sink.Config{} }, nil, 2, 6)
 }
 
 // TestConfigFileValues checks that every key of full.good.yaml reaches the
@@ -153,9 +104,9 @@ func TestConfigUnparseableValue(t *testing.T) {
 	if err := os.WriteFile(path, []byte("max-file-age: soon\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The flag package reports it as "max-file-age" (no leading --).
-	if _, err := parseConfig("--config", path); err == nil || !strings.Contains(err.Error(), "max-file-age") {
-		t.Fatalf("err %v, want one naming max-file-age", err)
+	// Named as a flag, like every other configuration error.
+	if _, err := parseConfig("--config", path); err == nil || !strings.Contains(err.Error(), "--max-file-age") {
+		t.Fatalf("err %v, want one naming --max-file-age", err)
 	}
 }
 
