@@ -31,6 +31,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/cli/clitest"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
+	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
@@ -43,29 +44,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const (
 	partitions = 4
 	bridgeID   = "bridge-under-test"
-	waitLimit  = 15 * time.Second
+	waitLimit  = mqtttest.WaitLimit
 )
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-// eventually polls cond until it returns nil, failing the test with cond's
-// last error when the deadline passes first.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, waitLimit, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // env is an embedded MQTT broker and a kfake cluster with the telemetry and
 // DLQ topics, both stopped when the test ends.
@@ -77,15 +57,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	broker, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = broker.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-
+	broker := mqtttest.StartBroker(t)
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics.KafkaTelemetry, topics.KafkaDLQ))
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +97,7 @@ type running struct {
 func (e *env) startBridge(cfg Config) *running {
 	t := e.t
 	t.Helper()
-	watch := &logWatch{Handler: testLogger(t).Handler(), message: "subscribed", once: new(sync.Once), seen: make(chan struct{})}
+	watch := &logWatch{Handler: mqtttest.Logger(t).Handler(), message: "subscribed", once: new(sync.Once), seen: make(chan struct{})}
 	reg := prometheus.NewRegistry()
 	b, err := New(cfg, Deps{Logger: slog.New(watch), Registerer: reg, Gatherer: reg})
 	if err != nil {
@@ -529,7 +501,7 @@ func TestAcksVehiclesExactlyWhatKafkaHolds(t *testing.T) {
 		publish(t, car, topics.Telemetry(id.VehicleID), batch(t, id.VehicleID, id.Epoch, id.Seq))
 	}
 
-	eventually(t, "acks for every batch", func() error {
+	mqtttest.Eventually(t, "acks for every batch", func() error {
 		got, _ := log.acked()
 		if len(got) < len(want) {
 			return fmt.Errorf("%d of %d batches acked", len(got), len(want))
@@ -716,7 +688,7 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 	// its in-flight count on $SYS every second.
 	var inflight sysWatch
 	subscribe(t, e.client("operator"), "$SYS/broker/messages/inflight", inflight.handler)
-	eventually(t, "the broker's in-flight count to reach 0", func() error {
+	mqtttest.Eventually(t, "the broker's in-flight count to reach 0", func() error {
 		if v := inflight.last(); v != "0" {
 			return fmt.Errorf("in flight: %q", v)
 		}
@@ -768,7 +740,7 @@ func TestReadyz(t *testing.T) {
 	t.Run("connected", func(t *testing.T) {
 		e := newEnv(t)
 		br := e.startBridge(e.config())
-		eventually(t, "/readyz 200", func() error {
+		mqtttest.Eventually(t, "/readyz 200", func() error {
 			code, body, err := httpGet(br.AdminURL() + "/readyz")
 			if err != nil || code != http.StatusOK {
 				return fmt.Errorf("%d %s %v", code, body, err)
@@ -797,7 +769,7 @@ func TestReadyz(t *testing.T) {
 		cfg := e.config()
 		cfg.MQTT.URL = closed
 		br := e.startBridge(cfg)
-		eventually(t, "/readyz 503 naming mqtt", func() error {
+		mqtttest.Eventually(t, "/readyz 503 naming mqtt", func() error {
 			code, body, err := httpGet(br.AdminURL() + "/readyz")
 			if err != nil {
 				return err
@@ -816,7 +788,7 @@ func TestReadyz(t *testing.T) {
 		}
 		// paho's Disconnect returns before its goroutine gives up the
 		// connection attempt in progress; that goroutine must still end.
-		eventually(t, "paho's goroutines to end", func() error {
+		mqtttest.Eventually(t, "paho's goroutines to end", func() error {
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
 			for _, g := range strings.Split(stacks, "\n\n") {
@@ -898,7 +870,7 @@ func TestShutdownDrainsInFlightBatches(t *testing.T) {
 	if len(inKafka) == 0 {
 		t.Fatal("nothing reached Kafka during the drain")
 	}
-	eventually(t, "acks for every drained batch", func() error {
+	mqtttest.Eventually(t, "acks for every drained batch", func() error {
 		got, _ := log.acked()
 		for id := range inKafka {
 			if got[id] == 0 {
@@ -968,7 +940,7 @@ func TestUnreachableKafkaLosesNothing(t *testing.T) {
 		want[wire.Identity{VehicleID: "veh-k", Epoch: 2, Seq: seq}] = true
 		publish(t, car, topics.Telemetry("veh-k"), batch(t, "veh-k", 2, seq))
 	}
-	eventually(t, "the bridge to hold the batches", func() error {
+	mqtttest.Eventually(t, "the bridge to hold the batches", func() error {
 		if v := metricValue(t, br.AdminURL(), "fleet_bridge_inflight"); v != "10" {
 			return fmt.Errorf("fleet_bridge_inflight %q", v)
 		}
@@ -999,7 +971,7 @@ func TestUnreachableKafkaLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, "acks for them", func() error {
+	mqtttest.Eventually(t, "acks for them", func() error {
 		got, _ := log.acked()
 		for id := range want {
 			if got[id] == 0 {

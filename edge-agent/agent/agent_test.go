@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"os"
 	"os/exec"
@@ -25,7 +24,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/cli/clitest"
-	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
+	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -35,23 +34,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const waitLimit = 20 * time.Second
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-func startBroker(t *testing.T) *embedmqtt.Broker {
-	t.Helper()
-	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return b
-}
 
 // acker plays the cloud: it reads every vehicle's telemetry, decodes each
 // batch and acks it, as the bridge does once Kafka holds the batch.
@@ -135,7 +117,7 @@ func testConfig(t *testing.T, url string) Config {
 func runAgent(t *testing.T, ctx context.Context, cfg Config) error {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	a, err := New(cfg, Deps{Logger: testLogger(t), Registerer: reg, Gatherer: reg})
+	a, err := New(cfg, Deps{Logger: mqtttest.Logger(t), Registerer: reg, Gatherer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +157,7 @@ func sameFix(a, b wire.Fix) bool {
 // returns nil only once the cloud acked everything, and the cloud must have
 // received exactly what the simulator generates for the configuration.
 func TestDeliversEveryReadingOnce(t *testing.T) {
-	broker := startBroker(t)
+	broker := mqtttest.StartBroker(t)
 	cloud := startAcker(t, broker.URL())
 	cfg := testConfig(t, broker.URL())
 	if err := runAgent(t, context.Background(), cfg); err != nil {
@@ -278,7 +260,7 @@ func TestDeliversEveryReadingOnce(t *testing.T) {
 // TestFailsWhenTheCloudNeverAcks: with nobody acking, an agent told to exit
 // when done gives up after the drain timeout and says how much is unacked.
 func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
-	broker := startBroker(t)
+	broker := mqtttest.StartBroker(t)
 	cfg := testConfig(t, broker.URL())
 	cfg.SimVehicles = 1
 	cfg.SimDuration = 5 * time.Second
@@ -297,7 +279,7 @@ func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
 // TestStopsOnCancel: an endless simulation stops when its context is
 // cancelled, after its last batches are acked.
 func TestStopsOnCancel(t *testing.T) {
-	broker := startBroker(t)
+	broker := mqtttest.StartBroker(t)
 	cloud := startAcker(t, broker.URL())
 	cfg := testConfig(t, broker.URL())
 	cfg.SimDuration = 0

@@ -113,6 +113,7 @@ type Uplink struct {
 	acks   chan *pb.Ack
 	events chan bool     // connected (true) or lost (false), for Run
 	lost   chan struct{} // connection lost, for keepConnected
+	done   chan struct{} // closed when Run returns: paho's handlers must not block after it
 
 	// Owned by Run's goroutine.
 	conn     uint64 // counts connections
@@ -139,7 +140,7 @@ func New(cfg Config, store Store, deps Deps) (*Uplink, error) {
 	cfg.defaults()
 	u := &Uplink{
 		cfg: cfg, logger: deps.Logger.With("vehicle", cfg.VehicleID), m: deps.Metrics, store: store,
-		live: make(chan uint64, 256), acks: make(chan *pb.Ack, 64), events: make(chan bool, 4), lost: make(chan struct{}, 1),
+		live: make(chan uint64, 256), acks: make(chan *pb.Ack, 64), events: make(chan bool, 4), lost: make(chan struct{}, 1), done: make(chan struct{}),
 		inflight: map[uint64]inflight{}, changed: make(chan struct{}),
 	}
 	opts, err := cfg.MQTT.ClientOptions()
@@ -159,7 +160,7 @@ func New(cfg Config, store Store, deps Deps) (*Uplink, error) {
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		u.connected.Store(false)
 		u.logger.Warn("mqtt connection lost", "err", err)
-		u.events <- false
+		u.notify(false)
 		select {
 		case u.lost <- struct{}{}:
 		default:
@@ -216,6 +217,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); u.keepConnected(connCtx) }()
 	defer func() {
+		close(u.done) // nobody reads events or acks any more
 		stopConnecting()
 		wg.Wait()
 		if u.client.IsConnectionOpen() {
@@ -270,7 +272,12 @@ func (u *Uplink) keepConnected(ctx context.Context) {
 	for ctx.Err() == nil {
 		if !u.client.IsConnectionOpen() {
 			t := u.client.Connect()
-			ok := t.WaitTimeout(30*time.Second) && t.Error() == nil
+			select {
+			case <-t.Done():
+			case <-ctx.Done():
+				return // Run disconnects, which ends the attempt
+			}
+			ok := t.Error() == nil
 			if !ok {
 				if u.m != nil {
 					u.m.reconnects.Inc()
@@ -303,7 +310,16 @@ func (u *Uplink) onConnect(c mqtt.Client) {
 		c.Publish(topics.Status(u.cfg.VehicleID), 1, true, p)
 	}
 	u.connected.Store(true)
-	u.events <- true
+	u.notify(true)
+}
+
+// notify tells Run about the connection, or nothing once Run has returned
+// (paho calls its handlers from its own goroutines, even during Disconnect).
+func (u *Uplink) notify(up bool) {
+	select {
+	case u.events <- up:
+	case <-u.done:
+	}
 }
 
 func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
@@ -312,7 +328,10 @@ func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
 		u.logger.Warn("ignoring malformed ack", "err", err, "vehicle_id", ack.GetVehicleId())
 		return
 	}
-	u.acks <- ack
+	select {
+	case u.acks <- ack:
+	case <-u.done: // the ack is lost; the batch stays spooled and is re-sent
+	}
 }
 
 func (u *Uplink) applyAck(ack *pb.Ack) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
+	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -25,49 +25,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-const waitLimit = 15 * time.Second
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, waitLimit, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func startBroker(t *testing.T) *embedmqtt.Broker {
-	t.Helper()
-	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return b
-}
-
-func connect(t *testing.T, url, id string) mqtt.Client {
-	t.Helper()
-	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetAutoReconnect(false))
-	if tok := c.Connect(); !tok.WaitTimeout(waitLimit) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(250) })
-	return c
-}
+const waitLimit = mqtttest.WaitLimit
 
 func publish(t *testing.T, c mqtt.Client, topic string, retained bool, payload []byte) {
 	t.Helper()
@@ -100,7 +58,7 @@ type acker struct {
 func startAcker(t *testing.T, url string, acking bool) *acker {
 	t.Helper()
 	a := &acker{t: t, acking: acking, arrivals: map[wire.Identity][]time.Time{}}
-	a.client = connect(t, url, "acker")
+	a.client = mqtttest.Connect(t, url, "acker")
 	subscribe(t, a.client, topics.TelemetryFilter, a.onBatch)
 	return a
 }
@@ -175,7 +133,7 @@ func newUplink(t *testing.T, url, vehicle string, cfg Config, sp *spool.Spool) *
 	if cfg.ReconnectMin == 0 {
 		cfg.ReconnectMin, cfg.ReconnectMax = 20*time.Millisecond, 200*time.Millisecond
 	}
-	u, err := New(cfg, sp, Deps{Logger: testLogger(t), Metrics: NewMetrics(prometheus.NewRegistry())})
+	u, err := New(cfg, sp, Deps{Logger: mqtttest.Logger(t), Metrics: NewMetrics(prometheus.NewRegistry())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +184,7 @@ func spoolBatch(t *testing.T, sp *spool.Spool, vehicle string) wire.Identity {
 }
 
 func TestLiveBatchIsAckedAndFreed(t *testing.T) {
-	b := startBroker(t)
+	b := mqtttest.StartBroker(t)
 	a := startAcker(t, b.URL(), true)
 	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second}, nil)
 	id := spoolBatch(t, u.spool, "veh-1")
@@ -248,12 +206,12 @@ func TestLiveBatchIsAckedAndFreed(t *testing.T) {
 }
 
 func TestResendUntilAcked(t *testing.T) {
-	b := startBroker(t)
+	b := mqtttest.StartBroker(t)
 	a := startAcker(t, b.URL(), false)
 	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 200 * time.Millisecond}, nil)
 	id := spoolBatch(t, u.spool, "veh-1")
 	u.Live(id.Seq)
-	eventually(t, "a re-send after the ack timeout", func() error {
+	mqtttest.Eventually(t, "a re-send after the ack timeout", func() error {
 		if n := a.count(id); n < 2 {
 			return fmt.Errorf("sent %d times", n)
 		}
@@ -263,7 +221,7 @@ func TestResendUntilAcked(t *testing.T) {
 		t.Fatalf("Pending = %d, want 1: the PUBACK must not free the batch", u.Pending())
 	}
 	ack(t, a.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: id.Epoch, First: id.Seq, Last: id.Seq})
-	eventually(t, "the ack to free the batch", func() error {
+	mqtttest.Eventually(t, "the ack to free the batch", func() error {
 		if p := u.Pending(); p != 0 {
 			return fmt.Errorf("pending %d", p)
 		}
@@ -277,7 +235,7 @@ func TestResendUntilAcked(t *testing.T) {
 	a.mu.Unlock()
 	id2 := spoolBatch(t, u.spool, "veh-1")
 	u.Live(id2.Seq)
-	eventually(t, "a later batch to be acked", func() error {
+	mqtttest.Eventually(t, "a later batch to be acked", func() error {
 		if u.Pending() != 0 {
 			return errors.New("pending")
 		}
@@ -292,7 +250,7 @@ func TestResendUntilAcked(t *testing.T) {
 // holds a backlog; it drains oldest first at the backlog rate while a new
 // batch goes out at once.
 func TestLiveFirstWhileTheBacklogDrains(t *testing.T) {
-	b := startBroker(t)
+	b := mqtttest.StartBroker(t)
 	a := startAcker(t, b.URL(), true)
 	sp := openSpool(t, t.TempDir())
 	var backlog []wire.Identity
@@ -300,7 +258,7 @@ func TestLiveFirstWhileTheBacklogDrains(t *testing.T) {
 		backlog = append(backlog, spoolBatch(t, sp, "veh-1"))
 	}
 	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second, BacklogRate: 4}, sp)
-	eventually(t, "the backlog to start draining", func() error {
+	mqtttest.Eventually(t, "the backlog to start draining", func() error {
 		if a.count(backlog[0]) == 0 {
 			return errors.New("nothing yet")
 		}
@@ -338,13 +296,13 @@ func TestLiveFirstWhileTheBacklogDrains(t *testing.T) {
 }
 
 func TestIgnoresForeignAndMalformedAcks(t *testing.T) {
-	b := startBroker(t)
+	b := mqtttest.StartBroker(t)
 	a := startAcker(t, b.URL(), false)
 	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second}, nil)
 	id, id2 := spoolBatch(t, u.spool, "veh-1"), spoolBatch(t, u.spool, "veh-1")
 	u.Live(id.Seq)
 	u.Live(id2.Seq)
-	eventually(t, "the batches to arrive", func() error {
+	mqtttest.Eventually(t, "the batches to arrive", func() error {
 		if a.count(id) == 0 || a.count(id2) == 0 {
 			return errors.New("not yet")
 		}
@@ -359,7 +317,7 @@ func TestIgnoresForeignAndMalformedAcks(t *testing.T) {
 	// Acks are applied in arrival order: once this valid one for id2 took
 	// effect, the ones before it have been handled.
 	ack(t, a.client, "veh-1", "veh-1", &pb.SeqRange{Epoch: id2.Epoch, First: id2.Seq, Last: id2.Seq})
-	eventually(t, "the valid ack to free its batch", func() error {
+	mqtttest.Eventually(t, "the valid ack to free its batch", func() error {
 		if _, err := u.spool.Get(id2.Seq); err == nil {
 			return errors.New("still pending")
 		}
@@ -371,7 +329,7 @@ func TestIgnoresForeignAndMalformedAcks(t *testing.T) {
 }
 
 func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
-	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: testLogger(t)})
+	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: mqtttest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +338,7 @@ func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
 	go func() { defer close(bdone); _ = b.Run(bctx) }()
 	addr := strings.TrimPrefix(b.URL(), "tcp://")
 	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: time.Second}, nil)
-	eventually(t, "the first connection", func() error {
+	mqtttest.Eventually(t, "the first connection", func() error {
 		if !u.connected.Load() {
 			return errors.New("not connected")
 		}
@@ -388,7 +346,7 @@ func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
 	})
 	stopBroker()
 	<-bdone
-	eventually(t, "the uplink to notice", func() error {
+	mqtttest.Eventually(t, "the uplink to notice", func() error {
 		if u.connected.Load() {
 			return errors.New("still connected")
 		}
@@ -400,7 +358,7 @@ func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
 		u.Live(id.Seq)
 		ids = append(ids, id)
 	}
-	b2, err := embedmqtt.New(embedmqtt.Config{Addr: addr}, embedmqtt.Deps{Logger: testLogger(t)})
+	b2, err := embedmqtt.New(embedmqtt.Config{Addr: addr}, embedmqtt.Deps{Logger: mqtttest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,8 +380,8 @@ func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
 }
 
 func TestStatusOnlineThenOffline(t *testing.T) {
-	b := startBroker(t)
-	watcher := connect(t, b.URL(), "watcher")
+	b := mqtttest.StartBroker(t)
+	watcher := mqtttest.Connect(t, b.URL(), "watcher")
 	var mu sync.Mutex
 	var last *pb.Status
 	subscribe(t, watcher, topics.Status("veh-1"), func(_ mqtt.Client, m mqtt.Message) {
@@ -440,14 +398,14 @@ func TestStatusOnlineThenOffline(t *testing.T) {
 		defer mu.Unlock()
 		return last != nil, last != nil && last.Online
 	}
-	eventually(t, "status online", func() error {
+	mqtttest.Eventually(t, "status online", func() error {
 		if seen, on := state(); !seen || !on {
 			return errors.New("not online")
 		}
 		return nil
 	})
 	u.stop()
-	eventually(t, "status offline after stopping", func() error {
+	mqtttest.Eventually(t, "status offline after stopping", func() error {
 		if _, on := state(); on {
 			return errors.New("still online")
 		}
