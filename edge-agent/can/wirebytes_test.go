@@ -47,6 +47,29 @@ func logReadings(tb testing.TB, dbcName, logName string) []wire.Reading {
 	return out
 }
 
+// dbcCatalog is the catalog of every signal of a DBC, as an agent with that
+// DBC would register it.
+func dbcCatalog(tb testing.TB, dbcName string) *wire.Catalog {
+	tb.Helper()
+	d, err := LoadDBC(testenv.SharedData(tb, dbcName))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var specs []wire.SignalSpec
+	for _, s := range d.Signals() {
+		kind := wire.KindDouble
+		if s.Integer() {
+			kind = wire.KindInt
+		}
+		specs = append(specs, wire.SignalSpec{Name: s.FullName, Unit: s.Unit, Kind: kind})
+	}
+	cat, err := wire.NewCatalog(specs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cat
+}
+
 var wireLogs = []struct{ name, dbc, log string }{
 	{"civic", "honda_civic_hatchback_ex_2017_can_generated.dbc", "civic_typer_2019_turnonanddrive.candump.log"},
 	{"kona", "hyundai_kia_generic.dbc", "hyundai_kona_turnonlog.candump.log"},
@@ -59,17 +82,23 @@ var wireLogs = []struct{ name, dbc, log string }{
 func BenchmarkWireBytesPerReading(b *testing.B) {
 	for _, l := range wireLogs {
 		rs := logReadings(b, l.dbc, l.log)
+		cat := dbcCatalog(b, l.dbc)
 		for _, w := range []time.Duration{time.Second, 10 * time.Second} {
 			batches := wiretest.Windows(rs, w)
 			b.Run(fmt.Sprintf("%s/%s", l.name, w), func(b *testing.B) {
 				var n int
 				for i := 0; i < b.N; i++ {
 					var err error
-					if n, err = wiretest.EncodedBytes(batches, nil); err != nil {
+					if n, err = wiretest.EncodedBytes(batches, nil, nil); err != nil {
 						b.Fatal(err)
 					}
 				}
+				withCat, err := wiretest.EncodedBytes(batches, nil, cat)
+				if err != nil {
+					b.Fatal(err)
+				}
 				base := wiretest.BaselineBytes(batches)
+				b.ReportMetric(float64(withCat)/float64(len(rs)), "B/reading-catalog")
 				b.ReportMetric(float64(n)/float64(len(rs)), "B/reading")
 				b.ReportMetric(float64(base)/float64(len(rs)), "baseline-B/reading")
 				b.ReportMetric(float64(base)/float64(n), "x-smaller")

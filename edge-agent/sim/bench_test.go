@@ -36,7 +36,7 @@ func BenchmarkWireBytesPerReading(b *testing.B) {
 			var size int
 			for i := 0; i < b.N; i++ {
 				var err error
-				if size, err = wiretest.EncodedBytes(batches, fixes); err != nil {
+				if size, err = wiretest.EncodedBytes(batches, fixes, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -94,6 +94,21 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 	if tick == 0 || tick > uint64(math.MaxInt64) {
 		return malformed("tick_nanos %d", tick)
 	}
+	signals := body.GetSignals()
+	if id := body.GetCatalogId(); len(id) > 0 {
+		if len(signals) > 0 {
+			return malformed("both a catalog id and a name table")
+		}
+		var cat *Catalog
+		ok := false
+		if lim.Catalogs != nil {
+			cat, ok = lim.Catalogs.Catalog(id)
+		}
+		if !ok {
+			return fmt.Errorf("%w %x", ErrUnknownCatalog, id)
+		}
+		signals = cat.signals
+	}
 	times := make([][]int64, len(body.GetTimes()))
 	for i, tc := range body.GetTimes() {
 		ts, err := absoluteTimes(tc.GetDeltaOfDelta(), b.BaseTime, int64(tick))
@@ -107,7 +122,7 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 		if c.GetTime() >= uint32(len(times)) {
 			return malformed("column %d: time column %d out of range", i, c.GetTime())
 		}
-		if c.GetSignal() >= uint32(len(body.GetSignals())) {
+		if c.GetSignal() >= uint32(len(signals)) {
 			return malformed("column %d: signal %d out of range", i, c.GetSignal())
 		}
 		total += len(times[c.GetTime()])
@@ -120,7 +135,7 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 	}
 	b.Readings = make([]Reading, 0, total)
 	for i, c := range body.GetColumns() {
-		sig := body.GetSignals()[c.GetSignal()]
+		sig := signals[c.GetSignal()]
 		ts := times[c.GetTime()]
 		vals, err := decodeValues(c, sig.GetType(), len(ts))
 		if err != nil {

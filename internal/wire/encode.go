@@ -28,6 +28,10 @@ type EncodeOptions struct {
 	TickNanos int64
 	// Compression of the body; zstd unless set to CompressionNone.
 	Compression Compression
+	// Catalog, if set, is a registered name table: when every reading's
+	// signal (name, unit, kind) is in it, the body carries the catalog's id
+	// instead of the names. Otherwise the body carries its own table.
+	Catalog *Catalog
 }
 
 // DefaultTickNanos is the default time resolution: 0.1 ms.
@@ -64,9 +68,13 @@ func encoder() (*zstd.Encoder, error) {
 
 func decoder() (*zstd.Decoder, error) {
 	decOnce.Do(func() {
+		// Untrusted input: a frame may not make the decoder allocate more
+		// than a body may hold, nor use a window larger than any encoder of
+		// ours uses (twice encoderWindow leaves room).
 		zstdDec, decErr = zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(0),
-			zstd.WithDecoderMaxMemory(uint64(DefaultLimits.MaxBodyBytes)*4))
+			zstd.WithDecoderMaxMemory(uint64(DefaultLimits.MaxBodyBytes)),
+			zstd.WithDecoderMaxWindow(2*encoderWindow))
 	})
 	return zstdDec, decErr
 }
@@ -81,7 +89,7 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 	if tick <= 0 {
 		tick = DefaultTickNanos
 	}
-	body, err := encodeBody(b, tick)
+	body, err := encodeBody(b, tick, opt.Catalog)
 	if err != nil {
 		return nil, err
 	}
@@ -128,8 +136,14 @@ type column struct {
 	scale, offset float64
 }
 
-func encodeBody(b *Batch, tick int64) (*pb.Body, error) {
+func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 	body := &pb.Body{TickNanos: uint64(tick)}
+	if cat != nil && !cat.covers(b.Readings) {
+		cat = nil // a signal outside the catalog: carry the table
+	}
+	if cat != nil {
+		body.CatalogId = cat.ID()
+	}
 	index := make(map[signalKey]int, 16)
 	var cols []*column
 	for i := range b.Readings {
@@ -141,10 +155,16 @@ func encodeBody(b *Batch, tick int64) (*pb.Body, error) {
 			if err != nil {
 				return nil, fmt.Errorf("wire: reading %d (%s): %w", i, r.Signal, err)
 			}
-			body.Signals = append(body.Signals, &pb.Signal{Name: r.Signal, Unit: r.Unit, Type: typ})
+			var sig uint32
+			if cat != nil {
+				sig = cat.index[k]
+			} else {
+				body.Signals = append(body.Signals, &pb.Signal{Name: r.Signal, Unit: r.Unit, Type: typ})
+				sig = uint32(len(body.Signals) - 1)
+			}
 			ci = len(cols)
 			index[k] = ci
-			cols = append(cols, &column{signal: uint32(len(body.Signals) - 1), scale: r.Scale, offset: r.Offset, raws: []int64{}})
+			cols = append(cols, &column{signal: sig, scale: r.Scale, offset: r.Offset, raws: []int64{}})
 		}
 		c := cols[ci]
 		c.ticks = append(c.ticks, floorDiv(r.Time-b.BaseTime, tick))

@@ -154,6 +154,10 @@ type Limits struct {
 	MaxBatchBytes int // size of the encoded batch; default 1 MiB
 	MaxBodyBytes  int // size of the decompressed body; default 16 MiB
 	MaxReadings   int // readings plus fixes; default 1,000,000
+	// Catalogs resolves the catalog a batch may refer to instead of
+	// carrying its name table; without it such a batch fails with
+	// ErrUnknownCatalog.
+	Catalogs CatalogLookup
 }
 
 // DefaultLimits are the limits Decode applies to zero fields.

@@ -309,8 +309,20 @@ func FuzzDecode(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	cat, err := NewCatalog([]SignalSpec{{"speed", "km/h", KindDouble}, {"rpm", "rpm", KindInt}, {"steer", "deg", KindDouble},
+		{"door_open", "", KindBool}, {"status", "", KindString}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	catalogs := Catalogs{}
+	catalogs.Add(cat)
+	withCat, err := Encode(sampleBatch(), EncodeOptions{Catalog: cat, Compression: CompressionNone})
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(good)
 	f.Add(plain)
+	f.Add(withCat)
 	f.Add([]byte{})
 	seeds, _ := filepath.Glob(filepath.Join("testdata", "seeds", "*.bin"))
 	for _, p := range seeds {
@@ -321,7 +333,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add(data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		b, err := Decode(data, Limits{MaxBodyBytes: 1 << 20, MaxReadings: 100_000})
+		b, err := Decode(data, Limits{MaxBodyBytes: 1 << 20, MaxReadings: 100_000, Catalogs: catalogs})
 		if err != nil {
 			return
 		}

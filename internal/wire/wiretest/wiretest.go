@@ -30,8 +30,8 @@ func Windows(rs []wire.Reading, d time.Duration) [][]wire.Reading {
 }
 
 // EncodedBytes is the total size of the batches as the agent encodes them
-// (0.1 ms time resolution, zstd).
-func EncodedBytes(batches [][]wire.Reading, fixes [][]wire.Fix) (int, error) {
+// (0.1 ms time resolution, zstd), with a registered catalog if one is given.
+func EncodedBytes(batches [][]wire.Reading, fixes [][]wire.Fix, cat *wire.Catalog) (int, error) {
 	n := 0
 	for i, rs := range batches {
 		b := &wire.Batch{
@@ -44,7 +44,7 @@ func EncodedBytes(batches [][]wire.Reading, fixes [][]wire.Fix) (int, error) {
 		if fixes != nil {
 			b.Fixes = fixes[i]
 		}
-		data, err := wire.Encode(b, wire.EncodeOptions{TickNanos: 100_000})
+		data, err := wire.Encode(b, wire.EncodeOptions{TickNanos: 100_000, Catalog: cat})
 		if err != nil {
 			return 0, err
 		}

@@ -322,7 +322,11 @@ type Body struct {
 	// One column per signal (and per time column it was sampled on).
 	Columns []*Column `protobuf:"bytes,4,rep,name=columns,proto3" json:"columns,omitempty"`
 	// Location fixes, as first-class data.
-	Locations     *Locations `protobuf:"bytes,5,opt,name=locations,proto3" json:"locations,omitempty"`
+	Locations *Locations `protobuf:"bytes,5,opt,name=locations,proto3" json:"locations,omitempty"`
+	// When set, `signals` is empty and columns refer to the signals of the
+	// registered Catalog with this id (see Catalog): a batch then need not
+	// carry the name table.
+	CatalogId     []byte `protobuf:"bytes,6,opt,name=catalog_id,json=catalogId,proto3" json:"catalog_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -392,6 +396,61 @@ func (x *Body) GetLocations() *Locations {
 	return nil
 }
 
+func (x *Body) GetCatalogId() []byte {
+	if x != nil {
+		return x.CatalogId
+	}
+	return nil
+}
+
+// Catalog is a vehicle's name table (for instance every signal of its DBC),
+// registered with the cloud once so that batches can refer to it by id
+// instead of carrying it. Its id is the first 16 bytes of the SHA-256 of its
+// deterministic serialization.
+type Catalog struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Signals       []*Signal              `protobuf:"bytes,1,rep,name=signals,proto3" json:"signals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Catalog) Reset() {
+	*x = Catalog{}
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Catalog) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Catalog) ProtoMessage() {}
+
+func (x *Catalog) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Catalog.ProtoReflect.Descriptor instead.
+func (*Catalog) Descriptor() ([]byte, []int) {
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Catalog) GetSignals() []*Signal {
+	if x != nil {
+		return x.Signals
+	}
+	return nil
+}
+
 type Signal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -403,7 +462,7 @@ type Signal struct {
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +474,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +487,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Signal) GetName() string {
@@ -465,7 +524,7 @@ type TimeColumn struct {
 
 func (x *TimeColumn) Reset() {
 	*x = TimeColumn{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +536,7 @@ func (x *TimeColumn) String() string {
 func (*TimeColumn) ProtoMessage() {}
 
 func (x *TimeColumn) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +549,7 @@ func (x *TimeColumn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeColumn.ProtoReflect.Descriptor instead.
 func (*TimeColumn) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TimeColumn) GetDeltaOfDelta() []int64 {
@@ -521,7 +580,7 @@ type Column struct {
 
 func (x *Column) Reset() {
 	*x = Column{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +592,7 @@ func (x *Column) String() string {
 func (*Column) ProtoMessage() {}
 
 func (x *Column) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +605,7 @@ func (x *Column) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Column.ProtoReflect.Descriptor instead.
 func (*Column) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Column) GetSignal() uint32 {
@@ -667,7 +726,7 @@ type ScaledValues struct {
 
 func (x *ScaledValues) Reset() {
 	*x = ScaledValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +738,7 @@ func (x *ScaledValues) String() string {
 func (*ScaledValues) ProtoMessage() {}
 
 func (x *ScaledValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +751,7 @@ func (x *ScaledValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaledValues.ProtoReflect.Descriptor instead.
 func (*ScaledValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ScaledValues) GetScale() float64 {
@@ -733,7 +792,7 @@ type DoubleValues struct {
 
 func (x *DoubleValues) Reset() {
 	*x = DoubleValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +804,7 @@ func (x *DoubleValues) String() string {
 func (*DoubleValues) ProtoMessage() {}
 
 func (x *DoubleValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +817,7 @@ func (x *DoubleValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoubleValues.ProtoReflect.Descriptor instead.
 func (*DoubleValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DoubleValues) GetValues() []float64 {
@@ -778,7 +837,7 @@ type IntValues struct {
 
 func (x *IntValues) Reset() {
 	*x = IntValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +849,7 @@ func (x *IntValues) String() string {
 func (*IntValues) ProtoMessage() {}
 
 func (x *IntValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +862,7 @@ func (x *IntValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntValues.ProtoReflect.Descriptor instead.
 func (*IntValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IntValues) GetDelta() []int64 {
@@ -823,7 +882,7 @@ type BoolValues struct {
 
 func (x *BoolValues) Reset() {
 	*x = BoolValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +894,7 @@ func (x *BoolValues) String() string {
 func (*BoolValues) ProtoMessage() {}
 
 func (x *BoolValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +907,7 @@ func (x *BoolValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BoolValues.ProtoReflect.Descriptor instead.
 func (*BoolValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BoolValues) GetBits() []byte {
@@ -869,7 +928,7 @@ type StringValues struct {
 
 func (x *StringValues) Reset() {
 	*x = StringValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +940,7 @@ func (x *StringValues) String() string {
 func (*StringValues) ProtoMessage() {}
 
 func (x *StringValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +953,7 @@ func (x *StringValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringValues.ProtoReflect.Descriptor instead.
 func (*StringValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StringValues) GetDictionary() []string {
@@ -937,7 +996,7 @@ type Locations struct {
 
 func (x *Locations) Reset() {
 	*x = Locations{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1008,7 @@ func (x *Locations) String() string {
 func (*Locations) ProtoMessage() {}
 
 func (x *Locations) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1021,7 @@ func (x *Locations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Locations.ProtoReflect.Descriptor instead.
 func (*Locations) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Locations) GetTimeDeltaOfDelta() []int64 {
@@ -1033,7 +1092,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1104,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1117,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetVehicleId() string {
@@ -1087,7 +1146,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1158,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1171,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SeqRange) GetEpoch() uint64 {
@@ -1150,7 +1209,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1221,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1234,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Status) GetVehicleId() string {
@@ -1227,7 +1286,7 @@ type Position struct {
 
 func (x *Position) Reset() {
 	*x = Position{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1298,7 @@ func (x *Position) String() string {
 func (*Position) ProtoMessage() {}
 
 func (x *Position) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1311,7 @@ func (x *Position) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Position.ProtoReflect.Descriptor instead.
 func (*Position) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Position) GetVehicleId() string {
@@ -1350,14 +1409,18 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\bProducer\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
 	"\x0eschema_version\x18\x02 \x01(\rR\rschemaVersion\x12\x18\n" +
-	"\adecoder\x18\x03 \x01(\tR\adecoder\"\x84\x02\n" +
+	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xa3\x02\n" +
 	"\x04Body\x12\x1d\n" +
 	"\n" +
 	"tick_nanos\x18\x01 \x01(\x04R\ttickNanos\x124\n" +
 	"\asignals\x18\x02 \x03(\v2\x1a.fleet.telemetry.v1.SignalR\asignals\x124\n" +
 	"\x05times\x18\x03 \x03(\v2\x1e.fleet.telemetry.v1.TimeColumnR\x05times\x124\n" +
 	"\acolumns\x18\x04 \x03(\v2\x1a.fleet.telemetry.v1.ColumnR\acolumns\x12;\n" +
-	"\tlocations\x18\x05 \x01(\v2\x1d.fleet.telemetry.v1.LocationsR\tlocations\"c\n" +
+	"\tlocations\x18\x05 \x01(\v2\x1d.fleet.telemetry.v1.LocationsR\tlocations\x12\x1d\n" +
+	"\n" +
+	"catalog_id\x18\x06 \x01(\fR\tcatalogId\"?\n" +
+	"\aCatalog\x124\n" +
+	"\asignals\x18\x01 \x03(\v2\x1a.fleet.telemetry.v1.SignalR\asignals\"c\n" +
 	"\x06Signal\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04unit\x18\x02 \x01(\tR\x04unit\x121\n" +
@@ -1455,46 +1518,48 @@ func file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_fleet_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_fleet_telemetry_v1_telemetry_proto_goTypes = []any{
 	(Compression)(0),     // 0: fleet.telemetry.v1.Compression
 	(ValueType)(0),       // 1: fleet.telemetry.v1.ValueType
 	(*Batch)(nil),        // 2: fleet.telemetry.v1.Batch
 	(*Producer)(nil),     // 3: fleet.telemetry.v1.Producer
 	(*Body)(nil),         // 4: fleet.telemetry.v1.Body
-	(*Signal)(nil),       // 5: fleet.telemetry.v1.Signal
-	(*TimeColumn)(nil),   // 6: fleet.telemetry.v1.TimeColumn
-	(*Column)(nil),       // 7: fleet.telemetry.v1.Column
-	(*ScaledValues)(nil), // 8: fleet.telemetry.v1.ScaledValues
-	(*DoubleValues)(nil), // 9: fleet.telemetry.v1.DoubleValues
-	(*IntValues)(nil),    // 10: fleet.telemetry.v1.IntValues
-	(*BoolValues)(nil),   // 11: fleet.telemetry.v1.BoolValues
-	(*StringValues)(nil), // 12: fleet.telemetry.v1.StringValues
-	(*Locations)(nil),    // 13: fleet.telemetry.v1.Locations
-	(*Ack)(nil),          // 14: fleet.telemetry.v1.Ack
-	(*SeqRange)(nil),     // 15: fleet.telemetry.v1.SeqRange
-	(*Status)(nil),       // 16: fleet.telemetry.v1.Status
-	(*Position)(nil),     // 17: fleet.telemetry.v1.Position
+	(*Catalog)(nil),      // 5: fleet.telemetry.v1.Catalog
+	(*Signal)(nil),       // 6: fleet.telemetry.v1.Signal
+	(*TimeColumn)(nil),   // 7: fleet.telemetry.v1.TimeColumn
+	(*Column)(nil),       // 8: fleet.telemetry.v1.Column
+	(*ScaledValues)(nil), // 9: fleet.telemetry.v1.ScaledValues
+	(*DoubleValues)(nil), // 10: fleet.telemetry.v1.DoubleValues
+	(*IntValues)(nil),    // 11: fleet.telemetry.v1.IntValues
+	(*BoolValues)(nil),   // 12: fleet.telemetry.v1.BoolValues
+	(*StringValues)(nil), // 13: fleet.telemetry.v1.StringValues
+	(*Locations)(nil),    // 14: fleet.telemetry.v1.Locations
+	(*Ack)(nil),          // 15: fleet.telemetry.v1.Ack
+	(*SeqRange)(nil),     // 16: fleet.telemetry.v1.SeqRange
+	(*Status)(nil),       // 17: fleet.telemetry.v1.Status
+	(*Position)(nil),     // 18: fleet.telemetry.v1.Position
 }
 var file_fleet_telemetry_v1_telemetry_proto_depIdxs = []int32{
 	3,  // 0: fleet.telemetry.v1.Batch.producer:type_name -> fleet.telemetry.v1.Producer
 	0,  // 1: fleet.telemetry.v1.Batch.compression:type_name -> fleet.telemetry.v1.Compression
-	5,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
-	6,  // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
-	7,  // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
-	13, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
-	1,  // 6: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
-	8,  // 7: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
-	9,  // 8: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
-	10, // 9: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
-	11, // 10: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
-	12, // 11: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
-	15, // 12: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	6,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
+	7,  // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
+	8,  // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
+	14, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
+	6,  // 6: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
+	1,  // 7: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
+	9,  // 8: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
+	10, // 9: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
+	11, // 10: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
+	12, // 11: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
+	13, // 12: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
+	16, // 13: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_fleet_telemetry_v1_telemetry_proto_init() }
@@ -1502,7 +1567,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 	if File_fleet_telemetry_v1_telemetry_proto != nil {
 		return
 	}
-	file_fleet_telemetry_v1_telemetry_proto_msgTypes[5].OneofWrappers = []any{
+	file_fleet_telemetry_v1_telemetry_proto_msgTypes[6].OneofWrappers = []any{
 		(*Column_Scaled)(nil),
 		(*Column_Doubles)(nil),
 		(*Column_Ints)(nil),
@@ -1515,7 +1580,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleet_telemetry_v1_telemetry_proto_rawDesc), len(file_fleet_telemetry_v1_telemetry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,139 @@
+package wire
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
+)
+
+// ErrUnknownCatalog means a batch refers to a catalog the decoder was not
+// given. The batch is fine; the catalog must be fetched first.
+var ErrUnknownCatalog = errors.New("unknown catalog")
+
+// SignalSpec is one entry of a catalog.
+type SignalSpec struct {
+	Name, Unit string
+	Kind       Kind
+}
+
+// Catalog is a registered name table: batches encoded with it carry its id
+// and column indexes instead of signal names. A Catalog is immutable and
+// safe for concurrent use.
+type Catalog struct {
+	id      []byte
+	data    []byte
+	signals []*pb.Signal
+	index   map[signalKey]uint32
+}
+
+// CatalogIDLen is the length of a catalog id.
+const CatalogIDLen = 16
+
+// NewCatalog builds a catalog of the given signals, in order.
+func NewCatalog(specs []SignalSpec) (*Catalog, error) {
+	msg := &pb.Catalog{}
+	for i, s := range specs {
+		typ, err := valueType(s.Kind)
+		if err != nil {
+			return nil, fmt.Errorf("wire: catalog signal %d (%s): %w", i, s.Name, err)
+		}
+		msg.Signals = append(msg.Signals, &pb.Signal{Name: s.Name, Unit: s.Unit, Type: typ})
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	return newCatalog(msg, data)
+}
+
+// ParseCatalog reads a serialized catalog (as registered), checking it.
+func ParseCatalog(data []byte, lim Limits) (*Catalog, error) {
+	lim = lim.withDefaults()
+	if len(data) > lim.MaxBodyBytes {
+		return nil, fmt.Errorf("%w: catalog of %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBodyBytes)
+	}
+	msg := &pb.Catalog{}
+	if err := proto.Unmarshal(data, msg); err != nil {
+		return nil, malformed("catalog: %v", err)
+	}
+	for i, s := range msg.GetSignals() {
+		if _, err := kindOf(s.GetType()); err != nil {
+			return nil, malformed("catalog signal %d (%s): %v", i, s.GetName(), err)
+		}
+	}
+	return newCatalog(msg, data)
+}
+
+func newCatalog(msg *pb.Catalog, data []byte) (*Catalog, error) {
+	sum := sha256.Sum256(data)
+	c := &Catalog{id: sum[:CatalogIDLen], data: data, signals: msg.GetSignals(), index: make(map[signalKey]uint32, len(msg.GetSignals()))}
+	for i, s := range c.signals {
+		k, _ := kindOf(s.GetType())
+		key := signalKey{s.GetName(), s.GetUnit(), k}
+		if _, dup := c.index[key]; !dup {
+			c.index[key] = uint32(i)
+		}
+	}
+	return c, nil
+}
+
+// ID is the catalog's id: the first 16 bytes of the SHA-256 of Bytes.
+func (c *Catalog) ID() []byte { return bytes.Clone(c.id) }
+
+// Bytes is the catalog as registered.
+func (c *Catalog) Bytes() []byte { return bytes.Clone(c.data) }
+
+// Len is the number of signals.
+func (c *Catalog) Len() int { return len(c.signals) }
+
+// CatalogLookup finds registered catalogs by id, for Decode.
+type CatalogLookup interface {
+	Catalog(id []byte) (*Catalog, bool)
+}
+
+// Catalogs is a CatalogLookup over a fixed set, e.g. for tests and tools.
+type Catalogs map[string]*Catalog
+
+// Add registers c.
+func (cs Catalogs) Add(c *Catalog) { cs[string(c.id)] = c }
+
+// Catalog implements CatalogLookup.
+func (cs Catalogs) Catalog(id []byte) (*Catalog, bool) {
+	c, ok := cs[string(id)]
+	return c, ok
+}
+
+func kindOf(t pb.ValueType) (Kind, error) {
+	switch t {
+	case pb.ValueType_VALUE_TYPE_DOUBLE:
+		return KindDouble, nil
+	case pb.ValueType_VALUE_TYPE_INT:
+		return KindInt, nil
+	case pb.ValueType_VALUE_TYPE_BOOL:
+		return KindBool, nil
+	case pb.ValueType_VALUE_TYPE_STRING:
+		return KindString, nil
+	}
+	return 0, fmt.Errorf("value type %v", t)
+}
+
+// covers reports whether every reading's signal is in the catalog.
+func (c *Catalog) covers(rs []Reading) bool {
+	var last signalKey
+	for i := range rs {
+		k := signalKey{rs[i].Signal, rs[i].Unit, rs[i].Value.Kind}
+		if i > 0 && k == last {
+			continue
+		}
+		if _, ok := c.index[k]; !ok {
+			return false
+		}
+		last = k
+	}
+	return true
+}
