@@ -31,7 +31,9 @@ import (
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction(mqtttest.PahoDisconnect))
+}
 
 const waitLimit = 20 * time.Second
 

@@ -266,24 +266,25 @@ func (u *Uplink) Run(ctx context.Context) error {
 }
 
 // keepConnected connects, and reconnects after a loss, with jittered
-// exponential backoff.
+// exponential backoff. It goes by the uplink's own connected flag (set by
+// the on-connect handler, cleared by the lost handler), and looks again on
+// each lost event and every 250 ms.
 func (u *Uplink) keepConnected(ctx context.Context) {
 	backoff := u.cfg.ReconnectMin
 	for ctx.Err() == nil {
-		if !u.client.IsConnectionOpen() {
+		if !u.connected.Load() && !u.client.IsConnectionOpen() {
 			t := u.client.Connect()
 			select {
 			case <-t.Done():
 			case <-ctx.Done():
 				return // Run disconnects, which ends the attempt
 			}
-			ok := t.Error() == nil
-			if !ok {
+			if err := t.Error(); err != nil {
 				if u.m != nil {
 					u.m.reconnects.Inc()
 				}
 				wait := time.Duration(float64(backoff) * (0.5 + rand.Float64()))
-				u.logger.Debug("mqtt connect failed; retrying", "err", t.Error(), "in", wait)
+				u.logger.Debug("mqtt connect failed; retrying", "err", err, "in", wait)
 				select {
 				case <-ctx.Done():
 					return
@@ -298,6 +299,7 @@ func (u *Uplink) keepConnected(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-u.lost:
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }

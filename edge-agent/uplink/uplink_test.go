@@ -23,7 +23,9 @@ import (
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction(mqtttest.PahoDisconnect))
+}
 
 const waitLimit = mqtttest.WaitLimit
 
@@ -338,6 +340,9 @@ func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
 	go func() { defer close(bdone); _ = b.Run(bctx) }()
 	addr := strings.TrimPrefix(b.URL(), "tcp://")
 	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: time.Second}, nil)
+	// Stop the uplink before the second broker's cleanup closes it, or the
+	// uplink reconnects into a closing broker and the close waits for it.
+	defer u.stop()
 	mqtttest.Eventually(t, "the first connection", func() error {
 		if !u.connected.Load() {
 			return errors.New("not connected")

@@ -67,3 +67,8 @@ func Eventually(t testing.TB, what string, cond func() error) {
 		<-tick.C
 	}
 }
+
+// PahoDisconnect is the goroutine paho's Disconnect leaves behind, bounded
+// by its quiesce time or by a connect attempt in flight (paho documents that
+// Disconnect may return first); pass it to goleak.IgnoreTopFunction.
+const PahoDisconnect = "github.com/eclipse/paho%2emqtt%2egolang.(*client).Disconnect.func1"
