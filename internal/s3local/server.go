@@ -86,6 +86,12 @@ type Server struct {
 
 	mu      sync.Mutex
 	started bool // Run called, or Close before Run
+	// fresh holds connections accepted that have not begun a request. An
+	// HTTP client may dial a spare connection it then never uses (Go's
+	// transport does, under concurrent requests); http.Server.Shutdown
+	// waits 5 seconds before treating such a connection as idle. Run closes
+	// them at once on shutdown: no request is in flight on them.
+	fresh map[net.Conn]struct{}
 }
 
 // New creates Dir and the configured buckets, and binds the listener, so
@@ -140,7 +146,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			ReadHeaderTimeout: 30 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
+		fresh: make(map[net.Conn]struct{}),
 	}
+	s.srv.ConnState = s.connState
 	log.Info("s3local: listening", "url", s.url, "dir", dir)
 	return s, nil
 }
@@ -153,6 +161,26 @@ func dialable(a *net.TCPAddr) string {
 		ip = net.IPv4(127, 0, 0, 1)
 	}
 	return net.JoinHostPort(ip.String(), strconv.Itoa(a.Port))
+}
+
+func (s *Server) connState(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st == http.StateNew {
+		s.fresh[c] = struct{}{}
+	} else {
+		delete(s.fresh, c)
+	}
+}
+
+// closeFresh closes the connections that never began a request.
+func (s *Server) closeFresh() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.fresh {
+		c.Close()
+		delete(s.fresh, c)
+	}
 }
 
 // URL returns the endpoint, e.g. "http://127.0.0.1:9000", for clients'
@@ -182,7 +210,19 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
-	err := s.srv.Shutdown(shutCtx)
+	shut := make(chan error, 1)
+	go func() { shut <- s.srv.Shutdown(shutCtx) }()
+	// Shutdown has closed the listener by the time it polls; closing the
+	// fresh connections now (and once more in case one raced the close)
+	// lets it finish as soon as the real requests have.
+	s.closeFresh()
+	var err error
+	select {
+	case err = <-shut:
+	case <-time.After(100 * time.Millisecond):
+		s.closeFresh()
+		err = <-shut
+	}
 	if err != nil {
 		s.srv.Close()
 	}
