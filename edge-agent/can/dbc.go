@@ -246,6 +246,24 @@ func (d *Decoder) Messages() []*Message { return d.messages }
 // Signals returns every signal of every message, in Messages order.
 func (d *Decoder) Signals() []*Signal { return d.signals }
 
+// Catalog is the wire catalog of every signal of the DBC, with each
+// non-integer signal's factor and offset: batches that refer to it carry a
+// signal's raw integers and nothing else.
+func (d *Decoder) Catalog() (*wire.Catalog, error) {
+	specs := make([]wire.SignalSpec, 0, len(d.signals))
+	for _, s := range d.signals {
+		spec := wire.SignalSpec{Name: s.FullName, Unit: s.Unit, Kind: wire.KindInt}
+		if !s.Integer() {
+			spec.Kind = wire.KindDouble
+			if s.Type != ValueFloat32 && s.Type != ValueFloat64 {
+				spec.Scale, spec.Offset = s.Factor, s.Offset
+			}
+		}
+		specs = append(specs, spec)
+	}
+	return wire.NewCatalog(specs)
+}
+
 // Message returns the message for a CAN ID, or nil.
 func (d *Decoder) Message(id uint32, extended bool) *Message {
 	if extended {

@@ -55,15 +55,7 @@ func dbcCatalog(tb testing.TB, dbcName string) *wire.Catalog {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var specs []wire.SignalSpec
-	for _, s := range d.Signals() {
-		kind := wire.KindDouble
-		if s.Integer() {
-			kind = wire.KindInt
-		}
-		specs = append(specs, wire.SignalSpec{Name: s.FullName, Unit: s.Unit, Kind: kind})
-	}
-	cat, err := wire.NewCatalog(specs)
+	cat, err := d.Catalog()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -113,13 +105,19 @@ func BenchmarkWireBytesPerReading(b *testing.B) {
 func TestWireEncodingIsLossless(t *testing.T) {
 	for _, l := range wireLogs {
 		rs := logReadings(t, l.dbc, l.log)
-		for _, batch := range wiretest.Windows(rs, time.Second) {
-			data, err := wire.Encode(&wire.Batch{Identity: wire.Identity{VehicleID: "car"}, BaseTime: batch[0].Time, Readings: batch},
-				wire.EncodeOptions{TickNanos: 100_000})
+		cat := dbcCatalog(t, l.dbc)
+		reg := wire.Catalogs{}
+		reg.Add(cat)
+		for i, batch := range wiretest.Windows(rs, time.Second) {
+			opt := wire.EncodeOptions{TickNanos: 100_000}
+			if i%2 == 1 {
+				opt.Catalog = cat // every other batch refers to the DBC's catalog
+			}
+			data, err := wire.Encode(&wire.Batch{Identity: wire.Identity{VehicleID: "car"}, BaseTime: batch[0].Time, Readings: batch}, opt)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := wire.Decode(data, wire.Limits{})
+			got, err := wire.Decode(data, wire.Limits{Catalogs: reg})
 			if err != nil {
 				t.Fatal(err)
 			}

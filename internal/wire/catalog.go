@@ -15,10 +15,13 @@ import (
 // given. The batch is fine; the catalog must be fetched first.
 var ErrUnknownCatalog = errors.New("unknown catalog")
 
-// SignalSpec is one entry of a catalog.
+// SignalSpec is one entry of a catalog. Scale and Offset, for a double
+// signal, are its raw-to-physical factor and offset (a DBC signal's): batches
+// then carry such a signal's values as the raw integers alone.
 type SignalSpec struct {
-	Name, Unit string
-	Kind       Kind
+	Name, Unit    string
+	Kind          Kind
+	Scale, Offset float64
 }
 
 // Catalog is a registered name table: batches encoded with it carry its id
@@ -42,7 +45,11 @@ func NewCatalog(specs []SignalSpec) (*Catalog, error) {
 		if err != nil {
 			return nil, fmt.Errorf("wire: catalog signal %d (%s): %w", i, s.Name, err)
 		}
-		msg.Signals = append(msg.Signals, &pb.Signal{Name: s.Name, Unit: s.Unit, Type: typ})
+		sig := &pb.Signal{Name: s.Name, Unit: s.Unit, Type: typ}
+		if s.Kind == KindDouble && s.Scale != 0 {
+			sig.Scale, sig.Offset = s.Scale, s.Offset
+		}
+		msg.Signals = append(msg.Signals, sig)
 	}
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
 	if err != nil {

@@ -13,8 +13,10 @@ import (
 func sampleCatalog(t *testing.T) *Catalog {
 	t.Helper()
 	c, err := NewCatalog([]SignalSpec{
-		{"speed", "km/h", KindDouble}, {"rpm", "rpm", KindInt}, {"steer", "deg", KindDouble},
-		{"door_open", "", KindBool}, {"status", "", KindString}, {"unused", "", KindInt},
+		{Name: "speed", Unit: "km/h", Kind: KindDouble}, {Name: "rpm", Unit: "rpm", Kind: KindInt},
+		{Name: "steer", Unit: "deg", Kind: KindDouble, Scale: 0.1, Offset: -10},
+		{Name: "door_open", Kind: KindBool}, {Name: "status", Kind: KindString}, {Name: "unused", Kind: KindInt},
+		{Name: "torque", Unit: "Nm", Kind: KindDouble, Scale: 0.25, Offset: -100},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -63,8 +65,37 @@ func TestCatalogRoundTrip(t *testing.T) {
 	}
 }
 
+// A reading whose scale differs from its catalog entry's still travels
+// exactly: its column carries its own scale.
+func TestCatalogScaleMismatchIsLossless(t *testing.T) {
+	cat, err := NewCatalog([]SignalSpec{{Name: "torque", Unit: "Nm", Kind: KindDouble, Scale: 0.5, Offset: -100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &Batch{Identity: Identity{VehicleID: "v1", Epoch: 1, Seq: 1}, BaseTime: t0}
+	for i := int64(0); i < 10; i++ {
+		in.Readings = append(in.Readings, Reading{Signal: "torque", Unit: "Nm", Time: t0 + i*1e6,
+			Value: Float(Physical(400+i, 0.25, -100)), Scale: 0.25, Offset: -100, Raw: 400 + i})
+	}
+	data, err := Encode(in, EncodeOptions{Catalog: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := Catalogs{}
+	reg.Add(cat)
+	out, err := Decode(data, Limits{Catalogs: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range out.Readings {
+		if r.Value != in.Readings[i].Value || r.Time != in.Readings[i].Time {
+			t.Fatalf("reading %d: got %+v, want %+v", i, r, in.Readings[i])
+		}
+	}
+}
+
 func TestCatalogFallsBackToInlineNames(t *testing.T) {
-	cat, err := NewCatalog([]SignalSpec{{"speed", "km/h", KindDouble}})
+	cat, err := NewCatalog([]SignalSpec{{Name: "speed", Unit: "km/h", Kind: KindDouble}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,13 +109,9 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 		}
 		signals = cat.signals
 	}
-	times := make([][]int64, len(body.GetTimes()))
-	for i, tc := range body.GetTimes() {
-		ts, err := absoluteTimes(tc.GetDeltaOfDelta(), b.BaseTime, int64(tick))
-		if err != nil {
-			return malformed("time column %d: %v", i, err)
-		}
-		times[i] = ts
+	times, err := decodeTimes(body, b.BaseTime, int64(tick), lim)
+	if err != nil {
+		return err
 	}
 	total := 0
 	for i, c := range body.GetColumns() {
@@ -127,6 +123,12 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 		}
 		total += len(times[c.GetTime()])
 	}
+	p := body.GetPacked()
+	packedSigs, packedTotal, err := checkPacked(p, signals, times)
+	if err != nil {
+		return err
+	}
+	total += packedTotal
 	if loc := body.GetLocations(); loc != nil {
 		total += len(loc.GetTimeDeltaOfDelta())
 	}
@@ -145,6 +147,32 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 			b.Readings = append(b.Readings, Reading{Signal: sig.GetName(), Unit: sig.GetUnit(), Time: t, Value: vals[j]})
 		}
 	}
+	deltas := p.GetDelta()
+	for i, si := range packedSigs {
+		sig := signals[si]
+		ts := times[p.GetTime()[i]]
+		raw := p.GetFirst()[i]
+		for j, t := range ts {
+			if j > 0 {
+				raw += deltas[0]
+				deltas = deltas[1:]
+			}
+			r := Reading{Signal: sig.GetName(), Unit: sig.GetUnit(), Time: t}
+			switch sig.GetType() {
+			case pb.ValueType_VALUE_TYPE_INT:
+				r.Value = Int(raw)
+			case pb.ValueType_VALUE_TYPE_BOOL:
+				if raw != 0 && raw != 1 {
+					return malformed("packed column %d (%s): bool value %d", i, sig.GetName(), raw)
+				}
+				r.Value = Bool(raw == 1)
+			default: // a DOUBLE with a scale: checkPacked saw to it
+				r.Value = Float(Physical(raw, sig.GetScale(), sig.GetOffset()))
+				r.Scale, r.Offset, r.Raw = sig.GetScale(), sig.GetOffset(), raw
+			}
+			b.Readings = append(b.Readings, r)
+		}
+	}
 	if loc := body.GetLocations(); loc != nil {
 		fixes, err := decodeFixes(loc, b.BaseTime, int64(tick))
 		if err != nil {
@@ -153,6 +181,82 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 		b.Fixes = fixes
 	}
 	return nil
+}
+
+// decodeTimes returns the body's time columns, plain ones first, then the
+// packed ones, as absolute times.
+func decodeTimes(body *pb.Body, base, tick int64, lim Limits) ([][]int64, error) {
+	lengths := body.GetTimeLengths()
+	times := make([][]int64, 0, len(body.GetTimes())+len(lengths))
+	for i, tc := range body.GetTimes() {
+		ts, err := absoluteTimes(tc.GetDeltaOfDelta(), base, tick)
+		if err != nil {
+			return nil, malformed("time column %d: %v", i, err)
+		}
+		times = append(times, ts)
+	}
+	dod := body.GetTimeDeltaOfDelta()
+	sum := 0
+	for _, n := range lengths {
+		if n == 0 {
+			return nil, malformed("empty packed time column")
+		}
+		if sum += int(n); sum > lim.MaxReadings {
+			return nil, fmt.Errorf("%w: packed time columns of over %d entries", ErrTooLarge, lim.MaxReadings)
+		}
+	}
+	if sum != len(dod) {
+		return nil, malformed("packed time columns claim %d entries and hold %d", sum, len(dod))
+	}
+	for i, n := range lengths {
+		ts, err := absoluteTimes(dod[:n], base, tick)
+		if err != nil {
+			return nil, malformed("packed time column %d: %v", i, err)
+		}
+		times = append(times, ts)
+		dod = dod[n:]
+	}
+	return times, nil
+}
+
+// checkPacked validates the packed layout's directory against the signals
+// and times, returning each column's signal index and the number of
+// readings the columns hold.
+func checkPacked(p *pb.Packed, signals []*pb.Signal, times [][]int64) ([]int, int, error) {
+	n := len(p.GetSignalDelta())
+	if len(p.GetTime()) != n || len(p.GetFirst()) != n {
+		return nil, 0, malformed("packed directory: %d signals, %d times, %d first values", n, len(p.GetTime()), len(p.GetFirst()))
+	}
+	sigs := make([]int, n)
+	var si int64
+	total, deltas := 0, 0
+	for i, d := range p.GetSignalDelta() {
+		si += d
+		if si < 0 || si >= int64(len(signals)) || d < -int64(len(signals)) || d > int64(len(signals)) {
+			return nil, 0, malformed("packed column %d: signal %d out of range", i, si)
+		}
+		sig := signals[si]
+		switch sig.GetType() {
+		case pb.ValueType_VALUE_TYPE_INT, pb.ValueType_VALUE_TYPE_BOOL:
+		case pb.ValueType_VALUE_TYPE_DOUBLE:
+			if sig.GetScale() == 0 {
+				return nil, 0, malformed("packed column %d: double signal %s has no scale", i, sig.GetName())
+			}
+		default:
+			return nil, 0, malformed("packed column %d: %v signal %s", i, sig.GetType(), sig.GetName())
+		}
+		ti := p.GetTime()[i]
+		if ti >= uint32(len(times)) || len(times[ti]) == 0 {
+			return nil, 0, malformed("packed column %d: time column %d out of range or empty", i, ti)
+		}
+		sigs[i] = int(si)
+		total += len(times[ti])
+		deltas += len(times[ti]) - 1
+	}
+	if deltas != len(p.GetDelta()) {
+		return nil, 0, malformed("packed columns need %d deltas and hold %d", deltas, len(p.GetDelta()))
+	}
+	return sigs, total, nil
 }
 
 func absoluteTimes(dod []int64, base, tick int64) ([]int64, error) {
@@ -229,7 +333,7 @@ func decodeValues(c *pb.Column, typ pb.ValueType, n int) ([]Value, error) {
 			if sv.GetDecimals() > 0 {
 				out[i] = Float(float64(x) / div)
 			} else {
-				out[i] = Float(float64(x)*sv.GetScale() + sv.GetOffset())
+				out[i] = Float(Physical(x, sv.GetScale(), sv.GetOffset()))
 			}
 		}
 	case *pb.Column_Doubles:

@@ -1,9 +1,11 @@
 package wire
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -134,6 +136,43 @@ type column struct {
 	// one (scale, offset); nil once one does not.
 	raws          []int64
 	scale, offset float64
+	// tableScale and tableOffset are the signal's in the name table or
+	// catalog; time is the column's time column.
+	tableScale, tableOffset float64
+	time                    uint32
+}
+
+// packable reports whether the column's values are integers once the
+// signal's scale (as the table or catalog states it) is undone.
+func (c *column) packable() bool {
+	switch c.values[0].Kind {
+	case KindInt, KindBool:
+		return true
+	case KindDouble:
+		return c.raws != nil && c.tableScale != 0 && c.scale == c.tableScale && c.offset == c.tableOffset
+	}
+	return false
+}
+
+// packedRaws is the column's values as the packed layout's integers.
+func (c *column) packedRaws() []int64 {
+	switch c.values[0].Kind {
+	case KindDouble:
+		return c.raws
+	case KindBool:
+		out := make([]int64, len(c.values))
+		for i, v := range c.values {
+			if v.Bool {
+				out[i] = 1
+			}
+		}
+		return out
+	}
+	out := make([]int64, len(c.values))
+	for i, v := range c.values {
+		out[i] = v.Int
+	}
+	return out
 }
 
 func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
@@ -155,23 +194,30 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 			if err != nil {
 				return nil, fmt.Errorf("wire: reading %d (%s): %w", i, r.Signal, err)
 			}
-			var sig uint32
+			c := &column{scale: r.Scale, offset: r.Offset, raws: []int64{}}
 			if cat != nil {
-				sig = cat.index[k]
+				c.signal = cat.index[k]
+				sig := cat.signals[c.signal]
+				c.tableScale, c.tableOffset = sig.GetScale(), sig.GetOffset()
 			} else {
-				body.Signals = append(body.Signals, &pb.Signal{Name: r.Signal, Unit: r.Unit, Type: typ})
-				sig = uint32(len(body.Signals) - 1)
+				sig := &pb.Signal{Name: r.Signal, Unit: r.Unit, Type: typ}
+				if r.Value.Kind == KindDouble && r.Scale != 0 {
+					sig.Scale, sig.Offset = r.Scale, r.Offset
+				}
+				body.Signals = append(body.Signals, sig)
+				c.signal = uint32(len(body.Signals) - 1)
+				c.tableScale, c.tableOffset = sig.Scale, sig.Offset
 			}
 			ci = len(cols)
 			index[k] = ci
-			cols = append(cols, &column{signal: sig, scale: r.Scale, offset: r.Offset, raws: []int64{}})
+			cols = append(cols, c)
 		}
 		c := cols[ci]
 		c.ticks = append(c.ticks, floorDiv(r.Time-b.BaseTime, tick))
 		c.values = append(c.values, r.Value)
 		if c.raws != nil {
 			if r.Scale != 0 && r.Scale == c.scale && r.Offset == c.offset && r.Value.Kind == KindDouble &&
-				math.Float64bits(float64(r.Raw)*r.Scale+r.Offset) == math.Float64bits(r.Value.Float) {
+				math.Float64bits(Physical(r.Raw, r.Scale, r.Offset)) == math.Float64bits(r.Value.Float) {
 				c.raws = append(c.raws, r.Raw)
 			} else {
 				c.raws = nil
@@ -179,7 +225,8 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		}
 	}
 
-	// Signals sampled at the same instants share one time column.
+	// Signals sampled at the same instants share one time column; all time
+	// columns are packed.
 	timeIndex := make(map[string]uint32, len(cols))
 	var keyBuf []byte
 	for _, c := range cols {
@@ -189,17 +236,46 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		}
 		ti, ok := timeIndex[string(keyBuf)]
 		if !ok {
-			ti = uint32(len(body.Times))
+			ti = uint32(len(body.TimeLengths))
 			timeIndex[string(keyBuf)] = ti
-			body.Times = append(body.Times, &pb.TimeColumn{DeltaOfDelta: deltaOfDelta(c.ticks)})
+			body.TimeLengths = append(body.TimeLengths, uint32(len(c.ticks)))
+			body.TimeDeltaOfDelta = appendDeltaOfDelta(body.TimeDeltaOfDelta, c.ticks)
 		}
-		pc := &pb.Column{Signal: c.signal, Time: ti}
+		c.time = ti
+	}
+
+	// Integer-valued columns go to the packed layout, in signal order (the
+	// directory then delta codes to runs of small numbers); the rest are
+	// columns of their own.
+	var packed []*column
+	for _, c := range cols {
+		if c.packable() {
+			packed = append(packed, c)
+			continue
+		}
+		pc := &pb.Column{Signal: c.signal, Time: c.time}
 		if c.raws != nil {
 			pc.Values = &pb.Column_Scaled{Scaled: &pb.ScaledValues{Scale: c.scale, Offset: c.offset, RawDelta: delta(c.raws)}}
 		} else {
 			encodeValues(pc, c.values)
 		}
 		body.Columns = append(body.Columns, pc)
+	}
+	if len(packed) > 0 {
+		slices.SortStableFunc(packed, func(a, b *column) int { return cmp.Compare(a.signal, b.signal) })
+		p := &pb.Packed{}
+		var prev int64
+		for _, c := range packed {
+			p.SignalDelta = append(p.SignalDelta, int64(c.signal)-prev)
+			prev = int64(c.signal)
+			p.Time = append(p.Time, c.time)
+			raws := c.packedRaws()
+			p.First = append(p.First, raws[0])
+			for j := 1; j < len(raws); j++ {
+				p.Delta = append(p.Delta, raws[j]-raws[j-1])
+			}
+		}
+		body.Packed = p
 	}
 
 	if len(b.Fixes) > 0 {
@@ -397,14 +473,19 @@ func delta(vs []int64) []int64 {
 }
 
 func deltaOfDelta(vs []int64) []int64 {
-	out := make([]int64, len(vs))
+	return appendDeltaOfDelta(make([]int64, 0, len(vs)), vs)
+}
+
+// appendDeltaOfDelta appends vs as TimeColumn encodes them: the first value,
+// the first delta, then the changes of delta.
+func appendDeltaOfDelta(out, vs []int64) []int64 {
 	var prev, prevDelta int64
 	for i, v := range vs {
 		d := v - prev
 		if i == 0 {
-			out[i] = v
+			out = append(out, v)
 		} else {
-			out[i] = d - prevDelta
+			out = append(out, d-prevDelta)
 			prevDelta = d
 		}
 		prev = v

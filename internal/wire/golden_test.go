@@ -56,3 +56,38 @@ func TestGoldenEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstLayoutStillDecodes proves the packed layout an addition, not a
+// break: batches in the first layout (every column a Column of its own, time
+// columns in Body.times), as agents built before it send them, decode to the
+// readings they were made from.
+func TestFirstLayoutStillDecodes(t *testing.T) {
+	in := sampleBatch()
+	var want []Reading
+	for _, r := range in.Readings {
+		if r.Signal != "torque" { // the sample had no DBC-scaled signal then
+			want = append(want, r)
+		}
+	}
+	want = sortedReadings(want)
+	for _, name := range []string{"layout1-sample.zstd.bin", "layout1-sample.plain.bin"} {
+		data, err := os.ReadFile(filepath.Join("testdata", "seeds", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := Decode(data, Limits{})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := sortedReadings(out.Readings)
+		if len(got) != len(want) || len(out.Fixes) != len(in.Fixes) {
+			t.Fatalf("%s: %d readings and %d fixes, want %d and %d", name, len(got), len(out.Fixes), len(want), len(in.Fixes))
+		}
+		for i := range want {
+			if got[i].Signal != want[i].Signal || got[i].Time != want[i].Time || got[i].Value.Kind != want[i].Value.Kind || got[i].Value.Int != want[i].Value.Int ||
+				got[i].Value.Bool != want[i].Value.Bool || got[i].Value.Str != want[i].Value.Str || !sameFloat(got[i].Value.Float, want[i].Value.Float) {
+				t.Fatalf("%s: reading %d: got %+v, want %+v", name, i, got[i], want[i])
+			}
+		}
+	}
+}

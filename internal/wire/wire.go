@@ -82,11 +82,19 @@ type Reading struct {
 	Time   int64 // Unix nanoseconds, car clock
 	Value  Value
 	// Scale, Offset and Raw optionally give a double's exact integer form,
-	// as a DBC defines physical values: Value.Float == float64(Raw)*Scale +
-	// Offset, bit for bit. The encoder then sends the delta-coded raw
+	// as a DBC defines physical values: Value.Float == Physical(Raw, Scale,
+	// Offset), bit for bit. The encoder then sends the delta-coded raw
 	// integers instead of the doubles. Scale 0 means no such form.
 	Scale, Offset float64
 	Raw           int64
+}
+
+// Physical is raw*scale+offset, rounded after the multiplication and after
+// the addition on every architecture: Go may otherwise fuse them into one
+// FMA instruction (it does on arm64), and a car and the cloud would then
+// disagree on the last bit of a value.
+func Physical(raw int64, scale, offset float64) float64 {
+	return float64(float64(raw)*scale) + offset
 }
 
 // Fix is one location fix. Optional fields are NaN when the receiver did not

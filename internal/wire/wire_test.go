@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"testing"
 
@@ -29,6 +30,8 @@ func sampleBatch() *Batch {
 			Reading{Signal: "speed", Unit: "km/h", Time: ts, Value: Float(float64(i) / 100)},
 			Reading{Signal: "rpm", Unit: "rpm", Time: ts, Value: Int(int64(800 + i))},
 			Reading{Signal: "steer", Unit: "deg", Time: ts, Value: Float(math.Sin(float64(i)))}, // no exact decimal
+			// A DBC signal: factor 0.25, offset -100.
+			Reading{Signal: "torque", Unit: "Nm", Time: ts, Value: Float(Physical(int64(400+i%7), 0.25, -100)), Scale: 0.25, Offset: -100, Raw: int64(400 + i%7)},
 		)
 		if i%10 == 0 {
 			b.Readings = append(b.Readings,
@@ -121,9 +124,19 @@ func TestSharedTimeColumns(t *testing.T) {
 	if err := proto.Unmarshal(env.GetBody(), body); err != nil {
 		t.Fatal(err)
 	}
-	// speed, rpm and steer share the 100 Hz column; door_open and status the 10 Hz one.
-	if got := len(body.GetTimes()); got != 2 {
-		t.Fatalf("got %d time columns, want 2", got)
+	// speed, rpm, steer and torque share the 100 Hz column; door_open and
+	// status the 10 Hz one.
+	if got := body.GetTimeLengths(); len(got) != 2 || got[0] != 100 || got[1] != 10 {
+		t.Fatalf("packed time columns of %v entries, want [100 10]", got)
+	}
+	var packed []string
+	var si int64
+	for _, d := range body.GetPacked().GetSignalDelta() {
+		si += d
+		packed = append(packed, body.GetSignals()[si].GetName())
+	}
+	if want := []string{"rpm", "torque", "door_open"}; !slices.Equal(packed, want) {
+		t.Fatalf("packed columns %v, want %v (in signal order)", packed, want)
 	}
 	kinds := map[string]string{}
 	for _, c := range body.GetColumns() {
@@ -257,6 +270,18 @@ func TestDecodeRejectsInconsistentBody(t *testing.T) {
 		"string index":     {TickNanos: 1, Signals: []*pb.Signal{{Name: "s", Type: pb.ValueType_VALUE_TYPE_STRING}}, Times: times, Columns: []*pb.Column{{Values: &pb.Column_Strings{Strings: &pb.StringValues{Index: []uint32{0, 0, 1}, Dictionary: []string{"a"}}}}}},
 		"location columns": {TickNanos: 1, Locations: &pb.Locations{TimeDeltaOfDelta: []int64{0, 1}, LatE7: []int64{1}}},
 		"decimals":         {TickNanos: 1, Signals: []*pb.Signal{{Name: "d", Type: pb.ValueType_VALUE_TYPE_DOUBLE}}, Times: times, Columns: []*pb.Column{{Values: &pb.Column_Scaled{Scaled: &pb.ScaledValues{Decimals: 40, RawDelta: make([]int64, 3)}}}}},
+		// The packed layout.
+		"packed time lengths": {TickNanos: 1, TimeLengths: []uint32{2, 2}, TimeDeltaOfDelta: []int64{0, 1, 0}},
+		"empty packed time":   {TickNanos: 1, TimeLengths: []uint32{0}},
+		"packed directory":    {TickNanos: 1, Signals: sig, Times: times, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{0, 0}, First: []int64{1}}},
+		"packed signal":       {TickNanos: 1, Signals: sig, Times: times, Packed: &pb.Packed{SignalDelta: []int64{1}, Time: []uint32{0}, First: []int64{1}, Delta: []int64{0, 0}}},
+		"packed negative sig": {TickNanos: 1, Signals: sig, Times: times, Packed: &pb.Packed{SignalDelta: []int64{-1}, Time: []uint32{0}, First: []int64{1}, Delta: []int64{0, 0}}},
+		"packed time":         {TickNanos: 1, Signals: sig, Times: times, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{1}, First: []int64{1}, Delta: []int64{0, 0}}},
+		"packed empty time":   {TickNanos: 1, Signals: sig, Times: []*pb.TimeColumn{{}}, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{0}, First: []int64{1}}},
+		"packed deltas":       {TickNanos: 1, Signals: sig, Times: times, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{0}, First: []int64{1}, Delta: []int64{0}}},
+		"packed unscaled":     {TickNanos: 1, Signals: []*pb.Signal{{Name: "d", Type: pb.ValueType_VALUE_TYPE_DOUBLE}}, Times: times, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{0}, First: []int64{1}, Delta: []int64{0, 0}}},
+		"packed string":       {TickNanos: 1, Signals: []*pb.Signal{{Name: "s", Type: pb.ValueType_VALUE_TYPE_STRING}}, Times: times, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{0}, First: []int64{1}, Delta: []int64{0, 0}}},
+		"packed bool of 2":    {TickNanos: 1, Signals: []*pb.Signal{{Name: "b", Type: pb.ValueType_VALUE_TYPE_BOOL}}, Times: times, Packed: &pb.Packed{SignalDelta: []int64{0}, Time: []uint32{0}, First: []int64{1}, Delta: []int64{1, 0}}},
 	} {
 		if _, err := Decode(enc(body), Limits{}); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: got %v, want ErrMalformed", name, err)
@@ -309,8 +334,9 @@ func FuzzDecode(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	cat, err := NewCatalog([]SignalSpec{{"speed", "km/h", KindDouble}, {"rpm", "rpm", KindInt}, {"steer", "deg", KindDouble},
-		{"door_open", "", KindBool}, {"status", "", KindString}})
+	cat, err := NewCatalog([]SignalSpec{{Name: "speed", Unit: "km/h", Kind: KindDouble}, {Name: "rpm", Unit: "rpm", Kind: KindInt},
+		{Name: "steer", Unit: "deg", Kind: KindDouble, Scale: 0.1, Offset: -10}, {Name: "door_open", Kind: KindBool}, {Name: "status", Kind: KindString},
+		{Name: "torque", Unit: "Nm", Kind: KindDouble, Scale: 0.25, Offset: -100}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -317,16 +317,26 @@ type Body struct {
 	// The name table. Columns refer to signals by index.
 	Signals []*Signal `protobuf:"bytes,2,rep,name=signals,proto3" json:"signals,omitempty"`
 	// Time columns. Signals sampled at the same instants (the signals of one
-	// CAN frame, say) share one.
+	// CAN frame, say) share one. Column time indexes count these first, then
+	// the packed ones (time_lengths).
 	Times []*TimeColumn `protobuf:"bytes,3,rep,name=times,proto3" json:"times,omitempty"`
-	// One column per signal (and per time column it was sampled on).
+	// One column per signal (and per time column it was sampled on), for
+	// values the packed layout cannot hold (doubles without an exact raw form
+	// under their signal's scale, strings).
 	Columns []*Column `protobuf:"bytes,4,rep,name=columns,proto3" json:"columns,omitempty"`
 	// Location fixes, as first-class data.
 	Locations *Locations `protobuf:"bytes,5,opt,name=locations,proto3" json:"locations,omitempty"`
 	// When set, `signals` is empty and columns refer to the signals of the
 	// registered Catalog with this id (see Catalog): a batch then need not
 	// carry the name table.
-	CatalogId     []byte `protobuf:"bytes,6,opt,name=catalog_id,json=catalogId,proto3" json:"catalog_id,omitempty"`
+	CatalogId []byte `protobuf:"bytes,6,opt,name=catalog_id,json=catalogId,proto3" json:"catalog_id,omitempty"`
+	// Packed time columns: the number of entries of each, then the entries of
+	// all of them one column after another, each column encoded as
+	// TimeColumn says. They follow `times` in the time column index space.
+	TimeLengths      []uint32 `protobuf:"varint,7,rep,packed,name=time_lengths,json=timeLengths,proto3" json:"time_lengths,omitempty"`
+	TimeDeltaOfDelta []int64  `protobuf:"zigzag64,8,rep,packed,name=time_delta_of_delta,json=timeDeltaOfDelta,proto3" json:"time_delta_of_delta,omitempty"`
+	// Integer-valued columns in the packed layout.
+	Packed        *Packed `protobuf:"bytes,9,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -403,6 +413,106 @@ func (x *Body) GetCatalogId() []byte {
 	return nil
 }
 
+func (x *Body) GetTimeLengths() []uint32 {
+	if x != nil {
+		return x.TimeLengths
+	}
+	return nil
+}
+
+func (x *Body) GetTimeDeltaOfDelta() []int64 {
+	if x != nil {
+		return x.TimeDeltaOfDelta
+	}
+	return nil
+}
+
+func (x *Body) GetPacked() *Packed {
+	if x != nil {
+		return x.Packed
+	}
+	return nil
+}
+
+// Packed holds columns whose values are integers once the signal's scale
+// is undone: INT signals, BOOL signals (0 or 1), and DOUBLE signals whose
+// Signal has a scale, every value being exactly raw*scale+offset. A column
+// then costs its numbers and nothing else: the scale lives in the name
+// table or the catalog, and the column directory is three packed arrays.
+type Packed struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Signal index of each column, as the difference from the previous
+	// column's (the first column's is absolute).
+	SignalDelta []int64 `protobuf:"zigzag64,1,rep,packed,name=signal_delta,json=signalDelta,proto3" json:"signal_delta,omitempty"`
+	// Time column index of each column.
+	Time []uint32 `protobuf:"varint,2,rep,packed,name=time,proto3" json:"time,omitempty"`
+	// First raw value of each column.
+	First []int64 `protobuf:"zigzag64,3,rep,packed,name=first,proto3" json:"first,omitempty"`
+	// The differences between consecutive raw values of every column, one
+	// column after another: a column with n times contributes n-1 entries.
+	Delta         []int64 `protobuf:"zigzag64,4,rep,packed,name=delta,proto3" json:"delta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Packed) Reset() {
+	*x = Packed{}
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Packed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Packed) ProtoMessage() {}
+
+func (x *Packed) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Packed.ProtoReflect.Descriptor instead.
+func (*Packed) Descriptor() ([]byte, []int) {
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Packed) GetSignalDelta() []int64 {
+	if x != nil {
+		return x.SignalDelta
+	}
+	return nil
+}
+
+func (x *Packed) GetTime() []uint32 {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Packed) GetFirst() []int64 {
+	if x != nil {
+		return x.First
+	}
+	return nil
+}
+
+func (x *Packed) GetDelta() []int64 {
+	if x != nil {
+		return x.Delta
+	}
+	return nil
+}
+
 // Catalog is a vehicle's name table (for instance every signal of its DBC),
 // registered with the cloud once so that batches can refer to it by id
 // instead of carrying it. Its id is the first 16 bytes of the SHA-256 of its
@@ -416,7 +526,7 @@ type Catalog struct {
 
 func (x *Catalog) Reset() {
 	*x = Catalog{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +538,7 @@ func (x *Catalog) String() string {
 func (*Catalog) ProtoMessage() {}
 
 func (x *Catalog) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +551,7 @@ func (x *Catalog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Catalog.ProtoReflect.Descriptor instead.
 func (*Catalog) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Catalog) GetSignals() []*Signal {
@@ -452,17 +562,21 @@ func (x *Catalog) GetSignals() []*Signal {
 }
 
 type Signal struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Unit          string                 `protobuf:"bytes,2,opt,name=unit,proto3" json:"unit,omitempty"`
-	Type          ValueType              `protobuf:"varint,3,opt,name=type,proto3,enum=fleet.telemetry.v1.ValueType" json:"type,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Unit  string                 `protobuf:"bytes,2,opt,name=unit,proto3" json:"unit,omitempty"`
+	Type  ValueType              `protobuf:"varint,3,opt,name=type,proto3,enum=fleet.telemetry.v1.ValueType" json:"type,omitempty"`
+	// For DOUBLE signals, when scale is non-zero, values in packed columns
+	// are raw*scale+offset (a DBC signal's factor and offset).
+	Scale         float64 `protobuf:"fixed64,4,opt,name=scale,proto3" json:"scale,omitempty"`
+	Offset        float64 `protobuf:"fixed64,5,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +588,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +601,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Signal) GetName() string {
@@ -511,6 +625,20 @@ func (x *Signal) GetType() ValueType {
 	return ValueType_VALUE_TYPE_UNSPECIFIED
 }
 
+func (x *Signal) GetScale() float64 {
+	if x != nil {
+		return x.Scale
+	}
+	return 0
+}
+
+func (x *Signal) GetOffset() float64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 // TimeColumn holds offsets from the batch's base time, in ticks, encoded as
 // delta of delta: the first entry is the first offset, the second is the
 // first delta, then each entry is the change of delta. Periodic signals turn
@@ -524,7 +652,7 @@ type TimeColumn struct {
 
 func (x *TimeColumn) Reset() {
 	*x = TimeColumn{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +664,7 @@ func (x *TimeColumn) String() string {
 func (*TimeColumn) ProtoMessage() {}
 
 func (x *TimeColumn) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +677,7 @@ func (x *TimeColumn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeColumn.ProtoReflect.Descriptor instead.
 func (*TimeColumn) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TimeColumn) GetDeltaOfDelta() []int64 {
@@ -580,7 +708,7 @@ type Column struct {
 
 func (x *Column) Reset() {
 	*x = Column{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +720,7 @@ func (x *Column) String() string {
 func (*Column) ProtoMessage() {}
 
 func (x *Column) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +733,7 @@ func (x *Column) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Column.ProtoReflect.Descriptor instead.
 func (*Column) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Column) GetSignal() uint32 {
@@ -726,7 +854,7 @@ type ScaledValues struct {
 
 func (x *ScaledValues) Reset() {
 	*x = ScaledValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +866,7 @@ func (x *ScaledValues) String() string {
 func (*ScaledValues) ProtoMessage() {}
 
 func (x *ScaledValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +879,7 @@ func (x *ScaledValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaledValues.ProtoReflect.Descriptor instead.
 func (*ScaledValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ScaledValues) GetScale() float64 {
@@ -792,7 +920,7 @@ type DoubleValues struct {
 
 func (x *DoubleValues) Reset() {
 	*x = DoubleValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +932,7 @@ func (x *DoubleValues) String() string {
 func (*DoubleValues) ProtoMessage() {}
 
 func (x *DoubleValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +945,7 @@ func (x *DoubleValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoubleValues.ProtoReflect.Descriptor instead.
 func (*DoubleValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DoubleValues) GetValues() []float64 {
@@ -837,7 +965,7 @@ type IntValues struct {
 
 func (x *IntValues) Reset() {
 	*x = IntValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +977,7 @@ func (x *IntValues) String() string {
 func (*IntValues) ProtoMessage() {}
 
 func (x *IntValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +990,7 @@ func (x *IntValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntValues.ProtoReflect.Descriptor instead.
 func (*IntValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *IntValues) GetDelta() []int64 {
@@ -882,7 +1010,7 @@ type BoolValues struct {
 
 func (x *BoolValues) Reset() {
 	*x = BoolValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1022,7 @@ func (x *BoolValues) String() string {
 func (*BoolValues) ProtoMessage() {}
 
 func (x *BoolValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1035,7 @@ func (x *BoolValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BoolValues.ProtoReflect.Descriptor instead.
 func (*BoolValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BoolValues) GetBits() []byte {
@@ -928,7 +1056,7 @@ type StringValues struct {
 
 func (x *StringValues) Reset() {
 	*x = StringValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1068,7 @@ func (x *StringValues) String() string {
 func (*StringValues) ProtoMessage() {}
 
 func (x *StringValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1081,7 @@ func (x *StringValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringValues.ProtoReflect.Descriptor instead.
 func (*StringValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StringValues) GetDictionary() []string {
@@ -996,7 +1124,7 @@ type Locations struct {
 
 func (x *Locations) Reset() {
 	*x = Locations{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1136,7 @@ func (x *Locations) String() string {
 func (*Locations) ProtoMessage() {}
 
 func (x *Locations) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1149,7 @@ func (x *Locations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Locations.ProtoReflect.Descriptor instead.
 func (*Locations) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Locations) GetTimeDeltaOfDelta() []int64 {
@@ -1092,7 +1220,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1232,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1245,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ack) GetVehicleId() string {
@@ -1146,7 +1274,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1286,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1299,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SeqRange) GetEpoch() uint64 {
@@ -1209,7 +1337,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1349,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1362,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Status) GetVehicleId() string {
@@ -1286,7 +1414,7 @@ type Position struct {
 
 func (x *Position) Reset() {
 	*x = Position{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1426,7 @@ func (x *Position) String() string {
 func (*Position) ProtoMessage() {}
 
 func (x *Position) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1439,7 @@ func (x *Position) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Position.ProtoReflect.Descriptor instead.
 func (*Position) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Position) GetVehicleId() string {
@@ -1409,7 +1537,7 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\bProducer\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
 	"\x0eschema_version\x18\x02 \x01(\rR\rschemaVersion\x12\x18\n" +
-	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xa3\x02\n" +
+	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xa9\x03\n" +
 	"\x04Body\x12\x1d\n" +
 	"\n" +
 	"tick_nanos\x18\x01 \x01(\x04R\ttickNanos\x124\n" +
@@ -1418,13 +1546,23 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\acolumns\x18\x04 \x03(\v2\x1a.fleet.telemetry.v1.ColumnR\acolumns\x12;\n" +
 	"\tlocations\x18\x05 \x01(\v2\x1d.fleet.telemetry.v1.LocationsR\tlocations\x12\x1d\n" +
 	"\n" +
-	"catalog_id\x18\x06 \x01(\fR\tcatalogId\"?\n" +
+	"catalog_id\x18\x06 \x01(\fR\tcatalogId\x12!\n" +
+	"\ftime_lengths\x18\a \x03(\rR\vtimeLengths\x12-\n" +
+	"\x13time_delta_of_delta\x18\b \x03(\x12R\x10timeDeltaOfDelta\x122\n" +
+	"\x06packed\x18\t \x01(\v2\x1a.fleet.telemetry.v1.PackedR\x06packed\"k\n" +
+	"\x06Packed\x12!\n" +
+	"\fsignal_delta\x18\x01 \x03(\x12R\vsignalDelta\x12\x12\n" +
+	"\x04time\x18\x02 \x03(\rR\x04time\x12\x14\n" +
+	"\x05first\x18\x03 \x03(\x12R\x05first\x12\x14\n" +
+	"\x05delta\x18\x04 \x03(\x12R\x05delta\"?\n" +
 	"\aCatalog\x124\n" +
-	"\asignals\x18\x01 \x03(\v2\x1a.fleet.telemetry.v1.SignalR\asignals\"c\n" +
+	"\asignals\x18\x01 \x03(\v2\x1a.fleet.telemetry.v1.SignalR\asignals\"\x91\x01\n" +
 	"\x06Signal\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04unit\x18\x02 \x01(\tR\x04unit\x121\n" +
-	"\x04type\x18\x03 \x01(\x0e2\x1d.fleet.telemetry.v1.ValueTypeR\x04type\"2\n" +
+	"\x04type\x18\x03 \x01(\x0e2\x1d.fleet.telemetry.v1.ValueTypeR\x04type\x12\x14\n" +
+	"\x05scale\x18\x04 \x01(\x01R\x05scale\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x01R\x06offset\"2\n" +
 	"\n" +
 	"TimeColumn\x12$\n" +
 	"\x0edelta_of_delta\x18\x01 \x03(\x12R\fdeltaOfDelta\"\xe3\x02\n" +
@@ -1518,48 +1656,50 @@ func file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_fleet_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_fleet_telemetry_v1_telemetry_proto_goTypes = []any{
 	(Compression)(0),     // 0: fleet.telemetry.v1.Compression
 	(ValueType)(0),       // 1: fleet.telemetry.v1.ValueType
 	(*Batch)(nil),        // 2: fleet.telemetry.v1.Batch
 	(*Producer)(nil),     // 3: fleet.telemetry.v1.Producer
 	(*Body)(nil),         // 4: fleet.telemetry.v1.Body
-	(*Catalog)(nil),      // 5: fleet.telemetry.v1.Catalog
-	(*Signal)(nil),       // 6: fleet.telemetry.v1.Signal
-	(*TimeColumn)(nil),   // 7: fleet.telemetry.v1.TimeColumn
-	(*Column)(nil),       // 8: fleet.telemetry.v1.Column
-	(*ScaledValues)(nil), // 9: fleet.telemetry.v1.ScaledValues
-	(*DoubleValues)(nil), // 10: fleet.telemetry.v1.DoubleValues
-	(*IntValues)(nil),    // 11: fleet.telemetry.v1.IntValues
-	(*BoolValues)(nil),   // 12: fleet.telemetry.v1.BoolValues
-	(*StringValues)(nil), // 13: fleet.telemetry.v1.StringValues
-	(*Locations)(nil),    // 14: fleet.telemetry.v1.Locations
-	(*Ack)(nil),          // 15: fleet.telemetry.v1.Ack
-	(*SeqRange)(nil),     // 16: fleet.telemetry.v1.SeqRange
-	(*Status)(nil),       // 17: fleet.telemetry.v1.Status
-	(*Position)(nil),     // 18: fleet.telemetry.v1.Position
+	(*Packed)(nil),       // 5: fleet.telemetry.v1.Packed
+	(*Catalog)(nil),      // 6: fleet.telemetry.v1.Catalog
+	(*Signal)(nil),       // 7: fleet.telemetry.v1.Signal
+	(*TimeColumn)(nil),   // 8: fleet.telemetry.v1.TimeColumn
+	(*Column)(nil),       // 9: fleet.telemetry.v1.Column
+	(*ScaledValues)(nil), // 10: fleet.telemetry.v1.ScaledValues
+	(*DoubleValues)(nil), // 11: fleet.telemetry.v1.DoubleValues
+	(*IntValues)(nil),    // 12: fleet.telemetry.v1.IntValues
+	(*BoolValues)(nil),   // 13: fleet.telemetry.v1.BoolValues
+	(*StringValues)(nil), // 14: fleet.telemetry.v1.StringValues
+	(*Locations)(nil),    // 15: fleet.telemetry.v1.Locations
+	(*Ack)(nil),          // 16: fleet.telemetry.v1.Ack
+	(*SeqRange)(nil),     // 17: fleet.telemetry.v1.SeqRange
+	(*Status)(nil),       // 18: fleet.telemetry.v1.Status
+	(*Position)(nil),     // 19: fleet.telemetry.v1.Position
 }
 var file_fleet_telemetry_v1_telemetry_proto_depIdxs = []int32{
 	3,  // 0: fleet.telemetry.v1.Batch.producer:type_name -> fleet.telemetry.v1.Producer
 	0,  // 1: fleet.telemetry.v1.Batch.compression:type_name -> fleet.telemetry.v1.Compression
-	6,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
-	7,  // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
-	8,  // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
-	14, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
-	6,  // 6: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
-	1,  // 7: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
-	9,  // 8: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
-	10, // 9: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
-	11, // 10: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
-	12, // 11: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
-	13, // 12: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
-	16, // 13: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	7,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
+	8,  // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
+	9,  // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
+	15, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
+	5,  // 6: fleet.telemetry.v1.Body.packed:type_name -> fleet.telemetry.v1.Packed
+	7,  // 7: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
+	1,  // 8: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
+	10, // 9: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
+	11, // 10: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
+	12, // 11: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
+	13, // 12: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
+	14, // 13: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
+	17, // 14: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_fleet_telemetry_v1_telemetry_proto_init() }
@@ -1567,7 +1707,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 	if File_fleet_telemetry_v1_telemetry_proto != nil {
 		return
 	}
-	file_fleet_telemetry_v1_telemetry_proto_msgTypes[6].OneofWrappers = []any{
+	file_fleet_telemetry_v1_telemetry_proto_msgTypes[7].OneofWrappers = []any{
 		(*Column_Scaled)(nil),
 		(*Column_Doubles)(nil),
 		(*Column_Ints)(nil),
@@ -1580,7 +1720,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleet_telemetry_v1_telemetry_proto_rawDesc), len(file_fleet_telemetry_v1_telemetry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
