@@ -28,7 +28,8 @@ type EncodeOptions struct {
 	// TickNanos is the time resolution of the encoding; times are truncated
 	// to it relative to the batch's base time. Default 100,000 (0.1 ms).
 	TickNanos int64
-	// Compression of the body; zstd unless set to CompressionNone.
+	// Compression of the body: zstd (where it makes the body smaller)
+	// unless set to CompressionNone.
 	Compression Compression
 	// Catalog, if set, is a registered name table: when every reading's
 	// signal (name, unit, kind) is in it, the body carries the catalog's id
@@ -117,8 +118,12 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("wire: zstd: %w", err)
 		}
-		out.Compression = pb.Compression_COMPRESSION_ZSTD
-		out.Body = enc.EncodeAll(raw, make([]byte, 0, len(raw)/4+64))
+		// A tiny body (a second of a few signals) can come out of zstd
+		// larger than it went in: it then travels as it is.
+		if z := enc.EncodeAll(raw, make([]byte, 0, len(raw)/4+64)); len(z) < len(raw) {
+			out.Compression = pb.Compression_COMPRESSION_ZSTD
+			out.Body = z
+		}
 	}
 	return proto.MarshalOptions{Deterministic: true}.Marshal(out)
 }
