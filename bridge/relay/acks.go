@@ -50,8 +50,19 @@ func (q *ackQueue) complete(s *ackSlot, ack bool) {
 // vehicleAcks collects, per vehicle, the batches Kafka took since the last
 // drain.
 type vehicleAcks struct {
-	mu      sync.Mutex
-	pending map[string]map[uint64][]uint64 // vehicle -> epoch -> seqs
+	mu       sync.Mutex
+	pending  map[string]map[uint64][]uint64 // vehicle -> epoch -> seqs
+	catalogs map[string][][]byte            // vehicle -> catalog ids
+}
+
+// addCatalog records that Kafka holds a catalog the vehicle published.
+func (v *vehicleAcks) addCatalog(vehicleID string, id []byte) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.catalogs == nil {
+		v.catalogs = map[string][][]byte{}
+	}
+	v.catalogs[vehicleID] = append(v.catalogs[vehicleID], id)
 }
 
 func (v *vehicleAcks) add(id wire.Identity) {
@@ -72,12 +83,20 @@ func (v *vehicleAcks) add(id wire.Identity) {
 // merged into ranges, and forgets them.
 func (v *vehicleAcks) drain() map[string][]byte {
 	v.mu.Lock()
-	pending := v.pending
-	v.pending = nil
+	pending, catalogs := v.pending, v.catalogs
+	v.pending, v.catalogs = nil, nil
 	v.mu.Unlock()
+	for vehicleID := range catalogs {
+		if _, ok := pending[vehicleID]; !ok {
+			if pending == nil {
+				pending = map[string]map[uint64][]uint64{}
+			}
+			pending[vehicleID] = nil
+		}
+	}
 	out := make(map[string][]byte, len(pending))
 	for vehicleID, epochs := range pending {
-		ack := &pb.Ack{VehicleId: vehicleID}
+		ack := &pb.Ack{VehicleId: vehicleID, Catalogs: catalogs[vehicleID]}
 		for epoch, seqs := range epochs {
 			ack.Ranges = append(ack.Ranges, SeqRanges(epoch, seqs)...)
 		}

@@ -22,6 +22,9 @@ type Config struct {
 	// Topic and DLQTopic are the Kafka topics for good and rejected batches.
 	Topic    string
 	DLQTopic string
+	// CatalogTopic is the compacted topic of the signal catalogs vehicles
+	// register.
+	CatalogTopic string
 	// CreateTopics creates missing topics at start with Partitions and
 	// Replication (-1: the broker's defaults).
 	CreateTopics bool
@@ -61,6 +64,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ShareGroup, "share-group", "fleet-bridge", "MQTT shared-subscription group of the bridge replicas")
 	fs.StringVar(&c.Topic, "topic", topics.KafkaTelemetry, "Kafka topic for telemetry batches")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", topics.KafkaDLQ, "Kafka topic for rejected payloads")
+	fs.StringVar(&c.CatalogTopic, "catalog-topic", topics.KafkaCatalog, "log-compacted Kafka topic for the signal catalogs vehicles register")
 	fs.BoolVar(&c.CreateTopics, "create-topics", true, "create missing Kafka topics at start")
 	fs.IntVar(&c.Partitions, "partitions", 12, "partitions of topics the bridge creates (-1: broker default)")
 	fs.IntVar(&c.Replication, "replication", -1, "replication factor of topics the bridge creates (-1: broker default)")
@@ -89,6 +93,10 @@ func (c Config) Validate() error {
 		return cli.FieldError("dlq-topic", "must not be empty")
 	case c.DLQTopic == c.Topic:
 		return cli.FieldError("dlq-topic", "must differ from --topic")
+	case c.CatalogTopic == "":
+		return cli.FieldError("catalog-topic", "must not be empty")
+	case c.CatalogTopic == c.Topic || c.CatalogTopic == c.DLQTopic:
+		return cli.FieldError("catalog-topic", "must differ from --topic and --dlq-topic")
 	case c.Partitions == 0 || c.Partitions < -1:
 		return cli.FieldError("partitions", "%d: want a positive count or -1", c.Partitions)
 	case c.Replication == 0 || c.Replication < -1 || c.Replication > 32767:

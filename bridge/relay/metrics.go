@@ -7,6 +7,7 @@ import (
 
 type metrics struct {
 	messages       *prometheus.CounterVec
+	catalogs       *prometheus.CounterVec
 	readings       prometheus.Counter
 	bytes          prometheus.Counter
 	inflight       prometheus.Gauge
@@ -21,6 +22,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return &metrics{
 		messages: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_messages_total",
 			Help: "MQTT messages handled, by result: produced, dlq, failed (left for redelivery)."}, []string{"result"}),
+		catalogs: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_catalogs_total",
+			Help: "Catalog messages handled, by result: registered, dlq, failed (left for redelivery)."}, []string{"result"}),
 		readings: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_readings_total",
 			Help: "Readings and fixes in batches produced to Kafka."}),
 		bytes: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_bytes_total",

@@ -11,9 +11,16 @@
 // `error` header and is then acknowledged. A batch Kafka did not take is not
 // acknowledged, so the broker delivers it again.
 //
+// Vehicles register signal catalogs on fleet/v1/{vehicle_id}/catalog (see
+// wire.Catalog); the bridge checks each, stores it in the compacted catalog
+// topic keyed by its id, and lists it in the vehicle's next ack, after which
+// the vehicle's batches may refer to it. Batches that do are validated
+// against the catalog topic (internal/catalogstore).
+//
 // Metrics (namespace fleet_bridge):
 //
-//	fleet_bridge_messages_total{result="produced|dlq|failed"}  MQTT messages handled
+//	fleet_bridge_messages_total{result="produced|dlq|failed"}  MQTT messages handled (batches and catalogs)
+//	fleet_bridge_catalogs_total{result="registered|dlq|failed"} MQTT catalog messages handled
 //	fleet_bridge_readings_total                               readings in produced batches
 //	fleet_bridge_bytes_total                                  payload bytes produced
 //	fleet_bridge_inflight                                     messages awaiting Kafka
@@ -27,9 +34,12 @@ package relay
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +51,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fleetpipe/fleetpipe/internal/admin"
+	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -62,6 +73,8 @@ type Bridge struct {
 	kafka  *kgo.Client
 	mqtt   mqtt.Client
 	admin  *admin.Server
+	// catalogs resolves the catalogs batches refer to.
+	catalogs *catalogstore.Store
 
 	order    ackQueue
 	e2e      vehicleAcks
@@ -116,9 +129,20 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	})
 	b.mqtt = mqtt.NewClient(mopts)
 
+	base, err := cfg.Kafka.Opts(deps.Logger, nil)
+	if err != nil {
+		b.kafka.Close()
+		return nil, err
+	}
+	if b.catalogs, err = catalogstore.New(base, cfg.CatalogTopic, deps.Logger); err != nil {
+		b.kafka.Close()
+		return nil, err
+	}
+
 	b.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer})
 	if err != nil {
 		b.kafka.Close()
+		b.catalogs.Close()
 		return nil, err
 	}
 	b.admin.AddReadyCheck("mqtt", func(context.Context) error {
@@ -139,6 +163,7 @@ func (b *Bridge) AdminURL() string { return b.admin.URL() }
 // over MQTT and to the vehicles), and disconnects.
 func (b *Bridge) Run(ctx context.Context) error {
 	defer b.kafka.Close()
+	defer b.catalogs.Close()
 	if b.cfg.CreateTopics {
 		if err := b.createTopics(ctx); err != nil {
 			return err
@@ -160,7 +185,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	<-ctx.Done()
 	b.logger.Info("bridge draining")
 	if b.mqtt.IsConnectionOpen() {
-		t := b.mqtt.Unsubscribe(topics.SharedTelemetryFilter(b.cfg.ShareGroup))
+		t := b.mqtt.Unsubscribe(topics.SharedTelemetryFilter(b.cfg.ShareGroup), topics.SharedCatalogFilter(b.cfg.ShareGroup))
 		t.WaitTimeout(2 * time.Second)
 	}
 	b.drainMu.Lock()
@@ -190,9 +215,12 @@ func (b *Bridge) Run(ctx context.Context) error {
 }
 
 func (b *Bridge) createTopics(ctx context.Context) error {
+	compact := "compact"
 	specs := []kafkaio.TopicSpec{
 		{Name: b.cfg.Topic, Partitions: int32(b.cfg.Partitions), Replication: int16(b.cfg.Replication)},
 		{Name: b.cfg.DLQTopic, Partitions: int32(b.cfg.Partitions), Replication: int16(b.cfg.Replication)},
+		// Catalogs are few and small: one partition, kept forever by key.
+		{Name: b.cfg.CatalogTopic, Partitions: 1, Replication: int16(b.cfg.Replication), Configs: map[string]*string{"cleanup.policy": &compact}},
 	}
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 10*time.Second) {
 		err := kafkaio.EnsureTopics(ctx, b.kafka, specs...)
@@ -212,35 +240,101 @@ func (b *Bridge) onConnect(c mqtt.Client) {
 	b.connected.Store(true)
 	b.m.connected.Set(1)
 	b.m.connects.Inc()
-	filter := topics.SharedTelemetryFilter(b.cfg.ShareGroup)
-	t := c.Subscribe(filter, 1, b.onMessage)
+	filters := map[string]byte{topics.SharedTelemetryFilter(b.cfg.ShareGroup): 1, topics.SharedCatalogFilter(b.cfg.ShareGroup): 1}
+	t := c.SubscribeMultiple(filters, b.route)
 	go func() {
 		if t.WaitTimeout(10*time.Second) && t.Error() == nil {
-			b.logger.Info("subscribed", "filter", filter)
+			b.logger.Info("subscribed", "filters", slices.Sorted(maps.Keys(filters)))
 			return
 		}
-		b.logger.Error("subscribe failed", "filter", filter, "err", t.Error())
+		b.logger.Error("subscribe failed", "filters", slices.Sorted(maps.Keys(filters)), "err", t.Error())
 	}()
+}
+
+// route hands a message to the handler of its topic.
+func (b *Bridge) route(c mqtt.Client, msg mqtt.Message) {
+	if _, ok := topics.VehicleFromCatalog(msg.Topic()); ok {
+		b.onCatalog(msg)
+		return
+	}
+	b.onMessage(c, msg)
+}
+
+// begin registers a message as in flight and returns the function that
+// completes it (acking it over MQTT, in arrival order, if ack), or false if
+// the bridge is draining and the message must be left for redelivery.
+func (b *Bridge) begin(msg mqtt.Message) (finish func(ack bool), ok bool) {
+	b.drainMu.Lock()
+	if b.draining {
+		b.drainMu.Unlock()
+		return nil, false
+	}
+	b.inflight.Add(1)
+	b.drainMu.Unlock()
+	slot := b.order.push(msg)
+	b.m.inflight.Inc()
+	return func(ack bool) {
+		b.order.complete(slot, ack)
+		b.m.inflight.Dec()
+		b.inflight.Done()
+	}, true
+}
+
+// onCatalog registers a vehicle's catalog: checked, stored in the catalog
+// topic under its id, then acked to the vehicle.
+func (b *Bridge) onCatalog(msg mqtt.Message) {
+	finish, ok := b.begin(msg)
+	if !ok {
+		return
+	}
+	vehicleID, _ := topics.VehicleFromCatalog(msg.Topic())
+	payload := msg.Payload()
+	headers := []kgo.RecordHeader{
+		{Key: kafkaio.HeaderSourceTopic, Value: []byte(msg.Topic())},
+		{Key: kafkaio.HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
+		{Key: kafkaio.HeaderBridgeID, Value: []byte(b.cfg.BridgeID)},
+	}
+	cat, err := wire.ParseCatalog(payload, wire.Limits{MaxBodyBytes: b.cfg.MaxBatchBytes})
+	if err == nil && !wire.ValidVehicleID(vehicleID) {
+		err = fmt.Errorf("vehicle id %q in the topic is not valid", vehicleID)
+	}
+	if err != nil {
+		b.m.catalogs.WithLabelValues("dlq").Inc()
+		b.deadLetter([]byte(vehicleID), payload, headers, fmt.Errorf("catalog: %w", err), finish)
+		return
+	}
+	id := cat.ID()
+	if _, known := b.catalogs.Catalog(id); known {
+		// Kafka holds it already (another car of the model registered it,
+		// or this one before a restart): ack without a new record.
+		b.m.catalogs.WithLabelValues("registered").Inc()
+		b.e2e.addCatalog(vehicleID, id)
+		finish(true)
+		return
+	}
+	rec := &kgo.Record{Topic: b.cfg.CatalogTopic, Key: []byte(hex.EncodeToString(id)), Value: payload, Headers: headers}
+	b.kafka.Produce(b.produceCtx, rec, func(_ *kgo.Record, err error) {
+		if err != nil {
+			b.m.catalogs.WithLabelValues("failed").Inc()
+			b.logger.Warn("catalog not produced; leaving it unacknowledged for redelivery", "vehicle", vehicleID, "err", err)
+			finish(false)
+			return
+		}
+		b.m.catalogs.WithLabelValues("registered").Inc()
+		b.logger.Info("catalog registered", "vehicle", vehicleID, "catalog", hex.EncodeToString(id), "signals", cat.Len())
+		b.e2e.addCatalog(vehicleID, id)
+		finish(true)
+	})
 }
 
 // onMessage is called by paho for each message, one at a time in arrival
 // order. It must not block for long: the produce is asynchronous.
 func (b *Bridge) onMessage(_ mqtt.Client, msg mqtt.Message) {
-	b.drainMu.Lock()
-	if b.draining {
-		b.drainMu.Unlock()
+	finish, ok := b.begin(msg)
+	if !ok {
 		return // not acknowledged: the broker delivers it again
 	}
-	b.inflight.Add(1)
-	b.drainMu.Unlock()
 	received := time.Now()
-	slot := b.order.push(msg)
-	b.m.inflight.Inc()
-	finish := func(ack bool) {
-		b.order.complete(slot, ack)
-		b.m.inflight.Dec()
-		b.inflight.Done()
-	}
 
 	payload := msg.Payload()
 	vehicleID, ok := topics.VehicleFromTelemetry(msg.Topic())
@@ -253,7 +347,37 @@ func (b *Bridge) onMessage(_ mqtt.Client, msg mqtt.Message) {
 		b.deadLetter(nil, payload, headers, fmt.Errorf("topic %q is not fleet/v1/{vehicle_id}/telemetry", msg.Topic()), finish)
 		return
 	}
-	batch, err := wire.Decode(payload, wire.Limits{MaxBatchBytes: b.cfg.MaxBatchBytes})
+	lim := wire.Limits{MaxBatchBytes: b.cfg.MaxBatchBytes, Catalogs: b.catalogs}
+	batch, err := wire.Decode(payload, lim)
+	if errors.Is(err, wire.ErrUnknownCatalog) {
+		// A catalog registered through another replica, or just now: read
+		// the catalog topic, off paho's goroutine (the ack order is kept
+		// by the slot taken above).
+		go func() {
+			ctx, cancel := context.WithTimeout(b.produceCtx, catalogWait)
+			defer cancel()
+			batch, err := b.catalogs.Decode(ctx, payload, lim)
+			b.relay(vehicleID, payload, headers, batch, err, received, finish)
+		}()
+		return
+	}
+	b.relay(vehicleID, payload, headers, batch, err, received, finish)
+}
+
+// catalogWait bounds the catch-up with the catalog topic for one batch.
+const catalogWait = 30 * time.Second
+
+// relay produces a decoded batch, or dead-letters one that failed
+// validation. A batch that could not be checked (the catalog topic out of
+// reach) is left unacknowledged for redelivery.
+func (b *Bridge) relay(vehicleID string, payload []byte, headers []kgo.RecordHeader, batch *wire.Batch, err error,
+	received time.Time, finish func(bool)) {
+	if err != nil && !wire.IsInvalid(err) {
+		b.m.messages.WithLabelValues("failed").Inc()
+		b.logger.Warn("batch not checked; leaving it unacknowledged for redelivery", "vehicle", vehicleID, "err", err)
+		finish(false)
+		return
+	}
 	if err != nil {
 		b.deadLetter([]byte(vehicleID), payload, headers, err, finish)
 		return

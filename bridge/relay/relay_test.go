@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -1029,5 +1031,107 @@ func TestConfigFileValues(t *testing.T) {
 	want.DrainTimeout = 30 * time.Second
 	if fmt.Sprintf("%+v", cfg) != fmt.Sprintf("%+v", want) {
 		t.Errorf("config\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+// catalogBatch encodes a batch that refers to cat instead of naming its
+// signals.
+func catalogBatch(t *testing.T, cat *wire.Catalog, vehicle string, seq uint64) []byte {
+	t.Helper()
+	base := time.Date(2025, 3, 1, 8, 0, 0, 0, time.UTC).Add(time.Duration(seq) * time.Second).UnixNano()
+	b := &wire.Batch{Identity: wire.Identity{VehicleID: vehicle, Epoch: 1, Seq: seq}, BaseTime: base, AgentVersion: "test", Decoder: "test:v1"}
+	for i := int64(0); i < 10; i++ {
+		b.Readings = append(b.Readings, wire.Reading{Signal: "ENGINE.RPM", Unit: "rpm", Time: base + i*1e7,
+			Value: wire.Float(wire.Physical(3000+i, 0.25, 0)), Scale: 0.25, Raw: 3000 + i})
+	}
+	data, err := wire.Encode(b, wire.EncodeOptions{Catalog: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestRegistersCatalogs(t *testing.T) {
+	e := newEnv(t)
+	br := e.startBridge(e.config())
+	br.waitSubscribed(t)
+
+	var log ackLog
+	cloud := e.client("ack-watcher")
+	subscribe(t, cloud, "fleet/v1/+/ack", log.handler)
+	cat, err := wire.NewCatalog([]wire.SignalSpec{{Name: "ENGINE.RPM", Unit: "rpm", Kind: wire.KindDouble, Scale: 0.25}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := wire.NewCatalog([]wire.SignalSpec{{Name: "ENGINE.RPM", Unit: "rpm", Kind: wire.KindDouble, Scale: 0.5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	car := e.client("car")
+	publish(t, car, topics.Catalog("veh-c"), []byte("\xff\xff not a catalog"))
+	publish(t, car, topics.Catalog("veh-c"), cat.Bytes())
+	mqtttest.Eventually(t, "the catalog acked to the vehicle", func() error {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		for _, a := range log.acks {
+			for _, id := range a.GetCatalogs() {
+				if a.GetVehicleId() != "veh-c" || !bytes.Equal(id, cat.ID()) {
+					return fmt.Errorf("ack for %s names catalog %x, want only %x", a.GetVehicleId(), id, cat.ID())
+				}
+				return nil
+			}
+		}
+		return errors.New("no ack names a catalog yet")
+	})
+
+	// The ack came after Kafka held it, under its id.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.cluster.ListenAddrs()...), kgo.ConsumeTopics(topics.KafkaCatalog),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	recs := cl.PollFetches(ctx).Records()
+	if len(recs) != 1 || string(recs[0].Key) != hex.EncodeToString(cat.ID()) || !bytes.Equal(recs[0].Value, cat.Bytes()) {
+		t.Fatalf("catalog topic holds %d records (first key %q), want the one catalog under its id", len(recs), func() string {
+			if len(recs) == 0 {
+				return ""
+			}
+			return string(recs[0].Key)
+		}())
+	}
+
+	// Batches referring to it are relayed; one referring to a catalog
+	// nobody registered goes to the DLQ, as does the unreadable catalog.
+	publish(t, car, topics.Telemetry("veh-c"), catalogBatch(t, cat, "veh-c", 1))
+	publish(t, car, topics.Telemetry("veh-c"), catalogBatch(t, other, "veh-c", 2))
+	publish(t, car, topics.Telemetry("veh-c"), catalogBatch(t, cat, "veh-c", 3))
+	rs := &records{cl: e.consumer()}
+	tel, dlq := rs.until(t, "two batches relayed, two payloads dead-lettered", func(tel, dlq []*kgo.Record) error {
+		if len(tel) < 2 || len(dlq) < 2 {
+			return fmt.Errorf("%d relayed, %d dead-lettered", len(tel), len(dlq))
+		}
+		return nil
+	})
+	for _, r := range tel {
+		id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+		if err != nil || id.Seq == 2 {
+			t.Errorf("relayed %v (%v); seq 2 refers to an unregistered catalog", id, err)
+		}
+	}
+	reasons := []string{}
+	for _, r := range dlq {
+		msg, _ := header(r, kafkaio.HeaderError)
+		reasons = append(reasons, msg)
+	}
+	slices.Sort(reasons)
+	if len(reasons) != 2 || !strings.Contains(reasons[0], "catalog: malformed") || !strings.Contains(reasons[1], "unknown catalog") {
+		t.Errorf("DLQ reasons %q, want an unreadable catalog and an unknown one", reasons)
+	}
+	if got := metricValue(t, br.AdminURL(), `fleet_bridge_catalogs_total{result="registered"}`); got != "1" {
+		t.Errorf("catalogs registered metric = %s, want 1", got)
 	}
 }

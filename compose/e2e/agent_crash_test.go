@@ -135,6 +135,28 @@ func tearNewestSegment(t *testing.T, dir string) bool {
 // epoch, the seqs present.
 func readIdentities(t *testing.T, brokers, topic string) map[string]map[uint64]map[uint64]bool {
 	t.Helper()
+	out := map[string]map[uint64]map[uint64]bool{}
+	readTopic(t, brokers, topic, func(r *kgo.Record) {
+		id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+		if err != nil {
+			t.Errorf("undecodable record at %d/%d: %v", r.Partition, r.Offset, err)
+			return
+		}
+		if out[id.VehicleID] == nil {
+			out[id.VehicleID] = map[uint64]map[uint64]bool{}
+		}
+		if out[id.VehicleID][id.Epoch] == nil {
+			out[id.VehicleID][id.Epoch] = map[uint64]bool{}
+		}
+		out[id.VehicleID][id.Epoch][id.Seq] = true
+	})
+	return out
+}
+
+// readTopic hands every record of topic, up to its end offsets at the
+// call, to fn.
+func readTopic(t *testing.T, brokers, topic string, fn func(*kgo.Record)) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -152,31 +174,18 @@ func readIdentities(t *testing.T, brokers, topic string) map[string]map[uint64]m
 			remaining[o.Partition] = o.Offset
 		}
 	})
-	out := map[string]map[uint64]map[uint64]bool{}
 	for len(remaining) > 0 {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
 			t.Fatalf("reading %s: %v (partitions left %v)", topic, ctx.Err(), remaining)
 		}
 		fs.EachRecord(func(r *kgo.Record) {
-			id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
-			if err != nil {
-				t.Errorf("undecodable record at %d/%d: %v", r.Partition, r.Offset, err)
-			} else {
-				if out[id.VehicleID] == nil {
-					out[id.VehicleID] = map[uint64]map[uint64]bool{}
-				}
-				if out[id.VehicleID][id.Epoch] == nil {
-					out[id.VehicleID][id.Epoch] = map[uint64]bool{}
-				}
-				out[id.VehicleID][id.Epoch][id.Seq] = true
-			}
+			fn(r)
 			if end, ok := remaining[r.Partition]; ok && r.Offset+1 >= end {
 				delete(remaining, r.Partition)
 			}
 		})
 	}
-	return out
 }
 
 func keys[K comparable, V any](m map[K]V) []K {

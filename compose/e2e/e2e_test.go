@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -72,7 +73,7 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	// The cloud side. The bridge creates the topics.
 	bridgeArgs := []string{"--mqtt-url", mqttURL, "--mqtt-client-id", "e2e-bridge-" + run, "--share-group", "e2e-" + run,
 		"--kafka-brokers", brokers, "--topic", topic, "--dlq-topic", topic + ".dlq", "--partitions", "4", "--replication", "1",
-		"--bridge-id", "e2e", "--listen", "127.0.0.1:0"}
+		"--bridge-id", "e2e", "--listen", "127.0.0.1:0", "--catalog-topic", topic + ".catalog"}
 	bridge := startProc(t, bin("bridge"), "bridge", bridgeArgs...)
 	waitFor(t, "the bridge to create "+topic, time.Minute, func(ctx context.Context) error {
 		td, err := adm.ListTopics(ctx, topic)
@@ -86,10 +87,11 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	})
 	sinkArgs := []string{"--kafka-brokers", brokers, "--topic", topic, "--group", "e2e-sink-" + run,
 		"--s3-endpoint", minio.Endpoint, "--s3-bucket", bucket, "--s3-access-key", minio.AccessKey, "--s3-secret-key", minio.SecretKey,
-		"--s3-path-style", "--instance-id", "e2e-sink", "--max-file-age", "1s", "--max-file-rows", "5000", "--listen", "127.0.0.1:0"}
+		"--s3-path-style", "--instance-id", "e2e-sink", "--max-file-age", "1s", "--max-file-rows", "5000", "--listen", "127.0.0.1:0",
+		"--catalog-topic", topic + ".catalog"}
 	sink := startProc(t, bin("parquet-sink"), "parquet-sink", sinkArgs...)
 	liveAddr := freeAddr(t)
-	startProc(t, bin("live-location"), "live-location", "--kafka-brokers", brokers, "--topic", topic,
+	startProc(t, bin("live-location"), "live-location", "--kafka-brokers", brokers, "--topic", topic, "--catalog-topic", topic+".catalog",
 		"--location-topic", topic+".location", "--location-partitions", "1", "--location-replication", "1", "--listen", liveAddr)
 
 	// The cars: a finite, deterministic drive ending about now, so that the
@@ -162,6 +164,23 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	if err := bridge.stop(30 * time.Second); err != nil {
 		t.Errorf("bridge shutdown: %v", err)
 	}
+
+	// The cars registered their catalog and most batches refer to it (the
+	// first ones, sent before the ack, name their signals); the checks
+	// below show the sink and live-location resolved them exactly.
+	catalogs, refs, inline := 0, 0, 0
+	readTopic(t, brokers, topic+".catalog", func(*kgo.Record) { catalogs++ })
+	readTopic(t, brokers, topic, func(r *kgo.Record) {
+		if _, err := wire.Decode(r.Value, wire.Limits{}); errors.Is(err, wire.ErrUnknownCatalog) {
+			refs++
+		} else {
+			inline++
+		}
+	})
+	if catalogs == 0 || refs < 4*inline {
+		t.Errorf("%d catalog records; %d batches refer to a catalog, %d name their signals: want the catalog used by most", catalogs, refs, inline)
+	}
+	t.Logf("catalog records %d; batches referring to it %d, naming their signals %d", catalogs, refs, inline)
 
 	// What the cars sent: the simulator is deterministic, so regenerate it.
 	want := expected(t, agentArgs)

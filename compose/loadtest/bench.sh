@@ -28,10 +28,11 @@ load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --
 	echo "0.1 ms timestamps) and the simulator, in 1 s and 10 s batches, next to one protobuf"
 	echo "message per reading compressed with snappy. Budget: <= 0.5 B (1 s), <= 0.25 B (10 s)."
 	echo
-	echo "\"with catalog\": the same batches referring to a registered signal catalog (the DBC's"
-	echo "signals) instead of carrying their name table; the agent does not register one yet."
+	echo "\"with catalog\": the same batches referring to the registered signal catalog (the DBC's"
+	echo "signals with their scales), as the agent sends them once the cloud has acked its catalog;"
+	echo "the other column is a batch that names its signals (before the ack, or with --catalog=false)."
 	echo
-	echo "| batch | B/reading | with catalog | baseline B/reading | smaller by |"
+	echo "| batch | B/reading, names inline | with catalog (as sent) | baseline B/reading | smaller by (as sent) |"
 	echo "| --- | ---: | ---: | ---: | ---: |"
 	echo "$wire" | awk '/^BenchmarkWireBytesPerReading/ {
 		name=$1; sub(/^BenchmarkWireBytesPerReading\//, "", name); sub(/-[0-9]+$/, "", name)

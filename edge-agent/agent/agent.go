@@ -126,12 +126,30 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 
 // vehicle is one car's spool, uplink and batching.
 type vehicle struct {
-	id     string
-	spool  *spool.Spool
-	uplink *uplink.Uplink
+	id      string
+	spool   *spool.Spool
+	uplink  *uplink.Uplink
+	catalog *wire.Catalog // nil: batches always name their signals
 }
 
-func (a *Agent) openVehicle(id, dir string) (*vehicle, error) {
+// catalog is the signal catalog of the configured sources, or nil.
+func (a *Agent) catalog() (*wire.Catalog, error) {
+	switch {
+	case !a.cfg.Catalog:
+		return nil, nil
+	case a.cfg.has("sim"):
+		return sim.Catalog()
+	case a.cfg.has("can"):
+		d, err := can.LoadDBC(a.cfg.CAN.DBC)
+		if err != nil {
+			return nil, fmt.Errorf("--can-dbc: %w", err)
+		}
+		return d.Catalog()
+	}
+	return nil, nil // GPS only: fixes need no catalog
+}
+
+func (a *Agent) openVehicle(id, dir string, cat *wire.Catalog) (*vehicle, error) {
 	sc := a.cfg.Spool
 	sc.Dir = dir
 	sp, err := spool.Open(sc, spool.Deps{Logger: a.logger.With("vehicle", id), Registerer: a.reg})
@@ -142,11 +160,15 @@ func (a *Agent) openVehicle(id, dir string) (*vehicle, error) {
 	if a.cfg.has("sim") || mc.ClientID == "" || mc.ClientID == defaultClientID {
 		mc.ClientID = id
 	}
-	u, err := uplink.New(uplink.Config{
+	uc := uplink.Config{
 		VehicleID: id, AgentVersion: Version, MQTT: mc, AckTimeout: a.cfg.AckTimeout,
 		MaxInflight: a.cfg.MaxInflight, BacklogRate: a.cfg.BacklogRate,
 		ReconnectMin: a.cfg.ReconnectMin, ReconnectMax: a.cfg.ReconnectMax,
-	}, sp, uplink.Deps{Logger: a.logger, Metrics: a.upm})
+	}
+	if cat != nil {
+		uc.Catalog, uc.CatalogID = cat.Bytes(), cat.ID()
+	}
+	u, err := uplink.New(uc, sp, uplink.Deps{Logger: a.logger, Metrics: a.upm})
 	if err != nil {
 		sp.Close()
 		return nil, err
@@ -155,7 +177,7 @@ func (a *Agent) openVehicle(id, dir string) (*vehicle, error) {
 		a.logger.Info("spool recovered", "vehicle", id, "epoch", fmt.Sprintf("%016x", st.Epoch), "pending_batches", st.Records,
 			"corrupt_records", st.Recovery.CorruptRecords, "new_epoch", st.Recovery.NewEpoch)
 	}
-	return &vehicle{id: id, spool: sp, uplink: u}, nil
+	return &vehicle{id: id, spool: sp, uplink: u, catalog: cat}, nil
 }
 
 // Run collects and sends until ctx is cancelled or, with ExitWhenDone, until
@@ -172,6 +194,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		ids = []string{a.cfg.VehicleID}
 	}
+	cat, err := a.catalog()
+	if err != nil {
+		return err
+	}
 	vehicles := make([]*vehicle, len(ids))
 	defer func() {
 		for _, v := range vehicles {
@@ -185,7 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.cfg.has("sim") {
 			dir = filepath.Join(dir, id)
 		}
-		v, err := a.openVehicle(id, dir)
+		v, err := a.openVehicle(id, dir, cat)
 		if err != nil {
 			return err
 		}
@@ -212,7 +238,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			collect.Go(func() error { return a.runSources(cctx, v) })
 		}
 	}
-	err := collect.Wait()
+	err = collect.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		stopUplinks()
 		_ = ups.Wait()
@@ -330,7 +356,11 @@ func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class
 		Identity: wire.Identity{VehicleID: c.v.id, Epoch: c.v.spool.Epoch(), Seq: seq},
 		BaseTime: base, AgentVersion: Version, Decoder: decoder, Readings: rs, Fixes: fixes,
 	}
-	payload, err := wire.Encode(batch, wire.EncodeOptions{TickNanos: c.a.cfg.TickNanos})
+	opt := wire.EncodeOptions{TickNanos: c.a.cfg.TickNanos}
+	if c.v.catalog != nil && c.v.uplink.CatalogRegistered() {
+		opt.Catalog = c.v.catalog // signals outside it make Encode name them all
+	}
+	payload, err := wire.Encode(batch, opt)
 	if err != nil {
 		c.a.m.dropped.WithLabelValues("encode").Add(float64(n))
 		c.a.logger.Error("batch not encodable; dropped", "batch", batch.Identity, "err", err)

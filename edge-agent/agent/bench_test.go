@@ -27,7 +27,7 @@ func BenchmarkCollectPerReading(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := a.openVehicle("bench-0001", b.TempDir())
+	v, err := a.openVehicle("bench-0001", b.TempDir(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -39,6 +39,10 @@ type Config struct {
 
 	MaxInflight  int
 	BacklogRate  float64
+	// Catalog registers the vehicle's signal catalog (the DBC's signals,
+	// or the simulator's) with the cloud; once it is acked, batches carry
+	// signal indexes instead of names.
+	Catalog bool
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
 
@@ -94,6 +98,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.PrioritySignals = cli.StringList{"status"}
 	fs.Var(&c.PrioritySignals, "priority-signals", "comma-separated signals spooled with the fixes in the high class (dropped last when the spool is full)")
 	fs.IntVar(&c.MaxInflight, "max-inflight", 64, "batches published and awaiting their end-to-end ack, at most")
+	fs.BoolVar(&c.Catalog, "catalog", true, "register the signal catalog (DBC or simulator signals) with the cloud and, once acked, send signal indexes instead of names")
 	fs.Float64Var(&c.BacklogRate, "backlog-rate", 20, "spooled backlog batches published per second after an outage (new batches go at once)")
 	fs.DurationVar(&c.ReconnectMin, "reconnect-min", time.Second, "first wait before reconnecting to the broker (jittered, doubling)")
 	fs.DurationVar(&c.ReconnectMax, "reconnect-max", time.Minute, "longest wait between reconnects")

@@ -93,7 +93,7 @@ func BenchmarkWireBytesPerReading(b *testing.B) {
 				b.ReportMetric(float64(withCat)/float64(len(rs)), "B/reading-catalog")
 				b.ReportMetric(float64(n)/float64(len(rs)), "B/reading")
 				b.ReportMetric(float64(base)/float64(len(rs)), "baseline-B/reading")
-				b.ReportMetric(float64(base)/float64(n), "x-smaller")
+				b.ReportMetric(float64(base)/float64(withCat), "x-smaller")
 				b.ReportMetric(float64(len(rs))/float64(b.Elapsed().Seconds())*float64(b.N), "readings/s")
 			})
 		}

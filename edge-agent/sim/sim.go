@@ -39,6 +39,21 @@ func DefaultConfig() Config {
 	return Config{Seed: 1, Vehicles: 50, IDPrefix: "sim-", CenterLat: 37.9838, CenterLon: 23.7275, RadiusM: 3000, IMUHz: 10}
 }
 
+// Catalog is the signal catalog of every signal a simulated car reports,
+// for batches to refer to once the cloud has registered it.
+func Catalog() (*wire.Catalog, error) {
+	return wire.NewCatalog([]wire.SignalSpec{
+		{Name: "imu.accel_x", Unit: "m/s2", Kind: wire.KindDouble},
+		{Name: "imu.accel_y", Unit: "m/s2", Kind: wire.KindDouble},
+		{Name: "vehicle.speed", Unit: "km/h", Kind: wire.KindDouble},
+		{Name: "engine.rpm", Unit: "rpm", Kind: wire.KindInt},
+		{Name: "battery.voltage", Unit: "V", Kind: wire.KindDouble},
+		{Name: "odometer", Unit: "m", Kind: wire.KindInt},
+		{Name: "door.open", Kind: wire.KindBool},
+		{Name: "status", Kind: wire.KindString},
+	})
+}
+
 // Decoder is the decoder tag simulated batches carry.
 const Decoder = "sim:v1"
 

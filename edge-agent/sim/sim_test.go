@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
@@ -235,6 +236,12 @@ func sameFloat(a, b float64) bool { return math.Float64bits(a) == math.Float64bi
 func TestSurvivesTheWire(t *testing.T) {
 	cfg := testConfig()
 	cfg.Vehicles = 3
+	cat, err := Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := wire.Catalogs{}
+	reg.Add(cat)
 	for _, v := range NewFleet(cfg) {
 		steps := drive(v, 3*60)
 		for first := 0; first < len(steps); first += 10 { // ten-second batches
@@ -244,11 +251,20 @@ func TestSurvivesTheWire(t *testing.T) {
 				in.Fixes = append(in.Fixes, s.fix)
 			}
 			in.BaseTime = in.Readings[0].Time
-			data, err := wire.Encode(in, wire.EncodeOptions{})
+			// Every other batch refers to the catalog, which must cover
+			// every signal the simulator reports.
+			opt := wire.EncodeOptions{}
+			if first%20 == 10 {
+				opt.Catalog = cat
+			}
+			data, err := wire.Encode(in, opt)
 			if err != nil {
 				t.Fatal(err)
 			}
-			out, err := wire.Decode(data, wire.Limits{})
+			if _, err := wire.Decode(data, wire.Limits{}); opt.Catalog != nil && !errors.Is(err, wire.ErrUnknownCatalog) {
+				t.Fatalf("%v: encoded with the catalog, decoded without it: %v (the catalog misses a signal)", in.Identity, err)
+			}
+			out, err := wire.Decode(data, wire.Limits{Catalogs: reg})
 			if err != nil {
 				t.Fatal(err)
 			}

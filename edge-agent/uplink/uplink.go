@@ -19,10 +19,18 @@
 // attempts; the vehicle's retained status topic says "online" while
 // connected and its will says "offline".
 //
-// Live, Pending and WaitAcked are safe for concurrent use; Run runs once.
+// Catalog: when the vehicle has a signal catalog (its DBC's signals), the
+// uplink publishes it on fleet/v1/{vehicle_id}/catalog after connecting,
+// again every AckTimeout until an Ack lists its id, and
+// CatalogRegistered reports true from then on: batches encoded after that
+// may refer to it instead of naming their signals.
+//
+// Live, Pending, WaitAcked and CatalogRegistered are safe for concurrent
+// use; Run runs once.
 package uplink
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"iter"
@@ -66,6 +74,9 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the jittered exponential backoff
 	// between connection attempts (defaults 1s and 60s).
 	ReconnectMin, ReconnectMax time.Duration
+	// Catalog, if set, is the serialized signal catalog to register, and
+	// CatalogID its id (wire.Catalog's Bytes and ID).
+	Catalog, CatalogID []byte
 }
 
 func (c *Config) defaults() {
@@ -129,10 +140,13 @@ type Uplink struct {
 	// out as live.
 	idle bool
 
-	connected atomic.Bool
-	missed    atomic.Bool // Live could not queue a batch: it is backlog now
-	mu        sync.Mutex
-	changed   chan struct{} // closed and replaced whenever acks free batches
+	catalogSentAt time.Time // owned by Run; zero: not sent on this connection
+
+	connected  atomic.Bool
+	registered atomic.Bool // the cloud acked the catalog
+	missed     atomic.Bool // Live could not queue a batch: it is backlog now
+	mu         sync.Mutex
+	changed    chan struct{} // closed and replaced whenever acks free batches
 }
 
 // New builds the uplink over store; Run connects it.
@@ -184,6 +198,9 @@ func (u *Uplink) Live(seq uint64) {
 		u.missed.Store(true)
 	}
 }
+
+// CatalogRegistered reports whether the cloud has acked Config.Catalog.
+func (u *Uplink) CatalogRegistered() bool { return u.registered.Load() }
 
 // Pending is the number of spooled batches not yet acked.
 func (u *Uplink) Pending() int { return u.store.Stats().Records }
@@ -252,6 +269,8 @@ func (u *Uplink) Run(ctx context.Context) error {
 				u.conn++
 				u.cursor = 0
 				u.idle = false
+				u.catalogSentAt = time.Time{}
+				u.sendCatalog(time.Now())
 				u.sendLive()
 			}
 		case now := <-tick.C:
@@ -259,6 +278,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 				u.idle = false
 			}
 			u.expire(now)
+			u.sendCatalog(now)
 			u.sendLive()
 			u.sendBacklog(now)
 		}
@@ -336,7 +356,24 @@ func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
 	}
 }
 
+// sendCatalog publishes the catalog if it is not registered yet and was not
+// sent within AckTimeout on this connection.
+func (u *Uplink) sendCatalog(now time.Time) {
+	if u.cfg.Catalog == nil || u.registered.Load() || !u.up || !u.connected.Load() ||
+		(!u.catalogSentAt.IsZero() && now.Sub(u.catalogSentAt) < u.cfg.AckTimeout) {
+		return
+	}
+	u.catalogSentAt = now
+	u.client.Publish(topics.Catalog(u.cfg.VehicleID), 1, false, u.cfg.Catalog)
+	u.logger.Debug("catalog published", "catalog", fmt.Sprintf("%x", u.cfg.CatalogID), "bytes", len(u.cfg.Catalog))
+}
+
 func (u *Uplink) applyAck(ack *pb.Ack) {
+	for _, id := range ack.GetCatalogs() {
+		if u.cfg.CatalogID != nil && bytes.Equal(id, u.cfg.CatalogID) && !u.registered.Swap(true) {
+			u.logger.Info("catalog registered; batches refer to it from now on", "catalog", fmt.Sprintf("%x", id))
+		}
+	}
 	epoch := u.store.Epoch()
 	freed := 0
 	for _, r := range ack.GetRanges() {

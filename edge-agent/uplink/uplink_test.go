@@ -1,6 +1,7 @@
 package uplink
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -418,5 +419,83 @@ func TestStatusOnlineThenOffline(t *testing.T) {
 	})
 	if last.GetAgentVersion() != "9.9.9" || last.GetVehicleId() != "veh-1" {
 		t.Errorf("status %+v", last)
+	}
+}
+
+// TestRegistersTheCatalog: the catalog goes out on connecting, again after
+// the ack timeout while nobody acks it, and CatalogRegistered turns true
+// only when an ack for this vehicle lists its id.
+func TestRegistersTheCatalog(t *testing.T) {
+	b := mqtttest.StartBroker(t)
+	cat, err := wire.NewCatalog([]wire.SignalSpec{{Name: "x", Kind: wire.KindInt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got [][]byte
+	cloud := mqtttest.Connect(t, b.URL(), "cloud")
+	subscribe(t, cloud, topics.CatalogFilter, func(_ mqtt.Client, msg mqtt.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		if msg.Topic() == topics.Catalog("veh-1") {
+			got = append(got, append([]byte(nil), msg.Payload()...))
+		}
+	})
+	sent := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got)
+	}
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 200 * time.Millisecond, Catalog: cat.Bytes(), CatalogID: cat.ID()}, nil)
+	mqtttest.Eventually(t, "the catalog published twice (once re-sent, unacked)", func() error {
+		if n := sent(); n < 2 {
+			return fmt.Errorf("published %d times", n)
+		}
+		return nil
+	})
+	mu.Lock()
+	if !bytes.Equal(got[0], cat.Bytes()) {
+		t.Errorf("published %d bytes, not the catalog", len(got[0]))
+	}
+	mu.Unlock()
+	if u.CatalogRegistered() {
+		t.Fatal("registered before any ack")
+	}
+
+	// Acks for another vehicle, or naming another catalog, do not count.
+	other, err := wire.NewCatalog([]wire.SignalSpec{{Name: "y", Kind: wire.KindInt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ackCatalog := func(topicVehicle, ackVehicle string, id []byte) {
+		data, err := proto.Marshal(&pb.Ack{VehicleId: ackVehicle, Catalogs: [][]byte{id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		publish(t, cloud, topics.Ack(topicVehicle), false, data)
+	}
+	ackCatalog("veh-1", "veh-1", other.ID())
+	ackCatalog("veh-2", "veh-2", cat.ID())
+	ackCatalog("veh-1", "veh-1", cat.ID())
+	mqtttest.Eventually(t, "the catalog registered", func() error {
+		if !u.CatalogRegistered() {
+			return errors.New("not registered")
+		}
+		return nil
+	})
+	// Registered: no more re-sends. Let two ack timeouts pass, measured by
+	// a batch round trip that takes at least that long.
+	n := sent()
+	a := startAcker(t, b.URL(), false)
+	id := spoolBatch(t, u.spool, "veh-1")
+	u.Live(id.Seq)
+	mqtttest.Eventually(t, "a batch re-sent twice (two ack timeouts)", func() error {
+		if c := a.count(id); c < 3 {
+			return fmt.Errorf("sent %d times", c)
+		}
+		return nil
+	})
+	if m := sent(); m > n+1 { // one may have been in flight when the ack came
+		t.Errorf("catalog published %d more times after it was registered", m-n)
 	}
 }

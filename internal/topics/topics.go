@@ -9,6 +9,9 @@ const (
 	KafkaTelemetry = "fleet.telemetry.v1"
 	KafkaDLQ       = "fleet.telemetry.dlq.v1"
 	KafkaLocation  = "fleet.location.v1"
+	// KafkaCatalog is the log-compacted topic of registered signal
+	// catalogs, keyed by catalog id in hex.
+	KafkaCatalog = "fleet.catalog.v1"
 )
 
 const root = "fleet/v1/"
@@ -25,17 +28,31 @@ func Status(vehicleID string) string { return root + vehicleID + "/status" }
 // Ack is where the cloud tells a vehicle which batches Kafka holds.
 func Ack(vehicleID string) string { return root + vehicleID + "/ack" }
 
+// Catalog is where a vehicle registers its signal catalog (QoS 1).
+func Catalog(vehicleID string) string { return root + vehicleID + "/catalog" }
+
+// CatalogFilter matches every vehicle's catalog topic.
+const CatalogFilter = root + "+/catalog"
+
+// SharedCatalogFilter is CatalogFilter as an MQTT shared subscription.
+func SharedCatalogFilter(group string) string { return "$share/" + group + "/" + CatalogFilter }
+
+// VehicleFromCatalog returns the vehicle ID in a catalog topic.
+func VehicleFromCatalog(topic string) (string, bool) { return vehicleFrom(topic, "/catalog") }
+
 // SharedTelemetryFilter is TelemetryFilter as an MQTT shared subscription,
 // so the replicas of one group split the vehicles between them.
 func SharedTelemetryFilter(group string) string { return "$share/" + group + "/" + TelemetryFilter }
 
 // VehicleFromTelemetry returns the vehicle ID in a telemetry topic.
-func VehicleFromTelemetry(topic string) (string, bool) {
+func VehicleFromTelemetry(topic string) (string, bool) { return vehicleFrom(topic, "/telemetry") }
+
+func vehicleFrom(topic, suffix string) (string, bool) {
 	rest, ok := strings.CutPrefix(topic, root)
 	if !ok {
 		return "", false
 	}
-	id, ok := strings.CutSuffix(rest, "/telemetry")
+	id, ok := strings.CutSuffix(rest, suffix)
 	if !ok || id == "" || strings.Contains(id, "/") {
 		return "", false
 	}

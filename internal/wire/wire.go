@@ -142,6 +142,13 @@ var (
 	ErrUnsupported = errors.New("unsupported batch")
 )
 
+// IsInvalid reports whether err (from Decode) says the batch itself is
+// bad or refers to a catalog that does not exist: retrying cannot help,
+// unlike, say, a failure to reach the catalogs.
+func IsInvalid(err error) bool {
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrUnknownCatalog)
+}
+
 var vehicleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
 
 // ValidVehicleID reports whether id can name a vehicle: 1 to 64 characters

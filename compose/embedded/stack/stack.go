@@ -125,7 +125,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	services.Go(func() error { return broker.Run(svcCtx) })
 	kafka, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(cfg.KafkaPort),
 		kfake.SeedTopics(int32(cfg.Partitions), topics.KafkaTelemetry, topics.KafkaDLQ),
-		kfake.SeedTopics(1, topics.KafkaLocation))
+		kfake.SeedTopics(1, topics.KafkaLocation, topics.KafkaCatalog))
 	if err != nil {
 		return fmt.Errorf("embedded kafka: %w", err)
 	}

@@ -36,6 +36,7 @@ type Config struct {
 
 	Listen              string        // --listen: HTTP address of the API, dashboard, /metrics, /healthz, /readyz; default ":8080"
 	Topic               string        // --topic: telemetry topic; default "fleet.telemetry.v1"
+	CatalogTopic        string        // --catalog-topic: log-compacted topic of signal catalogs; default "fleet.catalog.v1"
 	LocationTopic       string        // --location-topic: log-compacted position topic; "" disables (DefaultConfig: "fleet.location.v1")
 	LocationPartitions  int           // --location-partitions: partitions when creating the location topic; -1 (default): the broker's default
 	LocationReplication int           // --location-replication: replication when creating it; -1 (default): the broker's default
@@ -63,6 +64,7 @@ func DefaultConfig() Config {
 		Kafka:               kafkaio.Config{Brokers: cli.StringList{"127.0.0.1:9092"}, ClientID: DefaultClientID},
 		Listen:              DefaultListen,
 		Topic:               topics.KafkaTelemetry,
+		CatalogTopic:        topics.KafkaCatalog,
 		LocationTopic:       topics.KafkaLocation,
 		LocationPartitions:  -1,
 		LocationReplication: -1,
@@ -86,6 +88,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Topic == "" {
 		c.Topic = d.Topic
+	}
+	if c.CatalogTopic == "" {
+		c.CatalogTopic = d.CatalogTopic
 	}
 	if c.LocationPartitions == 0 {
 		c.LocationPartitions = -1
@@ -120,6 +125,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Kafka.RegisterFlags(fs, DefaultClientID)
 	fs.StringVar(&c.Listen, "listen", d.Listen, "HTTP address for the API, the dashboard, /metrics, /healthz and /readyz")
 	fs.StringVar(&c.Topic, "topic", d.Topic, "Kafka topic of telemetry batches")
+	fs.StringVar(&c.CatalogTopic, "catalog-topic", d.CatalogTopic, "log-compacted Kafka topic of the signal catalogs batches may refer to")
 	fs.StringVar(&c.LocationTopic, "location-topic", d.LocationTopic, "log-compacted Kafka topic of latest positions to publish to and bootstrap from (empty: disabled)")
 	fs.IntVar(&c.LocationPartitions, "location-partitions", d.LocationPartitions, "partitions when creating --location-topic (-1: the broker's default)")
 	fs.IntVar(&c.LocationReplication, "location-replication", d.LocationReplication, "replication factor when creating --location-topic (-1: the broker's default)")
@@ -145,6 +151,9 @@ func (c Config) Validate() error {
 	}
 	if c.Topic == "" {
 		return cli.FieldError("topic", "must not be empty")
+	}
+	if c.CatalogTopic == "" || c.CatalogTopic == c.Topic || c.CatalogTopic == c.LocationTopic {
+		return cli.FieldError("catalog-topic", "must be set and differ from --topic and --location-topic")
 	}
 	if c.LocationTopic == c.Topic {
 		return cli.FieldError("location-topic", "must differ from --topic (%q)", c.Topic)

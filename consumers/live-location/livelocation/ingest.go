@@ -46,7 +46,7 @@ func (s *Service) consume(ctx context.Context, cl *kgo.Client, startMilli int64,
 		})
 		fetches.EachRecord(func(r *kgo.Record) {
 			if !r.Attrs.IsControl() {
-				s.applyTelemetry(r)
+				s.applyTelemetry(ctx, r)
 			}
 			track.advance(r.Partition, r.Offset)
 		})
@@ -67,8 +67,10 @@ func (s *Service) noteCatchUp(track *catchUp, start time.Time) {
 	}
 }
 
-func (s *Service) applyTelemetry(r *kgo.Record) {
-	b, err := wire.Decode(r.Value, wire.Limits{})
+func (s *Service) applyTelemetry(ctx context.Context, r *kgo.Record) {
+	// A batch referring to a catalog waits for the catalog topic: the
+	// positions it carries are what the live map is for.
+	b, err := s.catalogs.Decode(ctx, r.Value, wire.Limits{})
 	if err != nil {
 		s.m.records.WithLabelValues("telemetry", "undecodable").Inc()
 		s.log.Debug("undecodable telemetry record", "partition", r.Partition, "offset", r.Offset, "key", string(r.Key), "err", err)

@@ -42,6 +42,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/httpapi"
 	"github.com/fleetpipe/fleetpipe/internal/admin"
+	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
 )
 
 // Deps are the service's dependencies. A nil Logger discards logs; nil
@@ -64,6 +65,8 @@ type Service struct {
 
 	clientOpts []kgo.Opt // the main client's: metrics hooked
 	bootOpts   []kgo.Opt // the bootstrap client's: no metrics (kprom allows one client per registry)
+
+	catalogs *catalogstore.Store // set by Run
 
 	caughtUp     atomic.Bool
 	behind       atomic.Int64 // telemetry partitions still catching up; -1 before the offsets are listed
@@ -180,6 +183,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("live-location: kafka client: %w", err)
 	}
 	defer cl.Close()
+	if s.catalogs, err = catalogstore.New(s.bootOpts, s.cfg.CatalogTopic, s.log); err != nil {
+		return fmt.Errorf("live-location: %w", err)
+	}
+	defer s.catalogs.Close()
 
 	// The publisher subscribes before consuming starts, so that no change
 	// goes unpublished while the location topic is being set up.

@@ -16,7 +16,9 @@ type Config struct {
 	S3    objstore.Config
 
 	Topic string
-	Group string
+	// CatalogTopic holds the signal catalogs batches may refer to.
+	CatalogTopic string
+	Group        string
 	// InstanceID, when set, makes this member static (KIP-345): a restarted
 	// sink with the same ID takes its partitions back at once instead of
 	// waiting for the old session to time out.
@@ -52,6 +54,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	}
 	c.S3.RegisterFlags(fs, "")
 	fs.StringVar(&c.Topic, "topic", topics.KafkaTelemetry, "Kafka topic of telemetry batches")
+	fs.StringVar(&c.CatalogTopic, "catalog-topic", topics.KafkaCatalog, "log-compacted Kafka topic of the signal catalogs batches may refer to")
 	fs.StringVar(&c.Group, "group", "fleet-parquet-sink", "Kafka consumer group")
 	fs.StringVar(&c.InstanceID, "instance-id", "", "static group membership ID, unique per replica and stable across restarts (e.g. the pod name); empty: dynamic membership")
 	fs.StringVar(&c.Listen, "listen", ":9102", "address for /metrics, /healthz and /readyz")
@@ -74,6 +77,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Topic == "":
 		return cli.FieldError("topic", "must not be empty")
+	case c.CatalogTopic == "" || c.CatalogTopic == c.Topic:
+		return cli.FieldError("catalog-topic", "must be set and differ from --topic")
 	case c.Group == "":
 		return cli.FieldError("group", "must not be empty")
 	case c.Listen == "":

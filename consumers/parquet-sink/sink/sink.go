@@ -50,6 +50,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fleetpipe/fleetpipe/internal/admin"
+	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
@@ -79,6 +80,8 @@ type Sink struct {
 	kafka  *kgo.Client
 	admin  *admin.Server
 	opts   []parquet.WriterOption
+	// catalogs resolves the signal catalogs batches refer to.
+	catalogs *catalogstore.Store
 
 	mu    sync.Mutex // guards parts; rebalance callbacks run on other goroutines
 	parts map[int32]*partition
@@ -97,6 +100,9 @@ type partition struct {
 	size    int
 	opened  time.Time
 	flushed int64 // next offset of the last checkpoint written
+	// halted is set when shutdown interrupted the decoding of a record:
+	// nothing after it is buffered.
+	halted bool
 }
 
 // New builds the sink and binds its admin port. Nothing connects until Run.
@@ -138,12 +144,21 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 	if cfg.InstanceID != "" {
 		kopts = append(kopts, kgo.InstanceID(cfg.InstanceID))
 	}
+	base, err := cfg.Kafka.Opts(deps.Logger, nil)
+	if err != nil {
+		return nil, err
+	}
+	if s.catalogs, err = catalogstore.New(base, cfg.CatalogTopic, deps.Logger); err != nil {
+		return nil, err
+	}
 	if s.kafka, err = kgo.NewClient(kopts...); err != nil {
+		s.catalogs.Close()
 		return nil, fmt.Errorf("sink: kafka client: %w", err)
 	}
 	s.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer})
 	if err != nil {
 		s.kafka.Close()
+		s.catalogs.Close()
 		return nil, err
 	}
 	s.admin.AddReadyCheck("kafka", func(ctx context.Context) error { return s.kafka.Ping(ctx) })
@@ -162,6 +177,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	defer func() {
 		stopAdmin()
 		_ = g.Wait()
+		s.catalogs.Close()
 	}()
 	s.logger.Info("parquet sink starting", "topic", s.cfg.Topic, "group", s.cfg.Group, "admin", s.admin.URL())
 
@@ -180,7 +196,7 @@ func (s *Sink) Run(ctx context.Context) error {
 			}
 		})
 		s.mu.Lock()
-		fetches.EachRecord(s.add)
+		fetches.EachRecord(func(r *kgo.Record) { s.add(ctx, r) })
 		err := s.flushDue(ctx, time.Now())
 		s.mu.Unlock()
 		s.kafka.AllowRebalance()
@@ -223,8 +239,11 @@ func (s *Sink) sortedParts() []*partition {
 	return out
 }
 
-// add buffers one record. Called with s.mu held.
-func (s *Sink) add(r *kgo.Record) {
+// add buffers one record. Called with s.mu held. A record that refers to a
+// catalog blocks its partition until the catalog topic is readable; if ctx
+// ends first, the record and the rest of its partition's fetch are left
+// unbuffered, so the checkpoint stops before them and they are read again.
+func (s *Sink) add(ctx context.Context, r *kgo.Record) {
 	p := s.parts[r.Partition]
 	if p == nil {
 		// Not assigned through onAssigned (cannot happen with a group);
@@ -232,15 +251,20 @@ func (s *Sink) add(r *kgo.Record) {
 		s.logger.Error("record from an unassigned partition", "partition", r.Partition)
 		return
 	}
-	if r.Offset < p.next {
-		return // already buffered (a re-fetch after an offset reset)
+	if r.Offset < p.next || p.halted {
+		return // already buffered (a re-fetch after an offset reset), or halted at shutdown
+	}
+	b, err := s.catalogs.Decode(ctx, r.Value, wire.Limits{})
+	if err != nil && !wire.IsInvalid(err) {
+		p.halted = true
+		s.logger.Warn("record not decoded before shutdown; it is read again after restart", "partition", r.Partition, "offset", r.Offset, "err", err)
+		return
 	}
 	if p.first < 0 {
 		p.first = r.Offset
 		p.opened = time.Now()
 	}
 	p.next = r.Offset + 1
-	b, err := wire.Decode(r.Value, wire.Limits{})
 	if err != nil {
 		s.m.records.WithLabelValues("invalid").Inc()
 		s.logger.Warn("skipping undecodable record", "partition", r.Partition, "offset", r.Offset, "err", err)

@@ -44,8 +44,9 @@ const (
 type Config struct {
 	Kafka kafkaio.Config
 
-	Topic  string // --topic
-	Target string // --target: where the records go; only "stdout" for now
+	Topic        string // --topic
+	CatalogTopic string // --catalog-topic
+	Target       string // --target: where the records go; only "stdout" for now
 
 	// Time range: records whose Kafka timestamp (create or log-append time,
 	// millisecond resolution) is at or after From and before To. Either may
@@ -73,6 +74,7 @@ type Config struct {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Kafka.RegisterFlags(fs, "fleet-replay")
 	fs.StringVar(&c.Topic, "topic", topics.KafkaTelemetry, "telemetry topic to re-read")
+	fs.StringVar(&c.CatalogTopic, "catalog-topic", topics.KafkaCatalog, "log-compacted Kafka topic of the signal catalogs batches may refer to")
 	fs.StringVar(&c.Target, "target", TargetStdout, "where to write the replayed readings: stdout (JSON lines); parquet and kafka are not implemented yet")
 	fs.StringVar(&c.From, "from", "", "time range start, RFC 3339, inclusive (record timestamps); empty: the log start")
 	fs.StringVar(&c.To, "to", "", "time range end, RFC 3339, exclusive; empty: the end of the topic at start-up")
@@ -99,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if c.Topic == "" {
 		return cli.FieldError("topic", "must not be empty")
+	}
+	if c.CatalogTopic == "" || c.CatalogTopic == c.Topic {
+		return cli.FieldError("catalog-topic", "must be set and differ from --topic")
 	}
 	switch c.Target {
 	case TargetStdout:

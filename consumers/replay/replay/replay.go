@@ -60,6 +60,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fleetpipe/fleetpipe/internal/admin"
+	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -101,8 +102,12 @@ type Replayer struct {
 	logger *slog.Logger
 	stdout io.Writer
 	opts   []kgo.Opt
-	from   time.Time // zero: no --from
-	to     time.Time // zero: no --to
+	// catalogOpts are opts without the metrics hook (kprom takes one
+	// client per registry), for the catalog store.
+	catalogOpts []kgo.Opt
+	catalogs    *catalogstore.Store // set by Run
+	from        time.Time           // zero: no --from
+	to          time.Time           // zero: no --to
 
 	// newTarget builds the target when Run starts; tests replace it.
 	newTarget func() (Target, error)
@@ -136,7 +141,11 @@ func New(cfg Config, deps Deps) (*Replayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, opts: opts}
+	catalogOpts, err := cfg.Kafka.Opts(logger, nil)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, opts: opts, catalogOpts: catalogOpts}
 	if cfg.Listen != "" {
 		r.registerMetrics(reg)
 		if r.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: logger, Gatherer: deps.Gatherer}); err != nil {
@@ -196,6 +205,10 @@ func (r *Replayer) Run(ctx context.Context) (err error) {
 		_, err := p.WriteTo(r.stdout)
 		return err
 	}
+	if r.catalogs, err = catalogstore.New(r.catalogOpts, r.cfg.CatalogTopic, r.logger); err != nil {
+		return err
+	}
+	defer r.catalogs.Close()
 	target, err := r.newTarget()
 	if err != nil {
 		return err
@@ -309,7 +322,10 @@ func (r *Replayer) handle(ctx context.Context, target Target, rec *kgo.Record) e
 		r.c.skipped.Add(1)
 		return nil
 	}
-	b, err := wire.Decode(rec.Value, wire.Limits{})
+	b, err := r.catalogs.Decode(ctx, rec.Value, wire.Limits{})
+	if err != nil && !wire.IsInvalid(err) {
+		return fmt.Errorf("partition %d offset %d: %w", rec.Partition, rec.Offset, err)
+	}
 	if err == nil && len(rec.Key) > 0 && string(rec.Key) != b.VehicleID {
 		err = fmt.Errorf("record key %q is not the batch's vehicle %q", rec.Key, b.VehicleID)
 	}

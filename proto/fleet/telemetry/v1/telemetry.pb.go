@@ -515,7 +515,9 @@ func (x *Packed) GetDelta() []int64 {
 
 // Catalog is a vehicle's name table (for instance every signal of its DBC),
 // registered with the cloud once so that batches can refer to it by id
-// instead of carrying it. Its id is the first 16 bytes of the SHA-256 of its
+// instead of carrying it. A vehicle publishes it on
+// fleet/v1/{vehicle_id}/catalog; the bridge stores it in the compacted
+// catalog topic (key: the id in hex) and acks it like a batch. Its id is the first 16 bytes of the SHA-256 of its
 // deterministic serialization.
 type Catalog struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1211,9 +1213,12 @@ func (x *Locations) GetAbsent() []uint32 {
 // Ack tells a vehicle which of its batches Kafka now holds. Published by the
 // bridge on fleet/v1/{vehicle_id}/ack.
 type Ack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	VehicleId     string                 `protobuf:"bytes,1,opt,name=vehicle_id,json=vehicleId,proto3" json:"vehicle_id,omitempty"`
-	Ranges        []*SeqRange            `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	VehicleId string                 `protobuf:"bytes,1,opt,name=vehicle_id,json=vehicleId,proto3" json:"vehicle_id,omitempty"`
+	Ranges    []*SeqRange            `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// Ids of catalogs the vehicle published on fleet/v1/{vehicle_id}/catalog
+	// that Kafka now holds: batches may refer to them from now on.
+	Catalogs      [][]byte `protobuf:"bytes,3,rep,name=catalogs,proto3" json:"catalogs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1258,6 +1263,13 @@ func (x *Ack) GetVehicleId() string {
 func (x *Ack) GetRanges() []*SeqRange {
 	if x != nil {
 		return x.Ranges
+	}
+	return nil
+}
+
+func (x *Ack) GetCatalogs() [][]byte {
+	if x != nil {
+		return x.Catalogs
 	}
 	return nil
 }
@@ -1602,11 +1614,12 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\fheading_cdeg\x18\x06 \x03(\x12R\vheadingCdeg\x12\x1f\n" +
 	"\vaccuracy_mm\x18\a \x03(\x12R\n" +
 	"accuracyMm\x12\x16\n" +
-	"\x06absent\x18\b \x03(\rR\x06absent\"Z\n" +
+	"\x06absent\x18\b \x03(\rR\x06absent\"v\n" +
 	"\x03Ack\x12\x1d\n" +
 	"\n" +
 	"vehicle_id\x18\x01 \x01(\tR\tvehicleId\x124\n" +
-	"\x06ranges\x18\x02 \x03(\v2\x1c.fleet.telemetry.v1.SeqRangeR\x06ranges\"J\n" +
+	"\x06ranges\x18\x02 \x03(\v2\x1c.fleet.telemetry.v1.SeqRangeR\x06ranges\x12\x1a\n" +
+	"\bcatalogs\x18\x03 \x03(\fR\bcatalogs\"J\n" +
 	"\bSeqRange\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x06R\x05epoch\x12\x14\n" +
 	"\x05first\x18\x02 \x01(\x04R\x05first\x12\x12\n" +
