@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -243,9 +242,20 @@ func TestSourceLiveVCAN(t *testing.T) {
 	}
 	defer bus.Close()
 	tx := socketcan.NewTransmitter(bus)
-	var once sync.Once
+	// A bus delivers frames to the sockets bound at the time: send once the
+	// source's socket is (its dial has returned).
+	bound := make(chan struct{})
+	dial := src.dial
+	src.dial = func(ctx context.Context, iface string) (net.Conn, error) {
+		defer close(bound)
+		return dial(ctx, iface)
+	}
 	checkLive(t, src, func(ctx context.Context, f ecan.Frame) error {
-		once.Do(func() { time.Sleep(100 * time.Millisecond) }) // let the source bind first
+		select {
+		case <-bound:
+		case <-time.After(10 * time.Second):
+			return errors.New("the source did not open the interface within 10s")
+		}
 		return tx.TransmitFrame(ctx, f)
 	})
 }
