@@ -26,8 +26,8 @@ READINGS = {
     "value_int": "int64",
     "value_bool": "bool",
     "value_string": "string",
-    "epoch": "int64",
-    "seq": "int64",
+    "epoch": "uint64",
+    "seq": "uint64",
 }
 LOCATIONS = {
     "vehicle_id": "string",
@@ -38,8 +38,8 @@ LOCATIONS = {
     "speed": "double",
     "heading": "double",
     "accuracy": "double",
-    "epoch": "int64",
-    "seq": "int64",
+    "epoch": "uint64",
+    "seq": "uint64",
 }
 
 

@@ -571,10 +571,10 @@ func (id rowID) String() string {
 func (tb *tables) rowIDs() map[rowID]int {
 	n := map[rowID]int{}
 	for _, r := range tb.readings {
-		n[rowID{r.VehicleID, uint64(r.Epoch), uint64(r.Seq), r.Signal, r.TS}]++
+		n[rowID{r.VehicleID, r.Epoch, r.Seq, r.Signal, r.TS}]++
 	}
 	for _, r := range tb.locations {
-		n[rowID{r.VehicleID, uint64(r.Epoch), uint64(r.Seq), "@", r.TS}]++
+		n[rowID{r.VehicleID, r.Epoch, r.Seq, "@", r.TS}]++
 	}
 	return n
 }

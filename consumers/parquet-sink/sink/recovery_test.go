@@ -31,7 +31,7 @@ func rowsOf(batches ...*wire.Batch) ([]sink.ReadingRow, []sink.LocationRow) {
 	for _, b := range batches {
 		for _, r := range b.Readings {
 			row := sink.ReadingRow{VehicleID: b.VehicleID, TS: r.Time / 1000, Signal: r.Signal, Unit: r.Unit,
-				Type: r.Value.Kind.String(), Epoch: int64(b.Epoch), Seq: int64(b.Seq)}
+				Type: r.Value.Kind.String(), Epoch: b.Epoch, Seq: b.Seq}
 			switch r.Value.Kind {
 			case wire.KindDouble:
 				row.ValueDouble = &r.Value.Float
@@ -47,7 +47,7 @@ func rowsOf(batches ...*wire.Batch) ([]sink.ReadingRow, []sink.LocationRow) {
 		for _, f := range b.Fixes {
 			ls = append(ls, sink.LocationRow{VehicleID: b.VehicleID, TS: f.Time / 1000, Lat: f.Lat, Lon: f.Lon,
 				Alt: opt(f.Alt), Speed: opt(f.Speed), Heading: opt(f.Heading), Accuracy: opt(f.Accuracy),
-				Epoch: int64(b.Epoch), Seq: int64(b.Seq)})
+				Epoch: b.Epoch, Seq: b.Seq})
 		}
 	}
 	return rs, ls

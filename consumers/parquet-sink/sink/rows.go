@@ -25,8 +25,8 @@ type ReadingRow struct {
 	ValueInt    *int64   `parquet:"value_int,optional"`
 	ValueBool   *bool    `parquet:"value_bool,optional"`
 	ValueString *string  `parquet:"value_string,optional,dict"`
-	Epoch       int64    `parquet:"epoch"`
-	Seq         int64    `parquet:"seq"`
+	Epoch       uint64   `parquet:"epoch"` // UBIGINT: an epoch is a random 64-bit id
+	Seq         uint64   `parquet:"seq"`
 }
 
 // LocationRow is one row of the wide locations table.
@@ -39,8 +39,8 @@ type LocationRow struct {
 	Speed     *float64 `parquet:"speed,optional"`
 	Heading   *float64 `parquet:"heading,optional"`
 	Accuracy  *float64 `parquet:"accuracy,optional"`
-	Epoch     int64    `parquet:"epoch"`
-	Seq       int64    `parquet:"seq"`
+	Epoch     uint64   `parquet:"epoch"`
+	Seq       uint64   `parquet:"seq"`
 }
 
 // Table names, the first level of the object layout.
@@ -76,7 +76,7 @@ const (
 // appendBatch adds a batch's rows to the per-hour buffers and returns how
 // many rows and estimated bytes it added.
 func appendBatch(bufs map[hourKey]*hourBuf, b *wire.Batch) (rows, size int) {
-	epoch, seq := int64(b.Epoch), int64(b.Seq)
+	epoch, seq := b.Epoch, b.Seq
 	for i := range b.Readings {
 		r := &b.Readings[i]
 		h := hourOf(tableReadings, r.Time)

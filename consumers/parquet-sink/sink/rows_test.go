@@ -84,7 +84,7 @@ func TestRowsAndLayout(t *testing.T) {
 
 	us := func(ms int) int64 { return at(ms).UnixMicro() }
 	row := func(signal, unit, typ string, ms int) sink.ReadingRow {
-		return sink.ReadingRow{VehicleID: "veh-0042", TS: us(ms), Signal: signal, Unit: unit, Type: typ, Epoch: int64(epoch), Seq: 7}
+		return sink.ReadingRow{VehicleID: "veh-0042", TS: us(ms), Signal: signal, Unit: unit, Type: typ, Epoch: epoch, Seq: 7}
 	}
 	with := func(r sink.ReadingRow, f func(*sink.ReadingRow)) sink.ReadingRow { f(&r); return r }
 	// Sorted by vehicle, signal and time, as the files are.
@@ -113,9 +113,9 @@ func TestRowsAndLayout(t *testing.T) {
 	}
 	wantLocations := map[string][]sink.LocationRow{
 		"locations/" + before + name: {{VehicleID: "veh-0042", TS: us(50), Lat: 52.5200066, Lon: 13.4049540,
-			Alt: nil, Speed: ptr(8.333), Heading: ptr(90.25), Accuracy: nil, Epoch: int64(epoch), Seq: 7}},
+			Alt: nil, Speed: ptr(8.333), Heading: ptr(90.25), Accuracy: nil, Epoch: epoch, Seq: 7}},
 		"locations/" + after + name: {{VehicleID: "veh-0042", TS: us(150), Lat: -33.8688, Lon: 151.2093,
-			Alt: ptr(58.5), Speed: ptr(0.0), Heading: ptr(359.99), Accuracy: ptr(2.5), Epoch: int64(epoch), Seq: 7}},
+			Alt: ptr(58.5), Speed: ptr(0.0), Heading: ptr(359.99), Accuracy: ptr(2.5), Epoch: epoch, Seq: 7}},
 	}
 	for key, want := range wantLocations {
 		rows, err := readRows[sink.LocationRow](files[key])
@@ -162,8 +162,8 @@ func TestRowsAndLayout(t *testing.T) {
 			"value_int OPTIONAL INT64 INT(64,true)",
 			"value_bool OPTIONAL BOOLEAN",
 			"value_string OPTIONAL BYTE_ARRAY STRING",
-			"epoch REQUIRED INT64 INT(64,true)",
-			"seq REQUIRED INT64 INT(64,true)",
+			"epoch REQUIRED INT64 INT(64,false)",
+			"seq REQUIRED INT64 INT(64,false)",
 		}, format.Zstd)
 		checkSchema(t, files["locations/"+before+name], []string{
 			"vehicle_id REQUIRED BYTE_ARRAY STRING",
@@ -174,8 +174,8 @@ func TestRowsAndLayout(t *testing.T) {
 			"speed OPTIONAL DOUBLE",
 			"heading OPTIONAL DOUBLE",
 			"accuracy OPTIONAL DOUBLE",
-			"epoch REQUIRED INT64 INT(64,true)",
-			"seq REQUIRED INT64 INT(64,true)",
+			"epoch REQUIRED INT64 INT(64,false)",
+			"seq REQUIRED INT64 INT(64,false)",
 		}, format.Zstd)
 	})
 }
@@ -258,8 +258,8 @@ func TestCompressionAndRowGroups(t *testing.T) {
 		"value_int OPTIONAL INT64 INT(64,true)",
 		"value_bool OPTIONAL BOOLEAN",
 		"value_string OPTIONAL BYTE_ARRAY STRING",
-		"epoch REQUIRED INT64 INT(64,true)",
-		"seq REQUIRED INT64 INT(64,true)",
+		"epoch REQUIRED INT64 INT(64,false)",
+		"seq REQUIRED INT64 INT(64,false)",
 	}, format.Snappy)
 	var sizes []int64
 	for _, rg := range f.RowGroups() {
