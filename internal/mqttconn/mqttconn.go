@@ -96,7 +96,10 @@ func (c Config) ClientOptions() (*mqtt.ClientOptions, error) {
 	o.SetAutoReconnect(true)
 	o.SetConnectRetry(true)
 	o.SetConnectRetryInterval(time.Second)
-	o.SetMaxReconnectInterval(30 * time.Second)
+	// Cloud services sit next to their broker: after a broker restart they
+	// should be back within seconds, not after paho's backoff has grown to
+	// half a minute. (The edge agent reconnects itself, with jitter.)
+	o.SetMaxReconnectInterval(5 * time.Second)
 	if c.CAFile != "" || c.CertFile != "" {
 		t, err := c.tlsConfig()
 		if err != nil {
