@@ -245,10 +245,15 @@ func (u *Uplink) Run(ctx context.Context) error {
 		u.client.Disconnect(250)
 	}()
 
-	// Few wakeups: the board sleeps more (the backlog rate is applied on
-	// elapsed time, so a coarse tick only makes its bursts larger).
-	tick := time.NewTicker(min(max(u.cfg.AckTimeout/8, 10*time.Millisecond), 500*time.Millisecond))
-	defer tick.Stop()
+	// Few wakeups: the board sleeps more. The loop sleeps until something
+	// needs it: a live batch, an ack, a connection event, the earliest
+	// in-flight batch's ack timeout, or — only while backlog batches or
+	// held-back live ones wait to go — the next pacing tick. Connected and
+	// keeping up, it wakes for its own traffic alone.
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
+	defer wake.Stop()
+	var wakeAt time.Time // zero while the timer is stopped
 	u.lastTick = time.Now()
 	for {
 		select {
@@ -259,6 +264,9 @@ func (u *Uplink) Run(ctx context.Context) error {
 			if len(u.liveQ) > liveQueueLen {
 				u.liveQ = u.liveQ[len(u.liveQ)-liveQueueLen:]
 				u.idle = false // the ones pushed out are backlog now
+			}
+			if u.missed.Swap(false) {
+				u.idle = false
 			}
 			u.sendLive()
 		case ack := <-u.acks:
@@ -273,7 +281,8 @@ func (u *Uplink) Run(ctx context.Context) error {
 				u.sendCatalog(time.Now())
 				u.sendLive()
 			}
-		case now := <-tick.C:
+		case now := <-wake.C:
+			wakeAt = time.Time{}
 			if u.missed.Swap(false) {
 				u.idle = false
 			}
@@ -282,13 +291,45 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.sendLive()
 			u.sendBacklog(now)
 		}
+		if next := u.nextWake(); !next.Equal(wakeAt) {
+			if next.IsZero() {
+				wake.Stop()
+			} else {
+				wake.Reset(time.Until(next))
+			}
+			wakeAt = next
+		}
 	}
+}
+
+// pacePeriod is the backlog's pacing tick: coarse, as the backlog rate is
+// applied on elapsed time and a coarse tick only makes its bursts larger.
+func (u *Uplink) pacePeriod() time.Duration {
+	return min(max(u.cfg.AckTimeout/8, 10*time.Millisecond), 500*time.Millisecond)
+}
+
+// nextWake is when Run has work without an event: the earliest ack
+// timeout of a batch in flight and, while connected with backlog or
+// held-back live batches, the next pacing tick. Zero means never.
+func (u *Uplink) nextWake() time.Time {
+	var next time.Time
+	for _, f := range u.inflight {
+		if t := f.sentAt.Add(u.cfg.AckTimeout); next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	if u.up && (!u.idle || len(u.liveQ) > 0) {
+		if t := u.lastTick.Add(u.pacePeriod()); next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	return next
 }
 
 // keepConnected connects, and reconnects after a loss, with jittered
 // exponential backoff. It goes by the uplink's own connected flag (set by
 // the on-connect handler, cleared by the lost handler), and looks again on
-// each lost event and every 250 ms.
+// each lost event and, while not connected, every 250 ms.
 func (u *Uplink) keepConnected(ctx context.Context) {
 	backoff := u.cfg.ReconnectMin
 	for ctx.Err() == nil {
@@ -315,11 +356,18 @@ func (u *Uplink) keepConnected(ctx context.Context) {
 			}
 			backoff = u.cfg.ReconnectMin
 		}
+		// While connected only a loss or the end can change anything. A
+		// loss may find paho still calling the dead connection open, so
+		// until the uplink is connected again it looks every 250 ms.
+		var retry <-chan time.Time
+		if !u.connected.Load() {
+			retry = time.After(250 * time.Millisecond)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-u.lost:
-		case <-time.After(250 * time.Millisecond):
+		case <-retry:
 		}
 	}
 }
