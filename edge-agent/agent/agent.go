@@ -384,8 +384,10 @@ func (a *Agent) driveSim(ctx context.Context, car *sim.Vehicle, v *vehicle) erro
 	c := a.newCollector(v)
 	end := a.sim.Start.Add(a.cfg.SimDuration)
 	wallStart := time.Now()
+	var rs []wire.Reading // reused: the batcher copies what it keeps
 	for step := 1; a.cfg.SimDuration == 0 || car.Now().Before(end); step++ {
-		rs, fix := car.Step()
+		var fix wire.Fix
+		rs, fix = car.AppendStep(rs[:0])
 		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
 			return err
 		}

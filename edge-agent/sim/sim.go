@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -139,11 +140,20 @@ func (v *Vehicle) Now() time.Time { return v.now }
 // Step simulates one second and returns its readings and the fix at its
 // end. Times fall on whole milliseconds.
 func (v *Vehicle) Step() ([]wire.Reading, wire.Fix) {
+	return v.AppendStep(nil)
+}
+
+// readingsPerStep is how many readings a step produces.
+func (v *Vehicle) readingsPerStep() int { return 2*max(v.cfg.IMUHz, 0) + 6 }
+
+// AppendStep is Step appending the readings to rs, so a caller that is done
+// with one step's readings before the next can reuse their memory.
+func (v *Vehicle) AppendStep(rs []wire.Reading) ([]wire.Reading, wire.Fix) {
 	t0 := v.now
 	v.now = v.now.Add(time.Second)
 	v.drive()
 
-	var rs []wire.Reading
+	rs = slices.Grow(rs, v.readingsPerStep())
 	if v.cfg.IMUHz > 0 {
 		along := v.speed - v.prevSpeed // m/s² over the second
 		step := time.Second / time.Duration(v.cfg.IMUHz)

@@ -35,6 +35,25 @@ func drive(v *Vehicle, seconds int) []step {
 	return out
 }
 
+// TestAppendStepReusesMemory: a caller reusing one buffer gets exactly the
+// readings Step gives, with no allocation for them after the first step.
+func TestAppendStepReusesMemory(t *testing.T) {
+	cfg := testConfig()
+	want := drive(NewVehicle(cfg, 0), 60)
+	v := NewVehicle(cfg, 0)
+	var buf []wire.Reading
+	for i, w := range want {
+		var fix wire.Fix
+		buf, fix = v.AppendStep(buf[:0])
+		if !reflect.DeepEqual(buf, w.readings) || fix != w.fix {
+			t.Fatalf("step %d: AppendStep differs from Step", i)
+		}
+	}
+	if n := testing.AllocsPerRun(10, func() { buf, _ = v.AppendStep(buf[:0]) }); n != 0 {
+		t.Errorf("AppendStep into a reused buffer allocates %v times per step, want 0", n)
+	}
+}
+
 func TestDeterministic(t *testing.T) {
 	cfg := testConfig()
 	a, b := NewFleet(cfg), NewFleet(cfg)
