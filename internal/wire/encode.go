@@ -136,7 +136,10 @@ type signalKey struct {
 type column struct {
 	signal uint32
 	ticks  []int64
-	values []Value
+	// rows are the column's readings, as indexes into readings: a Value is
+	// 48 bytes, an index 4.
+	rows     []int32
+	readings []Reading
 	// raws holds the readings' exact integer forms while they all share
 	// one (scale, offset); nil once one does not.
 	raws          []int64
@@ -150,7 +153,7 @@ type column struct {
 // packable reports whether the column's values are integers once the
 // signal's scale (as the table or catalog states it) is undone.
 func (c *column) packable() bool {
-	switch c.values[0].Kind {
+	switch c.value(0).Kind {
 	case KindInt, KindBool:
 		return true
 	case KindDouble:
@@ -159,23 +162,26 @@ func (c *column) packable() bool {
 	return false
 }
 
+// value is the column's j-th value.
+func (c *column) value(j int) *Value { return &c.readings[c.rows[j]].Value }
+
 // packedRaws is the column's values as the packed layout's integers.
 func (c *column) packedRaws() []int64 {
-	switch c.values[0].Kind {
+	switch c.value(0).Kind {
 	case KindDouble:
 		return c.raws
 	case KindBool:
-		out := make([]int64, len(c.values))
-		for i, v := range c.values {
-			if v.Bool {
-				out[i] = 1
+		out := make([]int64, len(c.rows))
+		for j := range c.rows {
+			if c.value(j).Bool {
+				out[j] = 1
 			}
 		}
 		return out
 	}
-	out := make([]int64, len(c.values))
-	for i, v := range c.values {
-		out[i] = v.Int
+	out := make([]int64, len(c.rows))
+	for j := range c.rows {
+		out[j] = c.value(j).Int
 	}
 	return out
 }
@@ -199,7 +205,7 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 			if err != nil {
 				return nil, fmt.Errorf("wire: reading %d (%s): %w", i, r.Signal, err)
 			}
-			c := &column{scale: r.Scale, offset: r.Offset, raws: []int64{}}
+			c := &column{scale: r.Scale, offset: r.Offset, raws: []int64{}, readings: b.Readings}
 			if cat != nil {
 				c.signal = cat.index[k]
 				sig := cat.signals[c.signal]
@@ -219,7 +225,7 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		}
 		c := cols[ci]
 		c.ticks = append(c.ticks, floorDiv(r.Time-b.BaseTime, tick))
-		c.values = append(c.values, r.Value)
+		c.rows = append(c.rows, int32(i))
 		if c.raws != nil {
 			if r.Scale != 0 && r.Scale == c.scale && r.Offset == c.offset && r.Value.Kind == KindDouble &&
 				math.Float64bits(Physical(r.Raw, r.Scale, r.Offset)) == math.Float64bits(r.Value.Float) {
@@ -262,7 +268,7 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		if c.raws != nil {
 			pc.Values = &pb.Column_Scaled{Scaled: &pb.ScaledValues{Scale: c.scale, Offset: c.offset, RawDelta: delta(c.raws)}}
 		} else {
-			encodeValues(pc, c.values)
+			encodeValues(pc, c)
 		}
 		body.Columns = append(body.Columns, pc)
 	}
@@ -303,39 +309,41 @@ func valueType(k Kind) (pb.ValueType, error) {
 	return 0, fmt.Errorf("value has no kind (%d)", k)
 }
 
-func encodeValues(pc *pb.Column, vs []Value) {
-	switch vs[0].Kind {
+func encodeValues(pc *pb.Column, c *column) {
+	n := len(c.rows)
+	switch c.value(0).Kind {
 	case KindInt:
-		ints := make([]int64, len(vs))
-		for i, v := range vs {
-			ints[i] = v.Int
+		ints := make([]int64, n)
+		for i := range ints {
+			ints[i] = c.value(i).Int
 		}
 		pc.Values = &pb.Column_Ints{Ints: &pb.IntValues{Delta: delta(ints)}}
 	case KindBool:
-		bits := make([]byte, (len(vs)+7)/8)
-		for i, v := range vs {
-			if v.Bool {
+		bits := make([]byte, (n+7)/8)
+		for i := range n {
+			if c.value(i).Bool {
 				bits[i/8] |= 1 << (i % 8)
 			}
 		}
 		pc.Values = &pb.Column_Bools{Bools: &pb.BoolValues{Bits: bits}}
 	case KindString:
-		sv := &pb.StringValues{Index: make([]uint32, len(vs))}
+		sv := &pb.StringValues{Index: make([]uint32, n)}
 		dict := make(map[string]uint32)
-		for i, v := range vs {
-			di, ok := dict[v.Str]
+		for i := range n {
+			str := c.value(i).Str
+			di, ok := dict[str]
 			if !ok {
 				di = uint32(len(sv.Dictionary))
-				dict[v.Str] = di
-				sv.Dictionary = append(sv.Dictionary, v.Str)
+				dict[str] = di
+				sv.Dictionary = append(sv.Dictionary, str)
 			}
 			sv.Index[i] = di
 		}
 		pc.Values = &pb.Column_Strings{Strings: sv}
 	default:
-		floats := make([]float64, len(vs))
-		for i, v := range vs {
-			floats[i] = v.Float
+		floats := make([]float64, n)
+		for i := range floats {
+			floats[i] = c.value(i).Float
 		}
 		if sv := scaled(floats); sv != nil {
 			pc.Values = &pb.Column_Scaled{Scaled: sv}
