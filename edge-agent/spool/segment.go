@@ -23,7 +23,7 @@ type segment struct {
 	liveReadings uint64
 	newest       int64 // latest append time, Unix nanoseconds
 	f            *os.File
-	ack          *os.File // open while it holds unsynced entries
+	ack          *os.File // open while it holds unsynced entries, or while g is active
 	deleted      bool
 }
 

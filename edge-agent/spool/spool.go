@@ -411,6 +411,10 @@ func (s *Spool) sealLocked(g *segment) {
 		_ = g.f.Close()
 		g.f = nil
 	}
+	if _, dirty := s.ackDirty[g]; g.ack != nil && !dirty {
+		_ = g.ack.Close() // a dirty one is closed once synced
+		g.ack = nil
+	}
 }
 
 // waitSynced returns once an fsync covering seq has completed, doing it
@@ -718,7 +722,9 @@ func (s *Spool) scheduleAckSyncLocked() {
 	}
 }
 
-// syncAcksLocked makes written acks durable and closes their files.
+// syncAcksLocked makes written acks durable. It closes the ack files of
+// sealed segments; an active segment's stays open, as most acks go there
+// (reopening it costs about eight syscalls a sync).
 func (s *Spool) syncAcksLocked() {
 	for g := range s.ackDirty {
 		if s.cfg.Fsync != FsyncNever {
@@ -726,8 +732,10 @@ func (s *Spool) syncAcksLocked() {
 				s.log.Warn("spool: ack file fsync", "file", g.ackPath(), "err", err)
 			}
 		}
-		_ = g.ack.Close()
-		g.ack = nil
+		if s.active[g.class] != g {
+			_ = g.ack.Close()
+			g.ack = nil
+		}
 	}
 	clear(s.ackDirty)
 	if s.ackDir && s.cfg.Fsync != FsyncNever {
@@ -1064,6 +1072,10 @@ func (s *Spool) Close() error {
 			if g.f != nil {
 				err = errors.Join(err, g.f.Close())
 				g.f = nil
+			}
+			if g.ack != nil {
+				_ = g.ack.Close() // synced above
+				g.ack = nil
 			}
 		}
 		s.active[c] = nil
