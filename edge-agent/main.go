@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -38,6 +39,9 @@ func main() {
 		if cfg.CheckConfig {
 			fmt.Println("edge-agent: configuration OK")
 			return nil
+		}
+		if limit := cfg.MemoryLimit(); limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+			debug.SetMemoryLimit(limit)
 		}
 		return a.Run(ctx)
 	})

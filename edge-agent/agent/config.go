@@ -64,6 +64,9 @@ type Config struct {
 	TickNanos        int64
 
 	AckTimeout time.Duration
+	// MemoryLimitBytes is the Go runtime's soft memory limit per vehicle
+	// (see MemoryLimit); 0 leaves the runtime's default, no limit.
+	MemoryLimitBytes int64
 	// Listen serves the agent's /metrics locally.
 	Listen string
 	// ExitWhenDone makes a finite simulation exit once every batch is
@@ -116,6 +119,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.BatchMaxReadings, "batch-max-readings", 10000, "close a batch at this many readings")
 	fs.Int64Var(&c.TickNanos, "time-resolution-ns", 100_000, "time resolution of batches in nanoseconds")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", 10*time.Second, "re-send a batch not acknowledged end to end within this time")
+	fs.Int64Var(&c.MemoryLimitBytes, "memory-limit-bytes", 16<<20,
+		"soft memory limit of the Go runtime per vehicle (0: none); GOMEMLIMIT, if set, wins")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
 	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "with --sim-duration: exit once every batch is acknowledged")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 2*time.Minute, "with --exit-when-done: how long to wait for the last acks")
@@ -173,6 +178,9 @@ func (c Config) Validate() error {
 	}
 	if c.AckTimeout < 100*time.Millisecond {
 		return cli.FieldError("ack-timeout", "%v is below 100ms", c.AckTimeout)
+	}
+	if c.MemoryLimitBytes != 0 && c.MemoryLimitBytes < 8<<20 {
+		return cli.FieldError("memory-limit-bytes", "%d: want 0 (none) or at least 8 MiB", c.MemoryLimitBytes)
 	}
 	if c.ExitWhenDone && c.SimDuration == 0 {
 		return cli.FieldError("exit-when-done", "needs --sim-duration")
@@ -247,6 +255,19 @@ func (c Config) simCenter() (float64, float64, error) {
 		return 0, 0, fmt.Errorf("%q: want lat,lon in degrees (|lat| <= 85)", c.SimCenter)
 	}
 	return lat, lon, nil
+}
+
+// MemoryLimit is the soft memory limit for the process: MemoryLimitBytes
+// for each vehicle it runs, or 0 for none. One vehicle lives in about 6 MB
+// of heap (4 MB of it the shared zstd encoder's tables); without a limit
+// the garbage collector lets the heap grow to twice that before it runs,
+// with one it runs earlier, and only as often as the limit needs.
+func (c Config) MemoryLimit() int64 {
+	n := int64(1)
+	if c.has("sim") {
+		n = int64(c.SimVehicles)
+	}
+	return c.MemoryLimitBytes * n
 }
 
 // SimConfig is the simulator configuration the flags describe.
