@@ -309,8 +309,9 @@ func (u *Uplink) pacePeriod() time.Duration {
 }
 
 // nextWake is when Run has work without an event: the earliest ack
-// timeout of a batch in flight and, while connected with backlog or
-// held-back live batches, the next pacing tick. Zero means never.
+// timeout of a batch in flight, the re-send of an unacked catalog and,
+// while connected with backlog or held-back live batches, the next pacing
+// tick. Zero means never.
 func (u *Uplink) nextWake() time.Time {
 	var next time.Time
 	for _, f := range u.inflight {
@@ -321,6 +322,11 @@ func (u *Uplink) nextWake() time.Time {
 	if u.up && (!u.idle || len(u.liveQ) > 0) {
 		if t := u.lastTick.Add(u.pacePeriod()); next.IsZero() || t.Before(next) {
 			next = t
+		}
+	}
+	if u.up && u.cfg.Catalog != nil && !u.registered.Load() && !u.catalogSentAt.IsZero() {
+		if t := u.catalogSentAt.Add(u.cfg.AckTimeout); next.IsZero() || t.Before(next) {
+			next = t // the catalog's re-send
 		}
 	}
 	return next
