@@ -37,12 +37,12 @@ type Config struct {
 	// batch of the spool's high class (kept when bulk signals are dropped).
 	PrioritySignals cli.StringList
 
-	MaxInflight  int
-	BacklogRate  float64
+	MaxInflight int
+	BacklogRate float64
 	// Catalog registers the vehicle's signal catalog (the DBC's signals,
 	// or the simulator's) with the cloud; once it is acked, batches carry
 	// signal indexes instead of names.
-	Catalog bool
+	Catalog      bool
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
 

@@ -142,6 +142,11 @@ type Uplink struct {
 
 	catalogSentAt time.Time // owned by Run; zero: not sent on this connection
 
+	// losses counts connection losses; lossesAtConnect is its value when
+	// the current connection attempt began (both under genMu).
+	genMu                   sync.Mutex
+	losses, lossesAtConnect uint64
+
 	connected  atomic.Bool
 	registered atomic.Bool // the cloud acked the catalog
 	missed     atomic.Bool // Live could not queue a batch: it is backlog now
@@ -171,15 +176,7 @@ func New(cfg Config, store Store, deps Deps) (*Uplink, error) {
 	opts.SetConnectRetry(false)
 	opts.SetBinaryWill(topics.Status(cfg.VehicleID), offline, 1, true)
 	opts.SetOnConnectHandler(u.onConnect)
-	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-		u.connected.Store(false)
-		u.logger.Warn("mqtt connection lost", "err", err)
-		u.notify(false)
-		select {
-		case u.lost <- struct{}{}:
-		default:
-		}
-	})
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { u.onLost(err) })
 	u.client = mqtt.NewClient(opts)
 	return u, nil
 }
@@ -340,6 +337,9 @@ func (u *Uplink) keepConnected(ctx context.Context) {
 	backoff := u.cfg.ReconnectMin
 	for ctx.Err() == nil {
 		if !u.connected.Load() && !u.client.IsConnectionOpen() {
+			u.genMu.Lock()
+			u.lossesAtConnect = u.losses // a loss of this connection counts past it
+			u.genMu.Unlock()
 			t := u.client.Connect()
 			select {
 			case <-t.Done():
@@ -378,6 +378,11 @@ func (u *Uplink) keepConnected(ctx context.Context) {
 	}
 }
 
+// onConnect sets the connection up (the ack subscription, the online
+// status) and only then calls the uplink connected, unless the connection
+// was lost meanwhile: paho runs this handler on its own goroutine, and a
+// loss during the subscription would otherwise leave the flag saying
+// connected for good, and the uplink never reconnecting.
 func (u *Uplink) onConnect(c mqtt.Client) {
 	if t := c.Subscribe(topics.Ack(u.cfg.VehicleID), 1, u.onAck); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		u.logger.Error("subscribe to acks failed", "err", t.Error())
@@ -385,8 +390,31 @@ func (u *Uplink) onConnect(c mqtt.Client) {
 	if p, err := statusPayload(u.cfg, true); err == nil {
 		c.Publish(topics.Status(u.cfg.VehicleID), 1, true, p)
 	}
-	u.connected.Store(true)
+	u.genMu.Lock()
+	live := u.losses == u.lossesAtConnect
+	if live {
+		u.connected.Store(true)
+	}
+	u.genMu.Unlock()
+	if !live {
+		u.logger.Warn("mqtt connection lost while setting it up; reconnecting")
+		return
+	}
 	u.notify(true)
+}
+
+// onLost is paho's connection-lost handler.
+func (u *Uplink) onLost(err error) {
+	u.genMu.Lock()
+	u.losses++
+	u.connected.Store(false)
+	u.genMu.Unlock()
+	u.logger.Warn("mqtt connection lost", "err", err)
+	u.notify(false)
+	select {
+	case u.lost <- struct{}{}:
+	default:
+	}
 }
 
 // notify tells Run about the connection, or nothing once Run has returned

@@ -499,3 +499,27 @@ func TestRegistersTheCatalog(t *testing.T) {
 		t.Errorf("catalog published %d more times after it was registered", m-n)
 	}
 }
+
+// TestLossDuringSetupIsNotConnected is the race a real link can hit: the
+// connection drops while the on-connect handler is still subscribing. The
+// uplink must not then call itself connected, or it never reconnects.
+func TestLossDuringSetupIsNotConnected(t *testing.T) {
+	u, err := New(Config{VehicleID: "veh-1", AgentVersion: "9.9.9",
+		MQTT: mqttconn.Config{URL: "tcp://127.0.0.1:1", ClientID: "veh-1", KeepAlive: 30 * time.Second}},
+		openSpool(t, t.TempDir()), Deps{Logger: mqtttest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.lossesAtConnect = u.losses // an attempt begins
+	u.onLost(errors.New("link dropped"))
+	u.onConnect(u.client) // the handler of that attempt finishes after the loss
+	if u.connected.Load() {
+		t.Fatal("connected after the connection was lost during its set-up")
+	}
+	// A later attempt that is not interrupted connects.
+	u.lossesAtConnect = u.losses
+	u.onConnect(u.client)
+	if !u.connected.Load() {
+		t.Fatal("not connected after an uninterrupted set-up")
+	}
+}
