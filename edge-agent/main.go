@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +43,9 @@ func main() {
 		}
 		if limit := cfg.MemoryLimit(); limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 			debug.SetMemoryLimit(limit)
+		}
+		if os.Getenv("GOMAXPROCS") == "" {
+			runtime.GOMAXPROCS(cfg.Procs())
 		}
 		return a.Run(ctx)
 	})

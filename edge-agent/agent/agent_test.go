@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -429,5 +430,22 @@ func TestShippedExampleConfig(t *testing.T) {
 	if cfg.VehicleID != "car-0001" || cfg.Spool.Fsync != "always" || cfg.BatchMaxAge != time.Second ||
 		cfg.CAN.Interface != "can0" || cfg.GPS.Path != "/dev/ttyUSB0" || cfg.BacklogRate != 20 {
 		t.Errorf("example config read as %+v", cfg)
+	}
+}
+
+func TestProcs(t *testing.T) {
+	car := DefaultConfig()
+	car.Sources = cli.StringList{"gps"}
+	if got := car.Procs(); got != 1 {
+		t.Errorf("one car: GOMAXPROCS %d, want 1", got)
+	}
+	fleet := DefaultConfig()
+	fleet.SimVehicles = 50
+	if got, want := fleet.Procs(), min(50, runtime.NumCPU()); got != want {
+		t.Errorf("50 simulated cars: GOMAXPROCS %d, want %d", got, want)
+	}
+	car.MaxProcs = 3
+	if got := car.Procs(); got != 3 {
+		t.Errorf("--max-procs 3: GOMAXPROCS %d", got)
 	}
 }
