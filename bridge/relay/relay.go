@@ -225,6 +225,12 @@ func (b *Bridge) createTopics(ctx context.Context) error {
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 10*time.Second) {
 		err := kafkaio.EnsureTopics(ctx, b.kafka, specs...)
 		if err == nil {
+			// The topic may have existed before, made by hand or by a
+			// broker that auto-creates topics: say loudly if it would
+			// forget catalogs that old batches need.
+			if cerr := kafkaio.CheckCompacted(ctx, b.kafka, b.cfg.CatalogTopic); cerr != nil {
+				b.logger.Error("catalog topic misconfigured: batches referring to expired catalogs become undecodable", "err", cerr)
+			}
 			return nil
 		}
 		b.logger.Warn("cannot create topics yet; retrying", "err", err, "in", delay)

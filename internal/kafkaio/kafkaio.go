@@ -148,6 +148,36 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, specs ...TopicSpec) error
 	return nil
 }
 
+// CheckCompacted returns an error naming the setting if topic's
+// cleanup.policy is not exactly "compact": a topic whose records must stay
+// for good (the catalogs) must not also be deleted by time or size.
+func CheckCompacted(ctx context.Context, cl *kgo.Client, topic string) error {
+	rcs, err := kadm.NewClient(cl).DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("kafka: describe %s: %w", topic, err)
+	}
+	rc, err := rcs.On(topic, nil)
+	if err == nil {
+		err = rc.Err
+	}
+	if err != nil {
+		return fmt.Errorf("kafka: describe %s: %w", topic, err)
+	}
+	for _, c := range rc.Configs {
+		if c.Key == "cleanup.policy" {
+			if c.Value != nil && *c.Value == "compact" {
+				return nil
+			}
+			v := "(hidden)"
+			if c.Value != nil {
+				v = *c.Value
+			}
+			return fmt.Errorf("topic %s has cleanup.policy=%s: its records will expire; set cleanup.policy=compact", topic, v)
+		}
+	}
+	return fmt.Errorf("topic %s reports no cleanup.policy (the broker default, delete): set cleanup.policy=compact", topic)
+}
+
 // Headers the bridge puts on every record of the telemetry and DLQ topics.
 const (
 	HeaderSourceTopic = "source_topic" // the MQTT topic the batch came on
