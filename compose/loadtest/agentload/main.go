@@ -123,17 +123,33 @@ func run(agentBin string, rate, seconds int, fsync string) error {
 	return nil
 }
 
-// cpuSeconds is the process's user+system CPU time.
+// cpuSeconds is the process's CPU time: the sum of its threads' time on
+// a CPU from /proc/PID/task/*/schedstat, in nanoseconds (the utime and
+// stime of /proc/PID/stat count 10 ms ticks, too coarse for a process that
+// uses a few milliseconds a second). Go rarely ends a thread, so none of
+// the time is lost between two samples.
 func cpuSeconds(pid int) (float64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		return 0, fmt.Errorf("no threads of process %d: %v", pid, err)
 	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100, nil // USER_HZ is 100 on Linux
+	var ns float64
+	for _, p := range tasks {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread ended
+		}
+		f := strings.Fields(string(data))
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %q", p, data)
+		}
+		ns += v
+	}
+	return ns / 1e9, nil
 }
 
 var memLine = regexp.MustCompile(`(?m)^(VmHWM|VmRSS):\s+(\d+) kB`)
