@@ -309,23 +309,13 @@ func valueType(k Kind) (pb.ValueType, error) {
 	return 0, fmt.Errorf("value has no kind (%d)", k)
 }
 
+// encodeValues fills a column of its own: strings, or doubles without a
+// raw form under their signal's scale. (INT and BOOL columns always go to
+// the packed layout; the decoder still reads them as columns, as the first
+// layout sent them.)
 func encodeValues(pc *pb.Column, c *column) {
 	n := len(c.rows)
 	switch c.value(0).Kind {
-	case KindInt:
-		ints := make([]int64, n)
-		for i := range ints {
-			ints[i] = c.value(i).Int
-		}
-		pc.Values = &pb.Column_Ints{Ints: &pb.IntValues{Delta: delta(ints)}}
-	case KindBool:
-		bits := make([]byte, (n+7)/8)
-		for i := range n {
-			if c.value(i).Bool {
-				bits[i/8] |= 1 << (i % 8)
-			}
-		}
-		pc.Values = &pb.Column_Bools{Bools: &pb.BoolValues{Bits: bits}}
 	case KindString:
 		sv := &pb.StringValues{Index: make([]uint32, n)}
 		dict := make(map[string]uint32)
