@@ -286,6 +286,16 @@ func (b *Bridge) begin(msg mqtt.Message) (finish func(ack bool), ok bool) {
 	}, true
 }
 
+// recordHeaders are the headers of every record the bridge produces for an
+// MQTT message of topic received at received.
+func (b *Bridge) recordHeaders(topic string, received time.Time) []kgo.RecordHeader {
+	return []kgo.RecordHeader{
+		{Key: kafkaio.HeaderSourceTopic, Value: []byte(topic)},
+		{Key: kafkaio.HeaderReceivedAt, Value: []byte(received.UTC().Format(time.RFC3339Nano))},
+		{Key: kafkaio.HeaderBridgeID, Value: []byte(b.cfg.BridgeID)},
+	}
+}
+
 // onCatalog registers a vehicle's catalog: checked, stored in the catalog
 // topic under its id, then acked to the vehicle.
 func (b *Bridge) onCatalog(msg mqtt.Message) {
@@ -295,11 +305,7 @@ func (b *Bridge) onCatalog(msg mqtt.Message) {
 	}
 	vehicleID, _ := topics.VehicleFromCatalog(msg.Topic())
 	payload := msg.Payload()
-	headers := []kgo.RecordHeader{
-		{Key: kafkaio.HeaderSourceTopic, Value: []byte(msg.Topic())},
-		{Key: kafkaio.HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
-		{Key: kafkaio.HeaderBridgeID, Value: []byte(b.cfg.BridgeID)},
-	}
+	headers := b.recordHeaders(msg.Topic(), time.Now())
 	cat, err := wire.ParseCatalog(payload, wire.Limits{MaxBodyBytes: b.cfg.MaxBatchBytes})
 	if err == nil && !wire.ValidVehicleID(vehicleID) {
 		err = fmt.Errorf("vehicle id %q in the topic is not valid", vehicleID)
@@ -344,11 +350,7 @@ func (b *Bridge) onMessage(_ mqtt.Client, msg mqtt.Message) {
 
 	payload := msg.Payload()
 	vehicleID, ok := topics.VehicleFromTelemetry(msg.Topic())
-	headers := []kgo.RecordHeader{
-		{Key: kafkaio.HeaderSourceTopic, Value: []byte(msg.Topic())},
-		{Key: kafkaio.HeaderReceivedAt, Value: []byte(received.UTC().Format(time.RFC3339Nano))},
-		{Key: kafkaio.HeaderBridgeID, Value: []byte(b.cfg.BridgeID)},
-	}
+	headers := b.recordHeaders(msg.Topic(), received)
 	if !ok {
 		b.deadLetter(nil, payload, headers, fmt.Errorf("topic %q is not fleet/v1/{vehicle_id}/telemetry", msg.Topic()), finish)
 		return
