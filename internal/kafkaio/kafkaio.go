@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -151,17 +152,30 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, specs ...TopicSpec) error
 // CheckCompacted returns an error naming the setting if topic's
 // cleanup.policy is not exactly "compact": a topic whose records must stay
 // for good (the catalogs) must not also be deleted by time or size.
+//
+// A topic created a moment ago may not be known yet to the broker asked;
+// CheckCompacted asks again for up to 5 seconds before it reports that.
 func CheckCompacted(ctx context.Context, cl *kgo.Client, topic string) error {
-	rcs, err := kadm.NewClient(cl).DescribeTopicConfigs(ctx, topic)
-	if err != nil {
-		return fmt.Errorf("kafka: describe %s: %w", topic, err)
-	}
-	rc, err := rcs.On(topic, nil)
-	if err == nil {
-		err = rc.Err
-	}
-	if err != nil {
-		return fmt.Errorf("kafka: describe %s: %w", topic, err)
+	var rc kadm.ResourceConfig
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		rcs, err := kadm.NewClient(cl).DescribeTopicConfigs(ctx, topic)
+		if err == nil {
+			rc, err = rcs.On(topic, nil)
+		}
+		if err == nil {
+			err = rc.Err
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
+			return fmt.Errorf("kafka: describe %s: %w", topic, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kafka: describe %s: %w", topic, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	for _, c := range rc.Configs {
 		if c.Key == "cleanup.policy" {
