@@ -129,12 +129,7 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	})
 	b.mqtt = mqtt.NewClient(mopts)
 
-	base, err := cfg.Kafka.Opts(deps.Logger, nil)
-	if err != nil {
-		b.kafka.Close()
-		return nil, err
-	}
-	if b.catalogs, err = catalogstore.New(base, cfg.CatalogTopic, deps.Logger); err != nil {
+	if b.catalogs, err = catalogstore.New(cfg.Kafka, cfg.CatalogTopic, deps.Logger); err != nil {
 		b.kafka.Close()
 		return nil, err
 	}

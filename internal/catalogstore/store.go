@@ -23,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -40,9 +41,15 @@ type Store struct {
 	next    map[int32]int64 // per partition, the next offset to read
 }
 
-// New builds a store reading topic with a client made from opts (the
-// binary's Kafka options: brokers, TLS, SASL). It does not connect yet.
-func New(opts []kgo.Opt, topic string, logger *slog.Logger) (*Store, error) {
+// New builds a store reading topic through its own client, configured as
+// kc says (brokers, TLS, SASL) but without metrics: kprom takes one client
+// per registry, and the binary's main client has it. It does not connect
+// yet.
+func New(kc kafkaio.Config, topic string, logger *slog.Logger) (*Store, error) {
+	opts, err := kc.Opts(logger, nil)
+	if err != nil {
+		return nil, err
+	}
 	cl, err := kgo.NewClient(append(opts,
 		kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),

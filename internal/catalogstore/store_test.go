@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
@@ -21,22 +20,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// brokers returns a Kafka to test against: kfake, or the real Apache Kafka
-// the test harness runs, each with a fresh compacted catalog topic.
-func brokers(t *testing.T, real bool) ([]string, string) {
+// catalogTopic creates a fresh compacted catalog topic on brokers.
+func catalogTopic(t *testing.T, seeds []string) string {
 	t.Helper()
 	topic := fmt.Sprintf("catalog-test-%d", time.Now().UnixNano())
-	var seeds []string
-	if real {
-		seeds = []string{testenv.Kafka(t)}
-	} else {
-		c, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c.Close)
-		seeds = c.ListenAddrs()
-	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +36,18 @@ func brokers(t *testing.T, real bool) ([]string, string) {
 		Configs: map[string]*string{"cleanup.policy": &compact}}); err != nil {
 		t.Fatal(err)
 	}
-	return seeds, topic
+	return topic
+}
+
+// newStore is a store over topic on seeds.
+func newStore(t *testing.T, seeds []string, topic string) *catalogstore.Store {
+	t.Helper()
+	st, err := catalogstore.New(kafkaio.Config{Brokers: seeds, ClientID: "catalogstore-test"}, topic, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st
 }
 
 func catalog(t *testing.T, names ...string) *wire.Catalog {
@@ -95,68 +93,54 @@ func batchWith(t *testing.T, cat *wire.Catalog, signal string) []byte {
 }
 
 func TestStoreResolvesRegisteredCatalogs(t *testing.T) {
-	for _, real := range []bool{false, true} {
-		t.Run(map[bool]string{false: "kfake", true: "kafka"}[real], func(t *testing.T) {
-			seeds, topic := brokers(t, real)
-			st, err := catalogstore.New([]kgo.Opt{kgo.SeedBrokers(seeds...)}, topic, slog.New(slog.DiscardHandler))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
+	testenv.EachKafka(t, func(t *testing.T, seeds []string) {
+		topic := catalogTopic(t, seeds)
+		st := newStore(t, seeds, topic)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
 
-			a, b := catalog(t, "a.volts"), catalog(t, "b.volts")
-			// An unreadable record and one filed under the wrong key are
-			// skipped, not fatal.
-			produce(t, seeds, topic, "00", []byte("not a catalog"))
-			produce(t, seeds, topic, hex.EncodeToString(b.ID()), a.Bytes())
-			produce(t, seeds, topic, hex.EncodeToString(a.ID()), a.Bytes())
+		a, b := catalog(t, "a.volts"), catalog(t, "b.volts")
+		// An unreadable record and one filed under the wrong key are
+		// skipped, not fatal.
+		produce(t, seeds, topic, "00", []byte("not a catalog"))
+		produce(t, seeds, topic, hex.EncodeToString(b.ID()), a.Bytes())
+		produce(t, seeds, topic, hex.EncodeToString(a.ID()), a.Bytes())
 
-			got, err := st.Decode(ctx, batchWith(t, a, "a.volts"), wire.Limits{})
-			if err != nil {
-				t.Fatalf("batch referring to a registered catalog: %v", err)
-			}
-			if len(got.Readings) != 5 || got.Readings[4].Value.Float != 12 || got.Readings[0].Signal != "a.volts" {
-				t.Fatalf("decoded %+v", got.Readings)
-			}
-			if st.Len() != 1 {
-				t.Fatalf("store holds %d catalogs, want 1 (the bad records skipped)", st.Len())
-			}
+		got, err := st.Decode(ctx, batchWith(t, a, "a.volts"), wire.Limits{})
+		if err != nil {
+			t.Fatalf("batch referring to a registered catalog: %v", err)
+		}
+		if len(got.Readings) != 5 || got.Readings[4].Value.Float != 12 || got.Readings[0].Signal != "a.volts" {
+			t.Fatalf("decoded %+v", got.Readings)
+		}
+		if st.Len() != 1 {
+			t.Fatalf("store holds %d catalogs, want 1 (the bad records skipped)", st.Len())
+		}
 
-			// b is not registered: the store catches up, then says so.
-			if _, err := st.Decode(ctx, batchWith(t, b, "b.volts"), wire.Limits{}); !errors.Is(err, wire.ErrUnknownCatalog) {
-				t.Fatalf("batch referring to an unregistered catalog: %v, want ErrUnknownCatalog", err)
-			}
-			// Registered later (a vehicle publishes it, the bridge stores
-			// it): the next batch finds it.
-			produce(t, seeds, topic, hex.EncodeToString(b.ID()), b.Bytes())
-			if _, err := st.Decode(ctx, batchWith(t, b, "b.volts"), wire.Limits{}); err != nil {
-				t.Fatalf("after registration: %v", err)
-			}
+		// b is not registered: the store catches up, then says so.
+		if _, err := st.Decode(ctx, batchWith(t, b, "b.volts"), wire.Limits{}); !errors.Is(err, wire.ErrUnknownCatalog) {
+			t.Fatalf("batch referring to an unregistered catalog: %v, want ErrUnknownCatalog", err)
+		}
+		// Registered later (a vehicle publishes it, the bridge stores
+		// it): the next batch finds it.
+		produce(t, seeds, topic, hex.EncodeToString(b.ID()), b.Bytes())
+		if _, err := st.Decode(ctx, batchWith(t, b, "b.volts"), wire.Limits{}); err != nil {
+			t.Fatalf("after registration: %v", err)
+		}
 
-			// A second store (another consumer replica) reads them all.
-			st2, err := catalogstore.New([]kgo.Opt{kgo.SeedBrokers(seeds...)}, topic, slog.New(slog.DiscardHandler))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st2.Close()
-			if err := st2.CatchUp(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if st2.Len() != 2 {
-				t.Fatalf("a fresh store holds %d catalogs, want 2", st2.Len())
-			}
-		})
-	}
+		// A second store (another consumer replica) reads them all.
+		st2 := newStore(t, seeds, topic)
+		if err := st2.CatchUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st2.Len() != 2 {
+			t.Fatalf("a fresh store holds %d catalogs, want 2", st2.Len())
+		}
+	})
 }
 
 func TestCatchUpGivesUpWithItsContext(t *testing.T) {
-	st, err := catalogstore.New([]kgo.Opt{kgo.SeedBrokers("127.0.0.1:1"), kgo.RetryTimeout(time.Second)}, "nothing", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := newStore(t, []string{"127.0.0.1:1"}, "nothing")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := st.CatchUp(ctx); err == nil {

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // Variables the compose/ scripts export.
@@ -46,6 +48,23 @@ func MQTT(t testing.TB) string { t.Helper(); return need(t, EnvMQTT, "Mosquitto"
 
 // Kafka returns the seed brokers of the real Apache Kafka cluster.
 func Kafka(t testing.TB) string { t.Helper(); return need(t, EnvKafka, "Apache Kafka") }
+
+// EachKafka runs fn as two subtests, "kfake" against an in-process
+// franz-go kfake cluster and "kafka" against the real Apache Kafka (which
+// Kafka skips, or fails under CI, when it is missing), passing the seed
+// brokers. The cluster is shared by everything fn does.
+func EachKafka(t *testing.T, fn func(t *testing.T, brokers []string)) {
+	t.Helper()
+	t.Run("kfake", func(t *testing.T) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		fn(t, c.ListenAddrs())
+	})
+	t.Run("kafka", func(t *testing.T) { fn(t, []string{Kafka(t)}) })
+}
 
 // S3 is how to reach the real S3 server (MinIO).
 type S3 struct {

@@ -183,7 +183,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("live-location: kafka client: %w", err)
 	}
 	defer cl.Close()
-	if s.catalogs, err = catalogstore.New(s.bootOpts, s.cfg.CatalogTopic, s.log); err != nil {
+	if s.catalogs, err = catalogstore.New(s.cfg.Kafka, s.cfg.CatalogTopic, s.log); err != nil {
 		return fmt.Errorf("live-location: %w", err)
 	}
 	defer s.catalogs.Close()

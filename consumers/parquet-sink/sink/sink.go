@@ -144,11 +144,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 	if cfg.InstanceID != "" {
 		kopts = append(kopts, kgo.InstanceID(cfg.InstanceID))
 	}
-	base, err := cfg.Kafka.Opts(deps.Logger, nil)
-	if err != nil {
-		return nil, err
-	}
-	if s.catalogs, err = catalogstore.New(base, cfg.CatalogTopic, deps.Logger); err != nil {
+	if s.catalogs, err = catalogstore.New(cfg.Kafka, cfg.CatalogTopic, deps.Logger); err != nil {
 		return nil, err
 	}
 	if s.kafka, err = kgo.NewClient(kopts...); err != nil {

@@ -98,16 +98,13 @@ func (c *counters) snapshot() Stats {
 
 // Replayer runs one replay. Run it once; Stats is safe to call at any time.
 type Replayer struct {
-	cfg    Config
-	logger *slog.Logger
-	stdout io.Writer
-	opts   []kgo.Opt
-	// catalogOpts are opts without the metrics hook (kprom takes one
-	// client per registry), for the catalog store.
-	catalogOpts []kgo.Opt
-	catalogs    *catalogstore.Store // set by Run
-	from        time.Time           // zero: no --from
-	to          time.Time           // zero: no --to
+	cfg      Config
+	logger   *slog.Logger
+	stdout   io.Writer
+	opts     []kgo.Opt
+	catalogs *catalogstore.Store // set by Run
+	from     time.Time           // zero: no --from
+	to       time.Time           // zero: no --to
 
 	// newTarget builds the target when Run starts; tests replace it.
 	newTarget func() (Target, error)
@@ -141,11 +138,7 @@ func New(cfg Config, deps Deps) (*Replayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	catalogOpts, err := cfg.Kafka.Opts(logger, nil)
-	if err != nil {
-		return nil, err
-	}
-	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, opts: opts, catalogOpts: catalogOpts}
+	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, opts: opts}
 	if cfg.Listen != "" {
 		r.registerMetrics(reg)
 		if r.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: logger, Gatherer: deps.Gatherer}); err != nil {
@@ -205,7 +198,7 @@ func (r *Replayer) Run(ctx context.Context) (err error) {
 		_, err := p.WriteTo(r.stdout)
 		return err
 	}
-	if r.catalogs, err = catalogstore.New(r.catalogOpts, r.cfg.CatalogTopic, r.logger); err != nil {
+	if r.catalogs, err = catalogstore.New(r.cfg.Kafka, r.cfg.CatalogTopic, r.logger); err != nil {
 		return err
 	}
 	defer r.catalogs.Close()
