@@ -259,6 +259,14 @@ func (d *Decoder) Catalog() (*wire.Catalog, error) {
 				spec.Scale, spec.Offset = s.Factor, s.Offset
 			}
 		}
+		if s.Type == ValueInteger {
+			// The raw bit field's range and place: counters wrap in
+			// it, checksums are predicted from the frame it sits in.
+			m := s.Message
+			spec.RawBits, spec.RawSigned = s.Length, s.Signed
+			spec.CAN = &wire.CANField{Message: wire.CANMessage{ID: m.ID, Extended: m.Extended, Length: m.Length},
+				StartBit: s.Start, BigEndian: s.BigEndian}
+		}
 		specs = append(specs, spec)
 	}
 	return wire.NewCatalog(specs)

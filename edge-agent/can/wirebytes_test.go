@@ -100,6 +100,31 @@ func BenchmarkWireBytesPerReading(b *testing.B) {
 	}
 }
 
+// TestWireBytesBudget holds the encoding to its budget on the real logs:
+// at most 0.5 bytes per reading in 1 s batches and 0.25 in 10 s ones, as
+// the agent sends them once its catalog is registered. Sizes are exact,
+// not timings: the same readings always encode to the same bytes.
+func TestWireBytesBudget(t *testing.T) {
+	for _, l := range wireLogs {
+		rs := logReadings(t, l.dbc, l.log)
+		cat := dbcCatalog(t, l.dbc)
+		for _, c := range []struct {
+			window time.Duration
+			budget float64
+		}{{time.Second, 0.5}, {10 * time.Second, 0.25}} {
+			n, err := wiretest.EncodedBytes(wiretest.Windows(rs, c.window), nil, cat)
+			if err != nil {
+				t.Fatal(err)
+			}
+			perReading := float64(n) / float64(len(rs))
+			t.Logf("%s, %v batches: %.3f bytes per reading", l.name, c.window, perReading)
+			if perReading > c.budget {
+				t.Errorf("%s, %v batches: %.3f bytes per reading, budget %.2f", l.name, c.window, perReading, c.budget)
+			}
+		}
+	}
+}
+
 // TestWireEncodingIsLossless checks what the benchmark relies on: the real
 // logs' readings come back from the wire bit for bit (times at 0.1 ms).
 func TestWireEncodingIsLossless(t *testing.T) {
@@ -141,4 +166,38 @@ func TestWireEncodingIsLossless(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BenchmarkEncodeCivic is the agent's cost of encoding (and the cloud's of
+// decoding) the Civic log's readings in 1 s batches with its catalog, per
+// reading.
+func BenchmarkEncodeCivic(b *testing.B) {
+	rs := logReadings(b, wireLogs[0].dbc, wireLogs[0].log)
+	cat := dbcCatalog(b, wireLogs[0].dbc)
+	reg := wire.Catalogs{}
+	reg.Add(cat)
+	batches := wiretest.Windows(rs, time.Second)
+	encoded := make([][]byte, len(batches))
+	b.Run("encode", func(b *testing.B) {
+		for b.Loop() {
+			for i, rs := range batches {
+				data, err := wire.Encode(&wire.Batch{Identity: wire.Identity{VehicleID: "car"}, BaseTime: rs[0].Time, Readings: rs}, wire.EncodeOptions{Catalog: cat})
+				if err != nil {
+					b.Fatal(err)
+				}
+				encoded[i] = data
+			}
+		}
+		b.ReportMetric(b.Elapsed().Seconds()*1e9/float64(b.N*len(rs)), "ns/reading")
+	})
+	b.Run("decode", func(b *testing.B) {
+		for b.Loop() {
+			for _, data := range encoded {
+				if _, err := wire.Decode(data, wire.Limits{Catalogs: reg}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.ReportMetric(b.Elapsed().Seconds()*1e9/float64(b.N*len(rs)), "ns/reading")
+	})
 }

@@ -45,8 +45,12 @@ func Decode(data []byte, lim Limits) (*Batch, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v := env.GetProducer().GetSchemaVersion(); v != SchemaVersion {
-		return nil, fmt.Errorf("%w: schema version %d (this build reads %d)", ErrUnsupported, v, SchemaVersion)
+	version := env.GetProducer().GetSchemaVersion()
+	if version != 1 && version != SchemaVersion {
+		return nil, fmt.Errorf("%w: schema version %d (this build reads 1 and %d)", ErrUnsupported, version, SchemaVersion)
+	}
+	if version == 1 && len(env.GetCoded()) > 0 {
+		return nil, malformed("a coded section in a schema version 1 batch")
 	}
 	if int(env.GetUncompressedSize()) > lim.MaxBodyBytes {
 		return nil, fmt.Errorf("%w: body claims %d bytes, limit %d", ErrTooLarge, env.GetUncompressedSize(), lim.MaxBodyBytes)
@@ -83,18 +87,19 @@ func Decode(data []byte, lim Limits) (*Batch, error) {
 		SchemaVersion: env.GetProducer().GetSchemaVersion(),
 		Decoder:       env.GetProducer().GetDecoder(),
 	}
-	if err := decodeBody(b, body, lim); err != nil {
+	if err := decodeBody(b, body, env.GetCoded(), version, lim); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
+func decodeBody(b *Batch, body *pb.Body, coded []byte, version uint32, lim Limits) error {
 	tick := body.GetTickNanos()
 	if tick == 0 || tick > uint64(math.MaxInt64) {
 		return malformed("tick_nanos %d", tick)
 	}
 	signals := body.GetSignals()
+	var infos []signalInfo
 	if id := body.GetCatalogId(); len(id) > 0 {
 		if len(signals) > 0 {
 			return malformed("both a catalog id and a name table")
@@ -107,13 +112,25 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 		if !ok {
 			return fmt.Errorf("%w %x", ErrUnknownCatalog, id)
 		}
-		signals = cat.signals
+		signals, infos = cat.signals, cat.info
+	} else {
+		infos = signalInfos(signals, nil)
 	}
-	times, err := decodeTimes(body, b.BaseTime, int64(tick), lim)
+	var times [][]int64
+	var codedCols []decodedCol
+	var err error
+	if version == 1 {
+		times, err = decodeTimes(body, b.BaseTime, int64(tick), lim)
+	} else {
+		times, codedCols, err = decodeSection(body, coded, infos, b.BaseTime, int64(tick), lim)
+	}
 	if err != nil {
 		return err
 	}
 	total := 0
+	for _, c := range codedCols {
+		total += len(c.vals)
+	}
 	for i, c := range body.GetColumns() {
 		if c.GetTime() >= uint32(len(times)) {
 			return malformed("column %d: time column %d out of range", i, c.GetTime())
@@ -157,19 +174,23 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 				raw += deltas[0]
 				deltas = deltas[1:]
 			}
-			r := Reading{Signal: sig.GetName(), Unit: sig.GetUnit(), Time: t}
-			switch sig.GetType() {
-			case pb.ValueType_VALUE_TYPE_INT:
-				r.Value = Int(raw)
-			case pb.ValueType_VALUE_TYPE_BOOL:
-				if raw != 0 && raw != 1 {
-					return malformed("packed column %d (%s): bool value %d", i, sig.GetName(), raw)
-				}
-				r.Value = Bool(raw == 1)
-			default: // a DOUBLE with a scale: checkPacked saw to it
-				r.Value = Float(Physical(raw, sig.GetScale(), sig.GetOffset()))
-				r.Scale, r.Offset, r.Raw = sig.GetScale(), sig.GetOffset(), raw
+			r, err := codedReading(sig, -1, raw)
+			if err != nil {
+				return malformed("packed column %d (%s): %v", i, sig.GetName(), err)
 			}
+			r.Time = t
+			b.Readings = append(b.Readings, r)
+		}
+	}
+	for i, c := range codedCols {
+		sig := signals[c.signal]
+		ts := times[c.time]
+		for j, raw := range c.vals {
+			r, err := codedReading(sig, c.decimals, raw)
+			if err != nil {
+				return malformed("coded column %d (%s): %v", i, sig.GetName(), err)
+			}
+			r.Time = ts[j]
 			b.Readings = append(b.Readings, r)
 		}
 	}
@@ -181,6 +202,61 @@ func decodeBody(b *Batch, body *pb.Body, lim Limits) error {
 		b.Fixes = fixes
 	}
 	return nil
+}
+
+// decodeSection reads a schema version 2 batch's coded section, returning
+// its time columns as absolute times and its value columns.
+func decodeSection(body *pb.Body, coded []byte, infos []signalInfo, base, tick int64, lim Limits) ([][]int64, []decodedCol, error) {
+	if len(body.GetTimes()) > 0 || len(body.GetTimeLengths()) > 0 || len(body.GetTimeDeltaOfDelta()) > 0 || body.GetPacked() != nil {
+		return nil, nil, malformed("schema version 2 with time columns or packed columns in the body")
+	}
+	if len(coded) == 0 {
+		return nil, nil, nil
+	}
+	ticks, cols, err := decodeCoded(coded, infos, lim)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, ts := range ticks {
+		for j, off := range ts {
+			t, ok := addMul(base, off, tick)
+			if !ok {
+				return nil, nil, malformed("time column %d entry %d overflows", i, j)
+			}
+			ts[j] = t
+		}
+	}
+	return ticks, cols, nil
+}
+
+// codedReading is the reading of a raw value of a coded column of sig
+// (decimals -1: the raw integer under the signal's scale).
+func codedReading(sig *pb.Signal, decimals int, raw int64) (Reading, error) {
+	r := Reading{Signal: sig.GetName(), Unit: sig.GetUnit()}
+	switch sig.GetType() {
+	case pb.ValueType_VALUE_TYPE_INT:
+		r.Value = Int(raw)
+	case pb.ValueType_VALUE_TYPE_BOOL:
+		if raw != 0 && raw != 1 {
+			return r, fmt.Errorf("bool value %d", raw)
+		}
+		r.Value = Bool(raw == 1)
+	case pb.ValueType_VALUE_TYPE_DOUBLE:
+		switch {
+		case decimals > 0:
+			r.Value = Float(float64(raw) / pow10[decimals])
+		case decimals == 0:
+			r.Value = Float(float64(raw))
+		case sig.GetScale() == 0:
+			return r, fmt.Errorf("raw values of a double with no scale")
+		default:
+			r.Value = Float(Physical(raw, sig.GetScale(), sig.GetOffset()))
+			r.Scale, r.Offset, r.Raw = sig.GetScale(), sig.GetOffset(), raw
+		}
+	default:
+		return r, fmt.Errorf("a %v signal", sig.GetType())
+	}
+	return r, nil
 }
 
 // decodeTimes returns the body's time columns, plain ones first, then the

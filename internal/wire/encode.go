@@ -1,11 +1,9 @@
 package wire
 
 import (
-	"cmp"
 	"encoding/binary"
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -36,6 +34,9 @@ type EncodeOptions struct {
 	// instead of the names. Otherwise the body carries its own table.
 	Catalog *Catalog
 }
+
+// minCompressBytes is the smallest body Encode tries zstd on.
+const minCompressBytes = 256
 
 // DefaultTickNanos is the default time resolution: 0.1 ms.
 const DefaultTickNanos = 100_000
@@ -92,7 +93,7 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 	if tick <= 0 {
 		tick = DefaultTickNanos
 	}
-	body, err := encodeBody(b, tick, opt.Catalog)
+	body, section, err := encodeBody(b, tick, opt.Catalog)
 	if err != nil {
 		return nil, err
 	}
@@ -112,8 +113,12 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 		},
 		UncompressedSize: uint32(len(raw)),
 		Body:             raw,
+		Coded:            section,
 	}
-	if opt.Compression == CompressionZstd {
+	// The coded section is as small as it gets; the body (names, strings,
+	// fixes) may compress, unless it is too small for zstd to pay for its
+	// frame, as a batch referring to a catalog usually is.
+	if opt.Compression == CompressionZstd && len(raw) >= minCompressBytes {
 		enc, err := encoder()
 		if err != nil {
 			return nil, fmt.Errorf("wire: zstd: %w", err)
@@ -134,6 +139,7 @@ type signalKey struct {
 }
 
 type column struct {
+	key    signalKey
 	signal uint32
 	ticks  []int64
 	// rows are the column's readings, as indexes into readings: a Value is
@@ -186,7 +192,11 @@ func (c *column) packedRaws() []int64 {
 	return out
 }
 
-func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
+// encodeBody lays the batch out: the body holds the name table (or the
+// catalog id), the fixes and the columns that are neither integers nor
+// exact decimals; the coded section holds every time column and the
+// other value columns.
+func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, []byte, error) {
 	body := &pb.Body{TickNanos: uint64(tick)}
 	if cat != nil && !cat.covers(b.Readings) {
 		cat = nil // a signal outside the catalog: carry the table
@@ -196,16 +206,32 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 	}
 	index := make(map[signalKey]int, 16)
 	var cols []*column
+	// Readings come in a repeating order (the signals of one CAN frame,
+	// frame after frame): the column that followed this one last time is
+	// tried before the map.
+	var next []int
+	prev := -1
 	for i := range b.Readings {
 		r := &b.Readings[i]
 		k := signalKey{r.Signal, r.Unit, r.Value.Kind}
-		ci, ok := index[k]
+		ci, ok := -1, false
+		if prev >= 0 {
+			if ci = next[prev]; ci >= 0 && cols[ci].key == k {
+				ok = true
+			}
+		}
+		if !ok {
+			ci, ok = index[k]
+		}
+		if prev >= 0 {
+			next[prev] = ci
+		}
 		if !ok {
 			typ, err := valueType(r.Value.Kind)
 			if err != nil {
-				return nil, fmt.Errorf("wire: reading %d (%s): %w", i, r.Signal, err)
+				return nil, nil, fmt.Errorf("wire: reading %d (%s): %w", i, r.Signal, err)
 			}
-			c := &column{scale: r.Scale, offset: r.Offset, raws: []int64{}, readings: b.Readings}
+			c := &column{key: k, scale: r.Scale, offset: r.Offset, raws: []int64{}, readings: b.Readings}
 			if cat != nil {
 				c.signal = cat.index[k]
 				sig := cat.signals[c.signal]
@@ -222,7 +248,12 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 			ci = len(cols)
 			index[k] = ci
 			cols = append(cols, c)
+			next = append(next, -1)
+			if prev >= 0 {
+				next[prev] = ci
+			}
 		}
+		prev = ci
 		c := cols[ci]
 		c.ticks = append(c.ticks, floorDiv(r.Time-b.BaseTime, tick))
 		c.rows = append(c.rows, int32(i))
@@ -236,9 +267,9 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		}
 	}
 
-	// Signals sampled at the same instants share one time column; all time
-	// columns are packed.
+	// Signals sampled at the same instants share one time column.
 	timeIndex := make(map[string]uint32, len(cols))
+	var times [][]int64
 	var keyBuf []byte
 	for _, c := range cols {
 		keyBuf = keyBuf[:0]
@@ -247,22 +278,26 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		}
 		ti, ok := timeIndex[string(keyBuf)]
 		if !ok {
-			ti = uint32(len(body.TimeLengths))
+			ti = uint32(len(times))
 			timeIndex[string(keyBuf)] = ti
-			body.TimeLengths = append(body.TimeLengths, uint32(len(c.ticks)))
-			body.TimeDeltaOfDelta = appendDeltaOfDelta(body.TimeDeltaOfDelta, c.ticks)
+			times = append(times, c.ticks)
 		}
 		c.time = ti
 	}
 
-	// Integer-valued columns go to the packed layout, in signal order (the
-	// directory then delta codes to runs of small numbers); the rest are
-	// columns of their own.
-	var packed []*column
+	// Integers (and doubles with an exact integer form) go to the coded
+	// section; strings and other doubles are columns of the body.
+	var coded []*codedCol
 	for _, c := range cols {
 		if c.packable() {
-			packed = append(packed, c)
+			coded = append(coded, &codedCol{signal: c.signal, time: c.time, decimals: -1, vals: c.packedRaws()})
 			continue
+		}
+		if c.value(0).Kind == KindDouble && c.raws == nil {
+			if d, raws, ok := decimalRaws(c); ok {
+				coded = append(coded, &codedCol{signal: c.signal, time: c.time, decimals: d, vals: raws})
+				continue
+			}
 		}
 		pc := &pb.Column{Signal: c.signal, Time: c.time}
 		if c.raws != nil {
@@ -272,27 +307,37 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, error) {
 		}
 		body.Columns = append(body.Columns, pc)
 	}
-	if len(packed) > 0 {
-		slices.SortStableFunc(packed, func(a, b *column) int { return cmp.Compare(a.signal, b.signal) })
-		p := &pb.Packed{}
-		var prev int64
-		for _, c := range packed {
-			p.SignalDelta = append(p.SignalDelta, int64(c.signal)-prev)
-			prev = int64(c.signal)
-			p.Time = append(p.Time, c.time)
-			raws := c.packedRaws()
-			p.First = append(p.First, raws[0])
-			for j := 1; j < len(raws); j++ {
-				p.Delta = append(p.Delta, raws[j]-raws[j-1])
-			}
-		}
-		body.Packed = p
-	}
 
 	if len(b.Fixes) > 0 {
 		body.Locations = encodeFixes(b.Fixes, b.BaseTime, tick)
 	}
-	return body, nil
+	var infos []signalInfo
+	if cat != nil {
+		infos = cat.info
+	} else {
+		infos = signalInfos(body.Signals, nil)
+	}
+	var section []byte
+	if len(times) > 0 {
+		section = encodeCoded(nil, times, coded, infos)
+	}
+	return body, section, nil
+}
+
+// decimalRaws finds the fewest decimals d (0..9) such that every value of
+// a double column is exactly raw/10^d.
+func decimalRaws(c *column) (int, []int64, bool) {
+	floats := make([]float64, len(c.rows))
+	for i := range floats {
+		floats[i] = c.value(i).Float
+	}
+	raws := make([]int64, len(floats))
+	for d := range len(pow10) {
+		if allExact(floats, d, raws) {
+			return d, raws, true
+		}
+	}
+	return 0, nil, false
 }
 
 func valueType(k Kind) (pb.ValueType, error) {
@@ -309,10 +354,9 @@ func valueType(k Kind) (pb.ValueType, error) {
 	return 0, fmt.Errorf("value has no kind (%d)", k)
 }
 
-// encodeValues fills a column of its own: strings, or doubles without a
-// raw form under their signal's scale. (INT and BOOL columns always go to
-// the packed layout; the decoder still reads them as columns, as the first
-// layout sent them.)
+// encodeValues fills a body column: strings, or doubles with no exact
+// integer form. (INT and BOOL columns always go to the coded section; the
+// decoder still reads them as body columns, as schema version 1 sent them.)
 func encodeValues(pc *pb.Column, c *column) {
 	n := len(c.rows)
 	switch c.value(0).Kind {
@@ -335,11 +379,7 @@ func encodeValues(pc *pb.Column, c *column) {
 		for i := range floats {
 			floats[i] = c.value(i).Float
 		}
-		if sv := scaled(floats); sv != nil {
-			pc.Values = &pb.Column_Scaled{Scaled: sv}
-		} else {
-			pc.Values = &pb.Column_Doubles{Doubles: &pb.DoubleValues{Values: floats}}
-		}
+		pc.Values = &pb.Column_Doubles{Doubles: &pb.DoubleValues{Values: floats}}
 	}
 }
 
@@ -347,23 +387,6 @@ func encodeValues(pc *pb.Column, c *column) {
 const maxExactInt = 1 << 53
 
 var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
-
-// scaled finds the fewest decimals d (0..9) such that every value is exactly
-// raw/10^d for an integer raw, and returns the delta-encoded raws, or nil if
-// there is none.
-func scaled(fs []float64) *pb.ScaledValues {
-	raws := make([]int64, len(fs))
-	for d := 0; d < len(pow10); d++ {
-		if !allExact(fs, d, raws) {
-			continue
-		}
-		if d == 0 {
-			return &pb.ScaledValues{Scale: 1, RawDelta: delta(raws)}
-		}
-		return &pb.ScaledValues{Decimals: uint32(d), RawDelta: delta(raws)}
-	}
-	return nil
-}
 
 // allExact fills raws with every value's raw form at d decimals, reporting
 // false at the first value that has none.

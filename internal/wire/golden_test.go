@@ -57,20 +57,27 @@ func TestGoldenEncoding(t *testing.T) {
 	}
 }
 
-// TestFirstLayoutStillDecodes proves the packed layout an addition, not a
-// break: batches in the first layout (every column a Column of its own, time
-// columns in Body.times), as agents built before it send them, decode to the
-// readings they were made from.
-func TestFirstLayoutStillDecodes(t *testing.T) {
+// TestEarlierLayoutsStillDecode proves each new layout an addition, not a
+// break: batches as agents built before it send them decode to the
+// readings they were made from. Layout 1 (schema version 1) has every
+// column a Column of its own and time columns in Body.times; layout 2
+// (still schema version 1) packs integer columns into Body.packed; the
+// current layout (schema version 2) codes them in Batch.coded.
+func TestEarlierLayoutsStillDecode(t *testing.T) {
 	in := sampleBatch()
-	var want []Reading
-	for _, r := range in.Readings {
-		if r.Signal != "torque" { // the sample had no DBC-scaled signal then
-			want = append(want, r)
+	all := sortedReadings(in.Readings)
+	var noTorque []Reading // the sample had no DBC-scaled signal in layout 1
+	for _, r := range all {
+		if r.Signal != "torque" {
+			noTorque = append(noTorque, r)
 		}
 	}
-	want = sortedReadings(want)
-	for _, name := range []string{"layout1-sample.zstd.bin", "layout1-sample.plain.bin"} {
+	for name, want := range map[string][]Reading{
+		"layout1-sample.zstd.bin":  noTorque,
+		"layout1-sample.plain.bin": noTorque,
+		"layout2-sample.zstd.bin":  all,
+		"layout2-sample.plain.bin": all,
+	} {
 		data, err := os.ReadFile(filepath.Join("testdata", "seeds", name))
 		if err != nil {
 			t.Fatal(err)
@@ -78,6 +85,9 @@ func TestFirstLayoutStillDecodes(t *testing.T) {
 		out, err := Decode(data, Limits{})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
+		}
+		if out.SchemaVersion != 1 {
+			t.Errorf("%s: schema version %d, want 1", name, out.SchemaVersion)
 		}
 		got := sortedReadings(out.Readings)
 		if len(got) != len(want) || len(out.Fixes) != len(in.Fixes) {

@@ -25,8 +25,9 @@ import (
 	"regexp"
 )
 
-// SchemaVersion is the body layout this package writes and reads.
-const SchemaVersion = 1
+// SchemaVersion is the layout this package writes: 2, time and integer
+// columns in the coded section. It reads 1 (every column in the body) too.
+const SchemaVersion = 2
 
 // Kind is the type of a reading's value.
 type Kind uint8

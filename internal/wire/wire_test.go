@@ -124,32 +124,35 @@ func TestSharedTimeColumns(t *testing.T) {
 	if err := proto.Unmarshal(env.GetBody(), body); err != nil {
 		t.Fatal(err)
 	}
+	if env.GetProducer().GetSchemaVersion() != SchemaVersion {
+		t.Fatalf("schema version %d", env.GetProducer().GetSchemaVersion())
+	}
+	times, cols, err := decodeCoded(env.GetCoded(), signalInfos(body.GetSignals(), nil), DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// speed, rpm, steer and torque share the 100 Hz column; door_open and
 	// status the 10 Hz one.
-	if got := body.GetTimeLengths(); len(got) != 2 || got[0] != 100 || got[1] != 10 {
-		t.Fatalf("packed time columns of %v entries, want [100 10]", got)
+	if len(times) != 2 || len(times[0]) != 100 || len(times[1]) != 10 {
+		t.Fatalf("%d time columns, want 2 of 100 and 10 entries", len(times))
 	}
-	var packed []string
-	var si int64
-	for _, d := range body.GetPacked().GetSignalDelta() {
-		si += d
-		packed = append(packed, body.GetSignals()[si].GetName())
+	var coded []string
+	for _, c := range cols {
+		coded = append(coded, body.GetSignals()[c.signal].GetName())
 	}
-	if want := []string{"rpm", "torque", "door_open"}; !slices.Equal(packed, want) {
-		t.Fatalf("packed columns %v, want %v (in signal order)", packed, want)
+	// In signal order: speed is an exact decimal, steer is not.
+	if want := []string{"speed", "rpm", "torque", "door_open"}; !slices.Equal(coded, want) {
+		t.Fatalf("coded columns %v, want %v", coded, want)
 	}
-	kinds := map[string]string{}
+	var inBody []string
 	for _, c := range body.GetColumns() {
-		name := body.GetSignals()[c.GetSignal()].GetName()
-		switch c.GetValues().(type) {
-		case *pb.Column_Scaled:
-			kinds[name] = "scaled"
-		case *pb.Column_Doubles:
-			kinds[name] = "doubles"
+		inBody = append(inBody, body.GetSignals()[c.GetSignal()].GetName())
+		if c.GetTime() >= uint32(len(times)) {
+			t.Errorf("body column %d refers to time column %d", c.GetSignal(), c.GetTime())
 		}
 	}
-	if kinds["speed"] != "scaled" || kinds["steer"] != "doubles" {
-		t.Fatalf("value encodings: %v (want speed scaled, steer doubles)", kinds)
+	if want := []string{"steer", "status"}; !slices.Equal(inBody, want) {
+		t.Fatalf("body columns %v, want %v", inBody, want)
 	}
 }
 
@@ -169,7 +172,7 @@ func TestTimesTruncateToTick(t *testing.T) {
 	}
 }
 
-func TestScaledPicksFewestDecimals(t *testing.T) {
+func TestDecimalRawsPicksFewestDecimals(t *testing.T) {
 	for _, c := range []struct {
 		in       []float64
 		decimals int // -1: no exact form
@@ -181,12 +184,18 @@ func TestScaledPicksFewestDecimals(t *testing.T) {
 		{[]float64{math.Inf(1)}, -1},
 		{[]float64{1e300}, -1},
 	} {
-		sv := scaled(c.in)
+		rs := make([]Reading, len(c.in))
+		col := &column{readings: rs}
+		for i, f := range c.in {
+			rs[i].Value = Float(f)
+			col.rows = append(col.rows, int32(i))
+		}
+		d, _, ok := decimalRaws(col)
 		switch {
-		case c.decimals < 0 && sv != nil:
-			t.Errorf("%v: got decimals %d, want no exact form", c.in, sv.GetDecimals())
-		case c.decimals >= 0 && (sv == nil || int(sv.GetDecimals()) != c.decimals):
-			t.Errorf("%v: got %v, want decimals %d", c.in, sv, c.decimals)
+		case c.decimals < 0 && ok:
+			t.Errorf("%v: got decimals %d, want no exact form", c.in, d)
+		case c.decimals >= 0 && (!ok || d != c.decimals):
+			t.Errorf("%v: got %d (%v), want decimals %d", c.in, d, ok, c.decimals)
 		}
 	}
 }
@@ -250,7 +259,8 @@ func TestDecodeRejectsInconsistentBody(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := proto.Marshal(&pb.Batch{VehicleId: "v", Producer: &pb.Producer{SchemaVersion: SchemaVersion},
+		// Schema version 1: every column in the body.
+		out, err := proto.Marshal(&pb.Batch{VehicleId: "v", Producer: &pb.Producer{SchemaVersion: 1},
 			UncompressedSize: uint32(len(raw)), Body: raw})
 		if err != nil {
 			t.Fatal(err)

@@ -152,7 +152,12 @@ type Batch struct {
 	// than their limit before decompressing.
 	UncompressedSize uint32 `protobuf:"varint,7,opt,name=uncompressed_size,json=uncompressedSize,proto3" json:"uncompressed_size,omitempty"`
 	// A serialized Body, compressed as `compression` says.
-	Body          []byte `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	Body []byte `protobuf:"bytes,8,opt,name=body,proto3" json:"body,omitempty"`
+	// Schema version 2: the time columns and the integer-valued columns of
+	// the body, range coded (see "The coded section" below). It travels
+	// beside the body, not in it, because no general-purpose compressor
+	// makes it smaller.
+	Coded         []byte `protobuf:"bytes,9,opt,name=coded,proto3" json:"coded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -243,12 +248,20 @@ func (x *Batch) GetBody() []byte {
 	return nil
 }
 
+func (x *Batch) GetCoded() []byte {
+	if x != nil {
+		return x.Coded
+	}
+	return nil
+}
+
 // Producer says what made the batch.
 type Producer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Version of the agent binary, e.g. "0.1.0".
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	// Version of the body layout; this file describes version 1.
+	// Version of the body layout: 1 (every column in the body) or 2 (time
+	// and integer-valued columns in Batch.coded). This file describes both.
 	SchemaVersion uint32 `protobuf:"varint,2,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
 	// Which decoder configuration produced the signals, e.g.
 	// "dbc:honda_civic.dbc@sha256:1a2b..." or "sim:v1".
@@ -520,8 +533,10 @@ func (x *Packed) GetDelta() []int64 {
 // catalog topic (key: the id in hex) and acks it like a batch. Its id is the first 16 bytes of the SHA-256 of its
 // deterministic serialization.
 type Catalog struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Signals       []*Signal              `protobuf:"bytes,1,rep,name=signals,proto3" json:"signals,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Signals []*Signal              `protobuf:"bytes,1,rep,name=signals,proto3" json:"signals,omitempty"`
+	// The CAN messages the signals' CanField entries refer to.
+	CanMessages   []*CanMessage `protobuf:"bytes,2,rep,name=can_messages,json=canMessages,proto3" json:"can_messages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,6 +578,141 @@ func (x *Catalog) GetSignals() []*Signal {
 	return nil
 }
 
+func (x *Catalog) GetCanMessages() []*CanMessage {
+	if x != nil {
+		return x.CanMessages
+	}
+	return nil
+}
+
+// CanMessage is a CAN frame definition (a DBC message).
+type CanMessage struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Extended bool                   `protobuf:"varint,2,opt,name=extended,proto3" json:"extended,omitempty"`
+	// Data length in bytes, at most 8.
+	Length        uint32 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CanMessage) Reset() {
+	*x = CanMessage{}
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CanMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CanMessage) ProtoMessage() {}
+
+func (x *CanMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CanMessage.ProtoReflect.Descriptor instead.
+func (*CanMessage) Descriptor() ([]byte, []int) {
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CanMessage) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CanMessage) GetExtended() bool {
+	if x != nil {
+		return x.Extended
+	}
+	return false
+}
+
+func (x *CanMessage) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// CanField says where a signal sits in its CAN frame: with the frame's
+// other signals, a coded column can then predict the frame's checksum.
+type CanField struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index into Catalog.can_messages.
+	Message uint32 `protobuf:"varint,1,opt,name=message,proto3" json:"message,omitempty"`
+	// The DBC start bit: the least significant bit for Intel byte order, the
+	// most significant (saw-tooth numbering) for Motorola. The field is
+	// Signal.raw_bits long.
+	StartBit      uint32 `protobuf:"varint,2,opt,name=start_bit,json=startBit,proto3" json:"start_bit,omitempty"`
+	BigEndian     bool   `protobuf:"varint,3,opt,name=big_endian,json=bigEndian,proto3" json:"big_endian,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CanField) Reset() {
+	*x = CanField{}
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CanField) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CanField) ProtoMessage() {}
+
+func (x *CanField) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CanField.ProtoReflect.Descriptor instead.
+func (*CanField) Descriptor() ([]byte, []int) {
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CanField) GetMessage() uint32 {
+	if x != nil {
+		return x.Message
+	}
+	return 0
+}
+
+func (x *CanField) GetStartBit() uint32 {
+	if x != nil {
+		return x.StartBit
+	}
+	return 0
+}
+
+func (x *CanField) GetBigEndian() bool {
+	if x != nil {
+		return x.BigEndian
+	}
+	return false
+}
+
 type Signal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -570,15 +720,24 @@ type Signal struct {
 	Type  ValueType              `protobuf:"varint,3,opt,name=type,proto3,enum=fleet.telemetry.v1.ValueType" json:"type,omitempty"`
 	// For DOUBLE signals, when scale is non-zero, values in packed columns
 	// are raw*scale+offset (a DBC signal's factor and offset).
-	Scale         float64 `protobuf:"fixed64,4,opt,name=scale,proto3" json:"scale,omitempty"`
-	Offset        float64 `protobuf:"fixed64,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	Scale  float64 `protobuf:"fixed64,4,opt,name=scale,proto3" json:"scale,omitempty"`
+	Offset float64 `protobuf:"fixed64,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	// When non-zero, every raw integer of the signal (its packed value) fits
+	// in raw_bits bits, two's complement when raw_signed: a coded column may
+	// then take differences modulo 2^raw_bits, so a counter that wraps costs
+	// nothing. Set in catalogs only.
+	RawBits   uint32 `protobuf:"varint,6,opt,name=raw_bits,json=rawBits,proto3" json:"raw_bits,omitempty"`
+	RawSigned bool   `protobuf:"varint,7,opt,name=raw_signed,json=rawSigned,proto3" json:"raw_signed,omitempty"`
+	// For a signal decoded from a CAN frame (a DBC signal), where it sits in
+	// the frame. Set in catalogs only.
+	Can           *CanField `protobuf:"bytes,8,opt,name=can,proto3" json:"can,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +749,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +762,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Signal) GetName() string {
@@ -641,6 +800,27 @@ func (x *Signal) GetOffset() float64 {
 	return 0
 }
 
+func (x *Signal) GetRawBits() uint32 {
+	if x != nil {
+		return x.RawBits
+	}
+	return 0
+}
+
+func (x *Signal) GetRawSigned() bool {
+	if x != nil {
+		return x.RawSigned
+	}
+	return false
+}
+
+func (x *Signal) GetCan() *CanField {
+	if x != nil {
+		return x.Can
+	}
+	return nil
+}
+
 // TimeColumn holds offsets from the batch's base time, in ticks, encoded as
 // delta of delta: the first entry is the first offset, the second is the
 // first delta, then each entry is the change of delta. Periodic signals turn
@@ -654,7 +834,7 @@ type TimeColumn struct {
 
 func (x *TimeColumn) Reset() {
 	*x = TimeColumn{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +846,7 @@ func (x *TimeColumn) String() string {
 func (*TimeColumn) ProtoMessage() {}
 
 func (x *TimeColumn) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +859,7 @@ func (x *TimeColumn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeColumn.ProtoReflect.Descriptor instead.
 func (*TimeColumn) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TimeColumn) GetDeltaOfDelta() []int64 {
@@ -710,7 +890,7 @@ type Column struct {
 
 func (x *Column) Reset() {
 	*x = Column{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +902,7 @@ func (x *Column) String() string {
 func (*Column) ProtoMessage() {}
 
 func (x *Column) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +915,7 @@ func (x *Column) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Column.ProtoReflect.Descriptor instead.
 func (*Column) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Column) GetSignal() uint32 {
@@ -856,7 +1036,7 @@ type ScaledValues struct {
 
 func (x *ScaledValues) Reset() {
 	*x = ScaledValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +1048,7 @@ func (x *ScaledValues) String() string {
 func (*ScaledValues) ProtoMessage() {}
 
 func (x *ScaledValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +1061,7 @@ func (x *ScaledValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaledValues.ProtoReflect.Descriptor instead.
 func (*ScaledValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ScaledValues) GetScale() float64 {
@@ -922,7 +1102,7 @@ type DoubleValues struct {
 
 func (x *DoubleValues) Reset() {
 	*x = DoubleValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1114,7 @@ func (x *DoubleValues) String() string {
 func (*DoubleValues) ProtoMessage() {}
 
 func (x *DoubleValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1127,7 @@ func (x *DoubleValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoubleValues.ProtoReflect.Descriptor instead.
 func (*DoubleValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DoubleValues) GetValues() []float64 {
@@ -967,7 +1147,7 @@ type IntValues struct {
 
 func (x *IntValues) Reset() {
 	*x = IntValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1159,7 @@ func (x *IntValues) String() string {
 func (*IntValues) ProtoMessage() {}
 
 func (x *IntValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1172,7 @@ func (x *IntValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntValues.ProtoReflect.Descriptor instead.
 func (*IntValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IntValues) GetDelta() []int64 {
@@ -1012,7 +1192,7 @@ type BoolValues struct {
 
 func (x *BoolValues) Reset() {
 	*x = BoolValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1204,7 @@ func (x *BoolValues) String() string {
 func (*BoolValues) ProtoMessage() {}
 
 func (x *BoolValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1217,7 @@ func (x *BoolValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BoolValues.ProtoReflect.Descriptor instead.
 func (*BoolValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BoolValues) GetBits() []byte {
@@ -1058,7 +1238,7 @@ type StringValues struct {
 
 func (x *StringValues) Reset() {
 	*x = StringValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1250,7 @@ func (x *StringValues) String() string {
 func (*StringValues) ProtoMessage() {}
 
 func (x *StringValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1263,7 @@ func (x *StringValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringValues.ProtoReflect.Descriptor instead.
 func (*StringValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StringValues) GetDictionary() []string {
@@ -1126,7 +1306,7 @@ type Locations struct {
 
 func (x *Locations) Reset() {
 	*x = Locations{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1318,7 @@ func (x *Locations) String() string {
 func (*Locations) ProtoMessage() {}
 
 func (x *Locations) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1331,7 @@ func (x *Locations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Locations.ProtoReflect.Descriptor instead.
 func (*Locations) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Locations) GetTimeDeltaOfDelta() []int64 {
@@ -1225,7 +1405,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1417,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1430,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ack) GetVehicleId() string {
@@ -1286,7 +1466,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1478,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1491,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SeqRange) GetEpoch() uint64 {
@@ -1349,7 +1529,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1541,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1554,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Status) GetVehicleId() string {
@@ -1426,7 +1606,7 @@ type Position struct {
 
 func (x *Position) Reset() {
 	*x = Position{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1618,7 @@ func (x *Position) String() string {
 func (*Position) ProtoMessage() {}
 
 func (x *Position) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1631,7 @@ func (x *Position) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Position.ProtoReflect.Descriptor instead.
 func (*Position) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{17}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Position) GetVehicleId() string {
@@ -1535,7 +1715,7 @@ var File_fleet_telemetry_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\"fleet/telemetry/v1/telemetry.proto\x12\x12fleet.telemetry.v1\"\xbb\x02\n" +
+	"\"fleet/telemetry/v1/telemetry.proto\x12\x12fleet.telemetry.v1\"\xd1\x02\n" +
 	"\x05Batch\x12\x1d\n" +
 	"\n" +
 	"vehicle_id\x18\x01 \x01(\tR\tvehicleId\x12\x14\n" +
@@ -1545,7 +1725,8 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\bproducer\x18\x05 \x01(\v2\x1c.fleet.telemetry.v1.ProducerR\bproducer\x12A\n" +
 	"\vcompression\x18\x06 \x01(\x0e2\x1f.fleet.telemetry.v1.CompressionR\vcompression\x12+\n" +
 	"\x11uncompressed_size\x18\a \x01(\rR\x10uncompressedSize\x12\x12\n" +
-	"\x04body\x18\b \x01(\fR\x04body\"p\n" +
+	"\x04body\x18\b \x01(\fR\x04body\x12\x14\n" +
+	"\x05coded\x18\t \x01(\fR\x05coded\"p\n" +
 	"\bProducer\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
 	"\x0eschema_version\x18\x02 \x01(\rR\rschemaVersion\x12\x18\n" +
@@ -1566,15 +1747,30 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\fsignal_delta\x18\x01 \x03(\x12R\vsignalDelta\x12\x12\n" +
 	"\x04time\x18\x02 \x03(\rR\x04time\x12\x14\n" +
 	"\x05first\x18\x03 \x03(\x12R\x05first\x12\x14\n" +
-	"\x05delta\x18\x04 \x03(\x12R\x05delta\"?\n" +
+	"\x05delta\x18\x04 \x03(\x12R\x05delta\"\x82\x01\n" +
 	"\aCatalog\x124\n" +
-	"\asignals\x18\x01 \x03(\v2\x1a.fleet.telemetry.v1.SignalR\asignals\"\x91\x01\n" +
+	"\asignals\x18\x01 \x03(\v2\x1a.fleet.telemetry.v1.SignalR\asignals\x12A\n" +
+	"\fcan_messages\x18\x02 \x03(\v2\x1e.fleet.telemetry.v1.CanMessageR\vcanMessages\"P\n" +
+	"\n" +
+	"CanMessage\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1a\n" +
+	"\bextended\x18\x02 \x01(\bR\bextended\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\rR\x06length\"`\n" +
+	"\bCanField\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\rR\amessage\x12\x1b\n" +
+	"\tstart_bit\x18\x02 \x01(\rR\bstartBit\x12\x1d\n" +
+	"\n" +
+	"big_endian\x18\x03 \x01(\bR\tbigEndian\"\xfb\x01\n" +
 	"\x06Signal\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04unit\x18\x02 \x01(\tR\x04unit\x121\n" +
 	"\x04type\x18\x03 \x01(\x0e2\x1d.fleet.telemetry.v1.ValueTypeR\x04type\x12\x14\n" +
 	"\x05scale\x18\x04 \x01(\x01R\x05scale\x12\x16\n" +
-	"\x06offset\x18\x05 \x01(\x01R\x06offset\"2\n" +
+	"\x06offset\x18\x05 \x01(\x01R\x06offset\x12\x19\n" +
+	"\braw_bits\x18\x06 \x01(\rR\arawBits\x12\x1d\n" +
+	"\n" +
+	"raw_signed\x18\a \x01(\bR\trawSigned\x12.\n" +
+	"\x03can\x18\b \x01(\v2\x1c.fleet.telemetry.v1.CanFieldR\x03can\"2\n" +
 	"\n" +
 	"TimeColumn\x12$\n" +
 	"\x0edelta_of_delta\x18\x01 \x03(\x12R\fdeltaOfDelta\"\xe3\x02\n" +
@@ -1669,7 +1865,7 @@ func file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_fleet_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_fleet_telemetry_v1_telemetry_proto_goTypes = []any{
 	(Compression)(0),     // 0: fleet.telemetry.v1.Compression
 	(ValueType)(0),       // 1: fleet.telemetry.v1.ValueType
@@ -1678,41 +1874,45 @@ var file_fleet_telemetry_v1_telemetry_proto_goTypes = []any{
 	(*Body)(nil),         // 4: fleet.telemetry.v1.Body
 	(*Packed)(nil),       // 5: fleet.telemetry.v1.Packed
 	(*Catalog)(nil),      // 6: fleet.telemetry.v1.Catalog
-	(*Signal)(nil),       // 7: fleet.telemetry.v1.Signal
-	(*TimeColumn)(nil),   // 8: fleet.telemetry.v1.TimeColumn
-	(*Column)(nil),       // 9: fleet.telemetry.v1.Column
-	(*ScaledValues)(nil), // 10: fleet.telemetry.v1.ScaledValues
-	(*DoubleValues)(nil), // 11: fleet.telemetry.v1.DoubleValues
-	(*IntValues)(nil),    // 12: fleet.telemetry.v1.IntValues
-	(*BoolValues)(nil),   // 13: fleet.telemetry.v1.BoolValues
-	(*StringValues)(nil), // 14: fleet.telemetry.v1.StringValues
-	(*Locations)(nil),    // 15: fleet.telemetry.v1.Locations
-	(*Ack)(nil),          // 16: fleet.telemetry.v1.Ack
-	(*SeqRange)(nil),     // 17: fleet.telemetry.v1.SeqRange
-	(*Status)(nil),       // 18: fleet.telemetry.v1.Status
-	(*Position)(nil),     // 19: fleet.telemetry.v1.Position
+	(*CanMessage)(nil),   // 7: fleet.telemetry.v1.CanMessage
+	(*CanField)(nil),     // 8: fleet.telemetry.v1.CanField
+	(*Signal)(nil),       // 9: fleet.telemetry.v1.Signal
+	(*TimeColumn)(nil),   // 10: fleet.telemetry.v1.TimeColumn
+	(*Column)(nil),       // 11: fleet.telemetry.v1.Column
+	(*ScaledValues)(nil), // 12: fleet.telemetry.v1.ScaledValues
+	(*DoubleValues)(nil), // 13: fleet.telemetry.v1.DoubleValues
+	(*IntValues)(nil),    // 14: fleet.telemetry.v1.IntValues
+	(*BoolValues)(nil),   // 15: fleet.telemetry.v1.BoolValues
+	(*StringValues)(nil), // 16: fleet.telemetry.v1.StringValues
+	(*Locations)(nil),    // 17: fleet.telemetry.v1.Locations
+	(*Ack)(nil),          // 18: fleet.telemetry.v1.Ack
+	(*SeqRange)(nil),     // 19: fleet.telemetry.v1.SeqRange
+	(*Status)(nil),       // 20: fleet.telemetry.v1.Status
+	(*Position)(nil),     // 21: fleet.telemetry.v1.Position
 }
 var file_fleet_telemetry_v1_telemetry_proto_depIdxs = []int32{
 	3,  // 0: fleet.telemetry.v1.Batch.producer:type_name -> fleet.telemetry.v1.Producer
 	0,  // 1: fleet.telemetry.v1.Batch.compression:type_name -> fleet.telemetry.v1.Compression
-	7,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
-	8,  // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
-	9,  // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
-	15, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
+	9,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
+	10, // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
+	11, // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
+	17, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
 	5,  // 6: fleet.telemetry.v1.Body.packed:type_name -> fleet.telemetry.v1.Packed
-	7,  // 7: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
-	1,  // 8: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
-	10, // 9: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
-	11, // 10: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
-	12, // 11: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
-	13, // 12: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
-	14, // 13: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
-	17, // 14: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	9,  // 7: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
+	7,  // 8: fleet.telemetry.v1.Catalog.can_messages:type_name -> fleet.telemetry.v1.CanMessage
+	1,  // 9: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
+	8,  // 10: fleet.telemetry.v1.Signal.can:type_name -> fleet.telemetry.v1.CanField
+	12, // 11: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
+	13, // 12: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
+	14, // 13: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
+	15, // 14: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
+	16, // 15: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
+	19, // 16: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_fleet_telemetry_v1_telemetry_proto_init() }
@@ -1720,7 +1920,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 	if File_fleet_telemetry_v1_telemetry_proto != nil {
 		return
 	}
-	file_fleet_telemetry_v1_telemetry_proto_msgTypes[7].OneofWrappers = []any{
+	file_fleet_telemetry_v1_telemetry_proto_msgTypes[9].OneofWrappers = []any{
 		(*Column_Scaled)(nil),
 		(*Column_Doubles)(nil),
 		(*Column_Ints)(nil),
@@ -1733,7 +1933,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleet_telemetry_v1_telemetry_proto_rawDesc), len(file_fleet_telemetry_v1_telemetry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
