@@ -284,5 +284,14 @@ func (v *Vehicle) latLon() (float64, float64) {
 	return math.Round(lat*1e7) / 1e7, math.Round(lon*1e7) / 1e7
 }
 
-func centi(f float64) float64 { return math.Round(f*100) / 100 }
-func milli(f float64) float64 { return math.Round(f*1000) / 1000 }
+// centi and milli round to 2 and 3 decimals, as a sensor reports. A
+// rounded -0.0004 is 0, not -0: a sensor reports no sign on zero.
+func centi(f float64) float64 { return noNegZero(math.Round(f*100) / 100) }
+func milli(f float64) float64 { return noNegZero(math.Round(f*1000) / 1000) }
+
+func noNegZero(f float64) float64 {
+	if f == 0 {
+		return 0
+	}
+	return f
+}
