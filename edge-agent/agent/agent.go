@@ -130,6 +130,9 @@ type vehicle struct {
 	spool   *spool.Spool
 	uplink  *uplink.Uplink
 	catalog *wire.Catalog // nil: batches always name their signals
+	// catalogAcked reports whether the cloud holds the catalog, so
+	// batches may refer to it (the uplink's CatalogRegistered).
+	catalogAcked func() bool
 }
 
 // catalog is the signal catalog of the configured sources, or nil.
@@ -177,7 +180,7 @@ func (a *Agent) openVehicle(id, dir string, cat *wire.Catalog) (*vehicle, error)
 		a.logger.Info("spool recovered", "vehicle", id, "epoch", fmt.Sprintf("%016x", st.Epoch), "pending_batches", st.Records,
 			"corrupt_records", st.Recovery.CorruptRecords, "new_epoch", st.Recovery.NewEpoch)
 	}
-	return &vehicle{id: id, spool: sp, uplink: u, catalog: cat}, nil
+	return &vehicle{id: id, spool: sp, uplink: u, catalog: cat, catalogAcked: u.CatalogRegistered}, nil
 }
 
 // Run collects and sends until ctx is cancelled or, with ExitWhenDone, until
@@ -357,7 +360,7 @@ func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class
 		BaseTime: base, AgentVersion: Version, Decoder: decoder, Readings: rs, Fixes: fixes,
 	}
 	opt := wire.EncodeOptions{TickNanos: c.a.cfg.TickNanos}
-	if c.v.catalog != nil && c.v.uplink.CatalogRegistered() {
+	if c.v.catalog != nil && c.v.catalogAcked() {
 		opt.Catalog = c.v.catalog // signals outside it make Encode name them all
 	}
 	payload, err := wire.Encode(batch, opt)

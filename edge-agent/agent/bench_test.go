@@ -3,7 +3,6 @@ package agent
 import (
 	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,9 +12,21 @@ import (
 
 // BenchmarkCollectPerReading is the agent's per-reading work for one
 // simulated car at about 1,000 readings per simulated second: simulate,
-// batch, encode and spool (fsync off: the disk is measured elsewhere). The
-// uplink is not running; its queue just fills.
+// batch, encode and spool (fsync off: the disk is measured elsewhere), with
+// batches naming their signals (before the cloud acks the catalog) and
+// referring to the catalog (after). The uplink is not running; its queue
+// just fills.
 func BenchmarkCollectPerReading(b *testing.B) {
+	for _, acked := range []bool{false, true} {
+		name := "names"
+		if acked {
+			name = "catalog"
+		}
+		b.Run(name, func(b *testing.B) { benchmarkCollect(b, acked) })
+	}
+}
+
+func benchmarkCollect(b *testing.B, catalogAcked bool) {
 	cfg := DefaultConfig()
 	cfg.Spool.Dir = b.TempDir()
 	cfg.Spool.Fsync = "never"
@@ -27,10 +38,15 @@ func BenchmarkCollectPerReading(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := a.openVehicle("bench-0001", b.TempDir(), nil)
+	cat, err := sim.Catalog()
 	if err != nil {
 		b.Fatal(err)
 	}
+	v, err := a.openVehicle("bench-0001", b.TempDir(), cat)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v.catalogAcked = func() bool { return catalogAcked }
 	defer v.spool.Close()
 	car := sim.NewVehicle(a.sim, 0)
 	c := a.newCollector(v)
@@ -48,5 +64,4 @@ func BenchmarkCollectPerReading(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(readings), "ns/reading")
-	_ = time.Second
 }
