@@ -1,9 +1,11 @@
 // Command agentload measures the edge agent's cost: it runs the real
 // edge-agent binary as one simulated car producing a chosen number of
-// readings per second against an in-process MQTT broker and an acker that
-// plays the cloud (acking every batch end to end), then reports the agent
-// process's peak resident memory and its CPU time per reading, read from
-// /proc. Linux only.
+// readings per second against the cloud as the car meets it — an
+// in-process MQTT broker (mochi) and the real bridge over an in-process
+// Kafka-protocol cluster (kfake), which registers the car's catalog and
+// acks its batches end to end — then reports the agent process's peak
+// resident memory and its CPU time per reading, read from /proc. Linux
+// only.
 //
 //	agentload --agent bin/edge-agent --rate 1000 --seconds 30
 package main
@@ -24,13 +26,13 @@ import (
 	"strings"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"google.golang.org/protobuf/proto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/fleetpipe/fleetpipe/bridge/relay"
+	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
-	"github.com/fleetpipe/fleetpipe/internal/wire"
-	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
 func main() {
@@ -55,20 +57,28 @@ func run(agentBin string, rate, seconds int, fsync string) error {
 	defer cancel()
 	go func() { _ = broker.Run(ctx) }()
 
-	// The cloud: ack every batch as the bridge does once Kafka holds it.
-	acker := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker.URL()).SetClientID("acker"))
-	if t := acker.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return fmt.Errorf("acker: %v", t.Error())
+	// The cloud: the bridge, over kfake, acks batches (merged, every
+	// --ack-interval) once Kafka holds them, and registers catalogs.
+	kafka, err := kfake.NewCluster(kfake.NumBrokers(1),
+		kfake.SeedTopics(1, topics.KafkaTelemetry, topics.KafkaDLQ, topics.KafkaCatalog))
+	if err != nil {
+		return err
 	}
-	defer acker.Disconnect(100)
-	acker.Subscribe(topics.TelemetryFilter, 1, func(c mqtt.Client, m mqtt.Message) {
-		id, err := wire.DecodeIdentity(m.Payload(), wire.Limits{})
-		if err != nil {
-			return
-		}
-		data, _ := proto.Marshal(&pb.Ack{VehicleId: id.VehicleID, Ranges: []*pb.SeqRange{{Epoch: id.Epoch, First: id.Seq, Last: id.Seq}}})
-		c.Publish(topics.Ack(id.VehicleID), 1, false, data)
-	}).Wait()
+	defer kafka.Close()
+	bc := relay.DefaultConfig()
+	bc.MQTT.URL = broker.URL()
+	bc.MQTT.ClientID = "agentload-bridge"
+	bc.Kafka.Brokers = cli.StringList(kafka.ListenAddrs())
+	bc.Listen = "127.0.0.1:0"
+	bc.BridgeID = "agentload"
+	bc.CreateTopics = false
+	br, err := relay.New(bc, relay.Deps{Logger: logger, Registerer: prometheus.NewRegistry(), Gatherer: prometheus.NewRegistry()})
+	if err != nil {
+		return err
+	}
+	bridgeDone := make(chan error, 1)
+	go func() { bridgeDone <- br.Run(ctx) }()
+	defer func() { cancel(); <-bridgeDone }()
 
 	// One car: each simulated second brings 2 x IMU Hz accelerometer
 	// readings, six 1 Hz signals and a fix.
