@@ -579,3 +579,47 @@ func TestAckAcrossClassesInOneCall(t *testing.T) {
 		t.Fatalf("pending %v", got)
 	}
 }
+
+// TestAckSyncRidesOnAppends: acks are fsynced by the append that comes
+// when their sync is nearly due, not by a timer of their own, so an agent
+// appending every second does not wake up to sync acks; without appends,
+// the timer still syncs them within the interval.
+func TestAckSyncRidesOnAppends(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	now := time.Date(2026, 1, 5, 8, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	s := mustOpen(t, Config{Dir: t.TempDir(), AckSyncInterval: time.Hour}, Deps{Registerer: reg, Now: clock})
+	defer s.Close()
+	seqs := appendN(t, s, 2)
+	fsyncs := func() float64 { return gather(t, reg, "fleet_agent_spool_fsync_seconds") }
+	if _, err := s.Ack(seqs[0]); err != nil {
+		t.Fatal(err)
+	}
+	before := fsyncs()
+	now = now.Add(10 * time.Minute) // the ack sync is not due yet
+	appendN(t, s, 1)
+	if got := fsyncs() - before; got != 1 {
+		t.Fatalf("an append 10 minutes after an ack: %v fsyncs, want 1 (the segment)", got)
+	}
+	now = now.Add(40 * time.Minute) // 50 minutes: due within the last quarter
+	appendN(t, s, 1)
+	if got := fsyncs() - before; got != 3 {
+		t.Fatalf("an append 50 minutes after an ack: %v fsyncs in all, want 3 (segment, then segment and ack file)", got)
+	}
+
+	// No appends: the timer syncs them.
+	s2 := mustOpen(t, Config{Dir: t.TempDir(), AckSyncInterval: 20 * time.Millisecond}, Deps{Registerer: reg})
+	defer s2.Close()
+	seqs = appendN(t, s2, 1)
+	before = fsyncs()
+	if _, err := s2.Ack(seqs[0]); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for fsyncs() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("acks not synced within 10 s without appends")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
