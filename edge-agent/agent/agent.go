@@ -133,6 +133,8 @@ type vehicle struct {
 	// catalogAcked reports whether the cloud holds the catalog, so
 	// batches may refer to it (the uplink's CatalogRegistered).
 	catalogAcked func() bool
+	// linkUp reports whether the uplink is connected (its Connected).
+	linkUp func() bool
 }
 
 // catalog is the signal catalog of the configured sources, or nil.
@@ -180,7 +182,7 @@ func (a *Agent) openVehicle(id, dir string, cat *wire.Catalog) (*vehicle, error)
 		a.logger.Info("spool recovered", "vehicle", id, "epoch", fmt.Sprintf("%016x", st.Epoch), "pending_batches", st.Records,
 			"corrupt_records", st.Recovery.CorruptRecords, "new_epoch", st.Recovery.NewEpoch)
 	}
-	return &vehicle{id: id, spool: sp, uplink: u, catalog: cat, catalogAcked: u.CatalogRegistered}, nil
+	return &vehicle{id: id, spool: sp, uplink: u, catalog: cat, catalogAcked: u.CatalogRegistered, linkUp: u.Connected}, nil
 }
 
 // Run collects and sends until ctx is cancelled or, with ExitWhenDone, until
@@ -299,17 +301,35 @@ func (c *collector) add(rs []wire.Reading, fixes []wire.Fix, now time.Time) erro
 	return nil
 }
 
-// flush spools what the batcher holds: fixes and priority signals in a
-// high-class batch, the rest in a bulk one.
+// mixedBacklog is how many unacked batches the spool may hold for a flush
+// to still be one batch.
+const mixedBacklog = 16
+
+// flush spools what the batcher holds.
+//
+// While the link is up and the spool holds no backlog, that is one batch,
+// high class if it has fixes or priority signals: one append, one fsync,
+// one publish and one ack a flush. Otherwise (an outage is filling the
+// spool, and a full spool drops bulk before high) the fixes and priority
+// signals go in a high-class batch and the rest in a bulk one, so that the
+// high-rate signals are dropped first. A batch spooled whole just before an
+// outage keeps its readings as long as its fixes.
 func (c *collector) flush() error {
 	rs, fixes, _, ok := c.b.Take()
 	if !ok {
 		return nil
 	}
 	defer c.b.Recycle(rs, fixes) // wire.Encode keeps no reference
+	if c.v.linkUp() && c.v.spool.Records() <= mixedBacklog {
+		class := spool.Bulk
+		if len(fixes) > 0 || slices.ContainsFunc(rs, c.priority) {
+			class = spool.High
+		}
+		return c.spool(rs, fixes, class)
+	}
 	high, bulk := c.high[:0], c.bulk[:0]
 	for _, r := range rs {
-		if slices.Contains(c.a.cfg.PrioritySignals, r.Signal) {
+		if c.priority(r) {
 			high = append(high, r)
 		} else {
 			bulk = append(bulk, r)
@@ -325,6 +345,11 @@ func (c *collector) flush() error {
 		return c.spool(bulk, nil, spool.Bulk)
 	}
 	return nil
+}
+
+// priority reports whether r is of a priority signal (--priority-signals).
+func (c *collector) priority(r wire.Reading) bool {
+	return slices.Contains(c.a.cfg.PrioritySignals, r.Signal)
 }
 
 // earliest is the time of the first item, the base time of a batch.

@@ -47,6 +47,7 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 		b.Fatal(err)
 	}
 	v.catalogAcked = func() bool { return catalogAcked }
+	v.linkUp = func() bool { return true }
 	defer v.spool.Close()
 	car := sim.NewVehicle(a.sim, 0)
 	c := a.newCollector(v)

@@ -25,8 +25,8 @@
 // CatalogRegistered reports true from then on: batches encoded after that
 // may refer to it instead of naming their signals.
 //
-// Live, Pending, WaitAcked and CatalogRegistered are safe for concurrent
-// use; Run runs once.
+// Live, Pending, WaitAcked, Connected and CatalogRegistered are safe for
+// concurrent use; Run runs once.
 package uplink
 
 import (
@@ -195,6 +195,10 @@ func (u *Uplink) Live(seq uint64) {
 		u.missed.Store(true)
 	}
 }
+
+// Connected reports whether the uplink is connected to the broker (and has
+// subscribed to its acks).
+func (u *Uplink) Connected() bool { return u.connected.Load() }
 
 // CatalogRegistered reports whether the cloud has acked Config.Catalog.
 func (u *Uplink) CatalogRegistered() bool { return u.registered.Load() }
