@@ -41,6 +41,9 @@ func main() {
 			fmt.Println("edge-agent: configuration OK")
 			return nil
 		}
+		if err := agent.ApplyTimerSlack(cfg.TimerSlack, logger); err != nil {
+			logger.Warn("timer slack not applied", "err", err)
+		}
 		if limit := cfg.MemoryLimit(); limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 			debug.SetMemoryLimit(limit)
 		}

@@ -68,6 +68,9 @@ type Config struct {
 	// MemoryLimitBytes is the Go runtime's soft memory limit per vehicle
 	// (see MemoryLimit); 0 leaves the runtime's default, no limit.
 	MemoryLimitBytes int64
+	// TimerSlack is how late the kernel may fire the process's timers
+	// (see ApplyTimerSlack); 0 leaves the kernel's default (50 µs).
+	TimerSlack time.Duration
 	// MaxProcs bounds the CPU cores the Go runtime uses at once
 	// (GOMAXPROCS); 0 means one per vehicle, up to the machine's cores.
 	MaxProcs int
@@ -127,6 +130,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"soft memory limit of the Go runtime per vehicle (0: none); GOMEMLIMIT, if set, wins")
 	fs.IntVar(&c.MaxProcs, "max-procs", 0,
 		"CPU cores the agent uses at once (0: one per vehicle, up to the machine's); GOMAXPROCS, if set, wins")
+	fs.DurationVar(&c.TimerSlack, "timer-slack", 10*time.Millisecond,
+		"how late the kernel may fire the agent's timers, so the board sleeps longer between wake-ups (0: the kernel's default)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
 	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "with --sim-duration: exit once every batch is acknowledged")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 2*time.Minute, "with --exit-when-done: how long to wait for the last acks")
@@ -187,6 +192,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxProcs < 0 {
 		return cli.FieldError("max-procs", "%d: want 0 (one per vehicle) or a positive count", c.MaxProcs)
+	}
+	if c.TimerSlack < 0 || c.TimerSlack > time.Second {
+		return cli.FieldError("timer-slack", "%v: want 0 to 1s", c.TimerSlack)
 	}
 	if c.MemoryLimitBytes != 0 && c.MemoryLimitBytes < 8<<20 {
 		return cli.FieldError("memory-limit-bytes", "%d: want 0 (none) or at least 8 MiB", c.MemoryLimitBytes)

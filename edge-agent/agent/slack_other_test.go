@@ -1,0 +1,9 @@
+//go:build !linux
+
+package agent
+
+// slackChild and slackChildMain exist for TestMain; the timer slack tests
+// are Linux's.
+const slackChild = "FLEET_TEST_TIMER_SLACK_CHILD"
+
+func slackChildMain() {}
