@@ -61,13 +61,15 @@ var adaptRate = func() (t [adaptLimit + 1]uint32) {
 	return t
 }()
 
-func (p *Prob) update(bit uint32) {
+// update adapts p to a decision. It has no data-dependent branch (the
+// decisions of noisy numbers are unpredictable): mask is all ones for a 1
+// and zero for a 0.
+func (p *Prob) update(mask uint32) {
 	r := adaptRate[p.n]
-	if bit == 0 {
-		p.p += uint16((uint32(probOne-p.p) * r) >> 16)
-	} else {
-		p.p -= uint16((uint32(p.p) * r) >> 16)
-	}
+	q := uint32(p.p)
+	up := ((probOne - q) * r) >> 16
+	down := (q * r) >> 16
+	p.p = uint16(q + up&^mask - down&mask)
 	if p.n < adaptLimit {
 		p.n++
 	}
@@ -129,23 +131,18 @@ func (e *Encoder) Bits() float64 { return float64(e.cost) / costScale }
 
 // Bit codes one decision (0 or 1) under p, and adapts p.
 func (e *Encoder) Bit(p *Prob, bit uint32) {
+	mask := -bit // all ones for a 1
 	if e.dry {
 		q := uint32(p.p)
-		if bit != 0 {
-			q = probOne - q
-		}
+		q = q&^mask | (probOne-q)&mask
 		e.cost += uint64(costTable[q>>costShift])
-		p.update(bit)
+		p.update(mask)
 		return
 	}
 	bound := (e.rng >> probBits) * uint32(p.p)
-	if bit == 0 {
-		e.rng = bound
-	} else {
-		e.low += uint64(bound)
-		e.rng -= bound
-	}
-	p.update(bit)
+	e.low += uint64(bound & mask)
+	e.rng = bound&^mask | (e.rng-bound)&mask
+	p.update(mask)
 	for e.rng < topValue {
 		e.rng <<= 8
 		e.shiftLow()
@@ -227,14 +224,13 @@ func (d *Decoder) Overrun() bool { return d.overrun > 0 }
 func (d *Decoder) Bit(p *Prob) uint32 {
 	bound := (d.rng >> probBits) * uint32(p.p)
 	var bit uint32
-	if d.code < bound {
-		d.rng = bound
-	} else {
-		d.code -= bound
-		d.rng -= bound
+	if d.code >= bound {
 		bit = 1
 	}
-	p.update(bit)
+	mask := -bit
+	d.code -= bound & mask
+	d.rng = bound&^mask | (d.rng-bound)&mask
+	p.update(mask)
 	for d.rng < topValue {
 		d.rng <<= 8
 		d.code = d.code<<8 | uint32(d.next())
@@ -280,6 +276,39 @@ type Int struct {
 	// number the top modelledBits bits, under its length.
 	tree [1 << treeBits]Prob // tree[1<<(n-1) + node] for n bits
 	mant [65][modelledBits]Prob
+	// Noise: the low bits of a number are as good as random when the
+	// stream's numbers differ from each other by far more. spread tracks
+	// the bit length of those differences (in 1/16 bits, learning a
+	// quarter of the way each number); the number's lowBits(spread) low
+	// bits are then coded plain, and the rest under the model: half the
+	// decisions on a noisy signal, nothing lost on a regular one (whose
+	// differences are small, so all its bits stay modelled).
+	spread uint32
+	prev   int64
+	seen   bool
+}
+
+// lowBits is how many low bits of a number go plain, for a stream whose
+// numbers differ by about 2^(spread/16): all but the top keptBits of that
+// difference.
+func lowBits(spread uint32) int {
+	return max(int(spread+8)>>4-keptBits, 0)
+}
+
+// keptBits is how many bits of a stream's typical difference stay modelled.
+const keptBits = 3
+
+// learn records x in m's spread.
+func (m *Int) learn(x int64) {
+	if m.seen { // a stream's first number is no guide to the rest
+		d := uint64(x - m.prev)
+		if int64(d) < 0 {
+			d = -d
+		}
+		l := uint32(bits.Len64(d)) << 4
+		m.spread = uint32(int32(m.spread) + (int32(l)-int32(m.spread))>>2)
+	}
+	m.prev, m.seen = x, true
 }
 
 // treeBits is the longest number whose every bit is modelled.
@@ -337,6 +366,8 @@ const modelledBits = 2
 
 // Int codes x under m.
 func (e *Encoder) Int(m *Int, x int64) {
+	low := lowBits(m.spread)
+	m.learn(x)
 	if x == 0 {
 		e.Bit(&m.zero[m.mag], 0)
 		m.mag, m.sgn = 0, 0
@@ -350,6 +381,11 @@ func (e *Encoder) Int(m *Int, x int64) {
 		u = -u
 	}
 	e.Bit(&m.sign[m.sgn], uint32(sgn-1))
+	if low > 0 {
+		// u-1 = hi<<low | lo: hi+1 is coded under the model, lo plain.
+		defer e.Direct(u-1, low)
+		u = (u-1)>>uint(low) + 1
+	}
 	n := bits.Len64(u)
 	for k := 1; k < n; k++ {
 		e.Bit(m.lengthProb(k), 1)
@@ -378,6 +414,12 @@ func (e *Encoder) Int(m *Int, x int64) {
 
 // Int decodes a number coded under m.
 func (d *Decoder) Int(m *Int) int64 {
+	x := d.number(m, lowBits(m.spread))
+	m.learn(x)
+	return x
+}
+
+func (d *Decoder) number(m *Int, low int) int64 {
 	if d.Bit(&m.zero[m.mag]) == 0 {
 		m.mag, m.sgn = 0, 0
 		return 0
@@ -406,6 +448,9 @@ func (d *Decoder) Int(m *Int) int64 {
 			u = u<<1 | uint64(d.Bit(&m.mant[n][i]))
 		}
 		u = u<<uint(rest) | d.Direct(rest)
+	}
+	if low > 0 {
+		u = ((u-1)<<uint(low) | d.Direct(low)) + 1
 	}
 	if neg {
 		u = -u

@@ -176,19 +176,3 @@ func kindOf(t pb.ValueType) (Kind, error) {
 	}
 	return 0, fmt.Errorf("value type %v", t)
 }
-
-// covers reports whether every reading's signal is in the catalog.
-func (c *Catalog) covers(rs []Reading) bool {
-	var last signalKey
-	for i := range rs {
-		k := signalKey{rs[i].Signal, rs[i].Unit, rs[i].Value.Kind}
-		if i > 0 && k == last {
-			continue
-		}
-		if _, ok := c.index[k]; !ok {
-			return false
-		}
-		last = k
-	}
-	return true
-}

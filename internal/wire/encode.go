@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -94,6 +95,10 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 		tick = DefaultTickNanos
 	}
 	body, section, err := encodeBody(b, tick, opt.Catalog)
+	if errors.Is(err, errOutsideCatalog) {
+		// A signal outside the catalog: the batch carries its own table.
+		body, section, err = encodeBody(b, tick, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -192,15 +197,16 @@ func (c *column) packedRaws() []int64 {
 	return out
 }
 
+// errOutsideCatalog stops encodeBody at a reading whose signal the
+// catalog does not have.
+var errOutsideCatalog = errors.New("wire: a signal outside the catalog")
+
 // encodeBody lays the batch out: the body holds the name table (or the
 // catalog id), the fixes and the columns that are neither integers nor
 // exact decimals; the coded section holds every time column and the
 // other value columns.
 func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, []byte, error) {
 	body := &pb.Body{TickNanos: uint64(tick)}
-	if cat != nil && !cat.covers(b.Readings) {
-		cat = nil // a signal outside the catalog: carry the table
-	}
 	if cat != nil {
 		body.CatalogId = cat.ID()
 	}
@@ -233,7 +239,11 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, []byte, error) {
 			}
 			c := &column{key: k, scale: r.Scale, offset: r.Offset, raws: []int64{}, readings: b.Readings}
 			if cat != nil {
-				c.signal = cat.index[k]
+				si, ok := cat.index[k]
+				if !ok {
+					return nil, nil, errOutsideCatalog
+				}
+				c.signal = si
 				sig := cat.signals[c.signal]
 				c.tableScale, c.tableOffset = sig.GetScale(), sig.GetOffset()
 			} else {
