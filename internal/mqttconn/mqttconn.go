@@ -150,10 +150,17 @@ type slogPrinter struct {
 	level slog.Level
 }
 
+// Println and Printf format only what the logger will keep: paho's
+// warnings come on the hot path (a PUBACK for a forgotten ID, say) and are
+// debug records here.
 func (p slogPrinter) Println(v ...any) {
-	p.l.Log(context.Background(), p.level, strings.TrimSpace(fmt.Sprintln(v...)))
+	if p.l.Enabled(context.Background(), p.level) {
+		p.l.Log(context.Background(), p.level, strings.TrimSpace(fmt.Sprintln(v...)))
+	}
 }
 
 func (p slogPrinter) Printf(format string, v ...any) {
-	p.l.Log(context.Background(), p.level, strings.TrimSpace(fmt.Sprintf(format, v...)))
+	if p.l.Enabled(context.Background(), p.level) {
+		p.l.Log(context.Background(), p.level, strings.TrimSpace(fmt.Sprintf(format, v...)))
+	}
 }
