@@ -171,12 +171,32 @@ func (r *Replayer) AdminURL() string {
 
 // Plan lists what Run would read, without reading any record.
 func (r *Replayer) Plan(ctx context.Context) (Plan, error) {
-	cl, err := kgo.NewClient(r.opts...)
+	cl, err := r.client()
 	if err != nil {
-		return Plan{}, fmt.Errorf("kafka: %w", err)
+		return Plan{}, err
 	}
 	defer cl.Close()
 	return plan(ctx, r.cfg, kadm.NewClient(cl), r.logger)
+}
+
+// client is the Kafka client of a replay: one for planning and reading
+// every range (the metrics hook belongs to one client). It consumes
+// partitions directly, as readRange adds them: no group, nothing
+// committed.
+func (r *Replayer) client() (*kgo.Client, error) {
+	opts := append(slices.Clip(r.opts),
+		// Control records (transaction markers) take offsets too; seeing
+		// them lets the loop reach the end offset when a marker is last.
+		kgo.KeepControlRecords(),
+		// If retention deletes records under us, go on from the new log
+		// start rather than fail.
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	return cl, nil
 }
 
 // Run plans the slice, then reads it into the target; with --dry-run it
@@ -190,7 +210,12 @@ func (r *Replayer) Run(ctx context.Context) (err error) {
 		go func() { defer close(done); _ = r.admin.Run(actx) }()
 		defer func() { stop(); <-done }()
 	}
-	p, err := r.Plan(ctx)
+	cl, err := r.client()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	p, err := plan(ctx, r.cfg, kadm.NewClient(cl), r.logger)
 	if err != nil {
 		return err
 	}
@@ -240,7 +265,7 @@ func (r *Replayer) Run(ctx context.Context) (err error) {
 
 	for _, rg := range p.Ranges {
 		before := r.Stats()
-		if err := r.readRange(ctx, target, rg); err != nil {
+		if err := r.readRange(ctx, cl, target, rg); err != nil {
 			return err
 		}
 		r.c.partitions.Add(1)
@@ -255,30 +280,17 @@ func (r *Replayer) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// readRange sends the records of rg to target, in offset order.
-func (r *Replayer) readRange(ctx context.Context, target Target, rg Range) error {
+// readRange sends the records of rg to target, in offset order, reading
+// rg's partition with cl from rg.Start until rg.End.
+func (r *Replayer) readRange(ctx context.Context, cl *kgo.Client, target Target, rg Range) error {
 	if rg.Start >= rg.End {
 		return nil
 	}
 	r.c.partition.Store(int64(rg.Partition))
 	r.c.offset.Store(rg.Start)
-	opts := append(slices.Clip(r.opts),
-		// Direct partition consumption: no group, nothing committed.
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{
-			r.cfg.Topic: {rg.Partition: kgo.NewOffset().At(rg.Start)},
-		}),
-		// Control records (transaction markers) take offsets too; seeing
-		// them lets the loop reach the end offset when a marker is last.
-		kgo.KeepControlRecords(),
-		// If retention deletes records under us, go on from the new log
-		// start rather than fail.
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		return fmt.Errorf("kafka: %w", err)
-	}
-	defer cl.Close()
+	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.Topic: {rg.Partition: kgo.NewOffset().At(rg.Start)}})
+	// Done with the partition: drop what was fetched past rg.End.
+	defer cl.RemoveConsumePartitions(map[string][]int32{r.cfg.Topic: {rg.Partition}})
 
 	for next := rg.Start; next < rg.End; {
 		fetches := cl.PollFetches(ctx)
