@@ -126,11 +126,15 @@ test-short:
 bench:
 	compose/loadtest/bench.sh
 
-# A short run of every fuzz target.
+# A short run of every fuzz target (FUZZTIME each).
 FUZZTIME ?= 30s
+FUZZ_TARGETS := internal/wire:FuzzDecode internal/entropy:FuzzDecode edge-agent/spool:FuzzRecordReader \
+	edge-agent/spool:FuzzOpen edge-agent/can:FuzzParseDBC edge-agent/can:FuzzCandumpLine \
+	edge-agent/gps:FuzzNMEALine edge-agent/gps:FuzzGPSDReport consumers/live-location/httpapi:FuzzQueryParameters
 .PHONY: fuzz
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./internal/wire/
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t#*:}; echo "fuzz $$pkg $$fn"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; done
 
 .PHONY: clean
 clean:
