@@ -47,8 +47,14 @@ func main() {
 		if limit := cfg.MemoryLimit(); limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 			debug.SetMemoryLimit(limit)
 		}
+		procs := cfg.Procs()
 		if os.Getenv("GOMAXPROCS") == "" {
-			runtime.GOMAXPROCS(cfg.Procs())
+			runtime.GOMAXPROCS(procs)
+		} else {
+			procs = runtime.GOMAXPROCS(0)
+		}
+		if err := agent.ApplyCPUs(cfg.CPUs, procs, logger); err != nil {
+			logger.Warn("CPUs not pinned", "err", err)
 		}
 		return a.Run(ctx)
 	})

@@ -68,6 +68,9 @@ type Config struct {
 	// MemoryLimitBytes is the Go runtime's soft memory limit per vehicle
 	// (see MemoryLimit); 0 leaves the runtime's default, no limit.
 	MemoryLimitBytes int64
+	// CPUs the agent runs on: "auto" (one CPU when it runs one vehicle on
+	// one core), "none", or a list such as "1" or "0,2-3" (see ApplyCPUs).
+	CPUs string
 	// TimerSlack is how late the kernel may fire the process's timers
 	// (see ApplyTimerSlack); 0 leaves the kernel's default (50 µs).
 	TimerSlack time.Duration
@@ -130,6 +133,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"soft memory limit of the Go runtime per vehicle (0: none); GOMEMLIMIT, if set, wins")
 	fs.IntVar(&c.MaxProcs, "max-procs", 0,
 		"CPU cores the agent uses at once (0: one per vehicle, up to the machine's); GOMAXPROCS, if set, wins")
+	fs.StringVar(&c.CPUs, "cpus", "auto",
+		"CPUs the agent runs on: a list such as 1 or 0,2-3; auto: one CPU, the last it may use, when it works on one core (one vehicle, --max-procs 1); none: any")
 	fs.DurationVar(&c.TimerSlack, "timer-slack", 10*time.Millisecond,
 		"how late the kernel may fire the agent's timers, so the board sleeps longer between wake-ups (0: the kernel's default)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
@@ -192,6 +197,11 @@ func (c Config) Validate() error {
 	}
 	if c.MaxProcs < 0 {
 		return cli.FieldError("max-procs", "%d: want 0 (one per vehicle) or a positive count", c.MaxProcs)
+	}
+	if c.CPUs != "auto" && c.CPUs != "none" {
+		if _, err := parseCPUList(c.CPUs); err != nil {
+			return cli.FieldError("cpus", "%q: %v (want auto, none or a list such as 0,2-3)", c.CPUs, err)
+		}
 	}
 	if c.TimerSlack < 0 || c.TimerSlack > time.Second {
 		return cli.FieldError("timer-slack", "%v: want 0 to 1s", c.TimerSlack)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,12 +15,17 @@ import (
 )
 
 // slackChild is set when this test binary runs as the child of
-// TestTimerSlackReachesEveryThread.
-const slackChild = "FLEET_TEST_TIMER_SLACK_CHILD"
+// TestTimerSlackReachesEveryThread ("slack") or TestCPUsPinEveryThread
+// ("cpus").
+const slackChild = "FLEET_TEST_PROCESS_CHILD"
 
-// slackChildMain applies the slack (re-executing this binary) and prints
-// the slack of threads the runtime starts afterwards.
+// slackChildMain applies the slack (re-executing this binary) or pins the
+// CPUs, and prints what threads the runtime starts afterwards have.
 func slackChildMain() {
+	if os.Getenv(slackChild) == "cpus" {
+		cpusChildMain()
+		return
+	}
 	if err := ApplyTimerSlack(20*time.Millisecond, slog.New(slog.DiscardHandler)); err != nil {
 		os.Stdout.WriteString("error: " + err.Error() + "\n")
 		os.Exit(1)
@@ -51,7 +57,7 @@ func slackChildMain() {
 // before main, hence the re-exec).
 func TestTimerSlackReachesEveryThread(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), slackChild+"=1")
+	cmd.Env = append(os.Environ(), slackChild+"=slack")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
@@ -80,5 +86,72 @@ func TestTimerSlackZeroLeavesTheKernelsDefault(t *testing.T) {
 	after, _ := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
 	if after != before {
 		t.Errorf("slack %d -> %d", before, after)
+	}
+}
+
+// cpusChildMain pins the process with --cpus auto, starts threads, and
+// prints every thread's allowed CPUs.
+func cpusChildMain() {
+	if err := ApplyCPUs("auto", 1, slog.New(slog.DiscardHandler)); err != nil {
+		os.Stdout.WriteString("error: " + err.Error() + "\n")
+		os.Exit(1)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			time.Sleep(10 * time.Millisecond) // hold the thread while others start
+		})
+	}
+	wg.Wait()
+	tasks, _ := os.ReadDir("/proc/self/task")
+	var out []string
+	for _, task := range tasks {
+		data, err := os.ReadFile("/proc/self/task/" + task.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+				out = append(out, strings.TrimSpace(v))
+			}
+		}
+	}
+	os.Stdout.WriteString("cpus " + strings.Join(out, " ") + "\n")
+	os.Exit(0)
+}
+
+// TestCPUsPinEveryThread: --cpus auto keeps every thread of a one-core
+// agent on one CPU, the last it may use, threads started later included.
+func TestCPUsPinEveryThread(t *testing.T) {
+	var allowed unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+		t.Fatal(err)
+	}
+	if allowed.Count() < 2 {
+		t.Skip("the test process may use one CPU only: nothing to pin")
+	}
+	last := 0
+	for c := range 1024 {
+		if allowed.IsSet(c) {
+			last = c
+		}
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), slackChild+"=cpus")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	line := strings.TrimSpace(string(out))
+	fields := strings.Fields(strings.TrimPrefix(line, "cpus "))
+	if !strings.HasPrefix(line, "cpus ") || len(fields) < 2 {
+		t.Fatalf("child printed %q", line)
+	}
+	for _, f := range fields {
+		if f != strconv.Itoa(last) {
+			t.Errorf("a thread may run on CPUs %s, want only %d (all: %s)", f, last, line)
+		}
 	}
 }

@@ -70,3 +70,23 @@ func baselineWithFixes(batches [][]wire.Reading, fixes [][]wire.Fix) int {
 	}
 	return wiretest.BaselineBytes(all)
 }
+
+// BenchmarkEncodeSecond encodes one simulated second at about 1,000
+// readings (agentload's car) with the catalog, per reading.
+func BenchmarkEncodeSecond(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.IMUHz = 496
+	v := NewVehicle(cfg, 0)
+	rs, fix := v.AppendStep(nil)
+	cat, err := Catalog()
+	if err != nil {
+		b.Fatal(err)
+	}
+	batch := &wire.Batch{Identity: wire.Identity{VehicleID: "sim-0001"}, BaseTime: rs[0].Time, Readings: rs, Fixes: []wire.Fix{fix}}
+	for b.Loop() {
+		if _, err := wire.Encode(batch, wire.EncodeOptions{Catalog: cat}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(b.Elapsed().Seconds()*1e9/float64(b.N*(len(rs)+1)), "ns/reading")
+}

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,16 +39,21 @@ import (
 func main() {
 	agentBin := flag.String("agent", "bin/edge-agent", "edge-agent binary")
 	rate := flag.Int("rate", 1000, "readings per second the simulated car produces (fixes included)")
-	seconds := flag.Int("seconds", 30, "measured seconds (after a 5 s warm-up)")
+	seconds := flag.Int("seconds", 30, "measured seconds (after a 5 s warm-up), split into --rounds")
+	rounds := flag.Int("rounds", 3, "measurements the seconds are split into; the CPU reported is their median")
 	fsync := flag.String("fsync", "always", "the agent's --spool-fsync")
 	flag.Parse()
-	if err := run(*agentBin, *rate, *seconds, *fsync); err != nil {
+	if *rounds < 1 || *seconds < *rounds {
+		fmt.Fprintln(os.Stderr, "agentload: want --rounds >= 1 and --seconds >= --rounds")
+		os.Exit(2)
+	}
+	if err := run(*agentBin, *rate, *seconds, *rounds, *fsync); err != nil {
 		fmt.Fprintln(os.Stderr, "agentload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(agentBin string, rate, seconds int, fsync string) error {
+func run(agentBin string, rate, seconds, rounds int, fsync string) error {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	broker, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: logger})
 	if err != nil {
@@ -106,27 +112,43 @@ func run(agentBin string, rate, seconds int, fsync string) error {
 	pid := cmd.Process.Pid
 
 	time.Sleep(5 * time.Second) // warm-up: the measurement's definition, not a wait for a condition
-	cpu0, err := cpuSeconds(pid)
-	if err != nil {
-		return err
+	// The machine's cost of a wake-up drifts with its host's load, so the
+	// measured time is split into rounds and the median reported with the
+	// spread.
+	var perReading []float64
+	var total, totalCPU, totalSecs float64
+	for range rounds {
+		cpu0, err := cpuSeconds(pid)
+		if err != nil {
+			return err
+		}
+		n0, err := readings("http://" + metricsAddr)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		time.Sleep(time.Duration(seconds) * time.Second / time.Duration(rounds))
+		cpu1, _ := cpuSeconds(pid)
+		n1, err := readings("http://" + metricsAddr)
+		if err != nil {
+			return err
+		}
+		perReading = append(perReading, (cpu1-cpu0)/(n1-n0)*1e6)
+		total += n1 - n0
+		totalCPU += cpu1 - cpu0
+		totalSecs += time.Since(t0).Seconds()
 	}
-	n0, err := readings("http://" + metricsAddr)
-	if err != nil {
-		return err
-	}
-	t0 := time.Now()
-	time.Sleep(time.Duration(seconds) * time.Second)
-	cpu1, _ := cpuSeconds(pid)
-	n1, err := readings("http://" + metricsAddr)
-	if err != nil {
-		return err
-	}
-	elapsed := time.Since(t0).Seconds()
 	hwm, rss := memory(pid)
-	got := n1 - n0
-	fmt.Printf("| readings/s (target %d, sim %d) | %.0f |\n", rate, perSecond, got/elapsed)
-	fmt.Printf("| CPU per reading | %.2f µs |\n", (cpu1-cpu0)/got*1e6)
-	fmt.Printf("| CPU | %.1f%% of one core |\n", (cpu1-cpu0)/elapsed*100)
+	sorted := slices.Clone(perReading)
+	slices.Sort(sorted)
+	spread := make([]string, len(perReading))
+	for i, v := range perReading {
+		spread[i] = fmt.Sprintf("%.2f", v)
+	}
+	fmt.Printf("| readings/s (target %d, sim %d) | %.0f |\n", rate, perSecond, total/totalSecs)
+	fmt.Printf("| CPU per reading (median of %d rounds of %d s) | %.2f µs |\n", rounds, seconds/rounds, sorted[len(sorted)/2])
+	fmt.Printf("| CPU per reading, each round | %s µs |\n", strings.Join(spread, ", "))
+	fmt.Printf("| CPU | %.1f%% of one core |\n", totalCPU/totalSecs*100)
 	fmt.Printf("| peak RSS (VmHWM) | %.1f MB |\n", hwm/1e6)
 	fmt.Printf("| RSS at the end | %.1f MB |\n", rss/1e6)
 	fmt.Printf("| spool fsync | %s |\n", fsync)
