@@ -13,7 +13,7 @@ go build -o bin/edge-agent ./edge-agent
 
 wire=$(go test -run '^$' -bench 'WireBytesPerReading' -benchtime 3x ./edge-agent/can ./edge-agent/sim)
 micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|CollectPerReading' -benchtime 2s ./edge-agent/can ./edge-agent/spool ./edge-agent/agent)
-load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_LOAD_SECONDS:-30}")
+load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_LOAD_SECONDS:-60}" --rounds 3)
 
 {
 	echo "# Benchmark report"

@@ -4,6 +4,6 @@ package agent
 
 // slackChild and slackChildMain exist for TestMain; the timer slack tests
 // are Linux's.
-const slackChild = "FLEET_TEST_TIMER_SLACK_CHILD"
+const slackChild = "FLEET_TEST_PROCESS_CHILD"
 
 func slackChildMain() {}
