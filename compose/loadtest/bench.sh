@@ -11,9 +11,11 @@ export FLEET_SHARED_DATA=${FLEET_SHARED_DATA:-$(cd .. && pwd)/shared/data}
 out=reports/bench.md
 go build -o bin/edge-agent ./edge-agent
 
+# The load first, on a quiet machine: the spool benchmarks leave gigabytes of
+# dirty page cache whose writeback slows every fsync for minutes after.
+load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_LOAD_SECONDS:-60}" --rounds 3)
 wire=$(go test -run '^$' -bench 'WireBytesPerReading' -benchtime 3x ./edge-agent/can ./edge-agent/sim)
 micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|CollectPerReading' -benchtime 2s ./edge-agent/can ./edge-agent/spool ./edge-agent/agent)
-load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_LOAD_SECONDS:-60}" --rounds 3)
 
 {
 	echo "# Benchmark report"
