@@ -361,7 +361,7 @@ func TestConfigFileValues(t *testing.T) {
 	}
 	if cfg.MQTT.URL != "ssl://mqtt.fleet.example:8883" || cfg.SimSpeedup != 10 || cfg.SimDuration != 10*time.Minute ||
 		!cfg.ExitWhenDone || cfg.BatchMaxAge != 5*time.Second || cfg.BatchMaxReadings != 2000 || cfg.TickNanos != 1_000_000 ||
-		cfg.AckTimeout != 30*time.Second || cfg.Listen != "" || cfg.DrainTimeout != 5*time.Minute {
+		cfg.AckTimeout != 30*time.Second || cfg.MQTT.ConnectTimeout != 25*time.Second || cfg.Listen != "" || cfg.DrainTimeout != 5*time.Minute {
 		t.Errorf("config %+v", cfg)
 	}
 	sc, err := cfg.SimConfig()

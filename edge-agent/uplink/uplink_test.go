@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -132,7 +134,7 @@ func newUplink(t *testing.T, url, vehicle string, cfg Config, sp *spool.Spool) *
 		sp = openSpool(t, t.TempDir())
 	}
 	cfg.VehicleID, cfg.AgentVersion = vehicle, "9.9.9"
-	cfg.MQTT = mqttconn.Config{URL: url, ClientID: vehicle, KeepAlive: 30 * time.Second}
+	cfg.MQTT = mqttconn.Config{URL: url, ClientID: vehicle, KeepAlive: 30 * time.Second, ConnectTimeout: 2 * time.Second}
 	if cfg.ReconnectMin == 0 {
 		cfg.ReconnectMin, cfg.ReconnectMax = 20*time.Millisecond, 200*time.Millisecond
 	}
@@ -382,6 +384,72 @@ func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
 		if a.count(id) == 0 {
 			t.Errorf("%v spooled while the broker was down never arrived", id)
 		}
+	}
+}
+
+// TestSilentBrokerCostsOnlyTheConnectTimeout: a connection that is accepted
+// and never answered (a broker dying as it accepts, a black-holed cellular
+// path) must not hold the uplink up past --mqtt-connect-timeout; the next
+// attempt reaches the broker.
+func TestSilentBrokerCostsOnlyTheConnectTimeout(t *testing.T) {
+	b := mqtttest.StartBroker(t)
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn // the first connection: accepted, never answered
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		_ = front.Close()
+		mu.Lock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := front.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			first := len(held) == 0
+			held = append(held, c)
+			mu.Unlock()
+			if first {
+				continue
+			}
+			up, err := net.Dial("tcp", strings.TrimPrefix(b.URL(), "tcp://"))
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, up)
+			mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); _, _ = io.Copy(up, c); _ = up.Close() }()
+			go func() { defer wg.Done(); _, _ = io.Copy(c, up); _ = c.Close() }()
+		}
+	}()
+	// newUplink's connect timeout is 2s; paho's own default (30s) is
+	// longer than Eventually waits.
+	u := newUplink(t, "tcp://"+front.Addr().String(), "veh-1", Config{}, nil)
+	mqtttest.Eventually(t, "a connection past the silent one", func() error {
+		if !u.Connected() {
+			return errors.New("not connected")
+		}
+		return nil
+	})
+	mu.Lock()
+	n := len(held)
+	mu.Unlock()
+	if n < 2 {
+		t.Fatalf("connected through %d connections; the silent one should have been given up", n)
 	}
 }
 

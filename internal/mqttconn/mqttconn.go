@@ -30,7 +30,15 @@ type Config struct {
 	CertFile  string // PEM client certificate (one per vehicle in production)
 	KeyFile   string // its private key
 	KeepAlive time.Duration
+	// ConnectTimeout bounds one connection attempt (TCP, TLS, CONNECT
+	// until CONNACK). A broker that accepts and never answers — a dying
+	// broker, a black-holed cellular path — costs this long, not forever.
+	ConnectTimeout time.Duration
 }
+
+// DefaultConnectTimeout leaves room for a TLS handshake over a slow
+// cellular link, and is half of paho's own default.
+const DefaultConnectTimeout = 15 * time.Second
 
 // RegisterFlags declares the mqtt-* flags with the given defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet, defaultURL, defaultClientID string) {
@@ -42,6 +50,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, defaultURL, defaultClientID str
 	fs.StringVar(&c.CertFile, "mqtt-cert-file", "", "PEM client certificate for mutual TLS")
 	fs.StringVar(&c.KeyFile, "mqtt-key-file", "", "PEM private key of --mqtt-cert-file")
 	fs.DurationVar(&c.KeepAlive, "mqtt-keepalive", 30*time.Second, "MQTT keepalive interval")
+	fs.DurationVar(&c.ConnectTimeout, "mqtt-connect-timeout", DefaultConnectTimeout,
+		"give up on a connection attempt (TCP, TLS, CONNECT..CONNACK) after this long, and retry")
 }
 
 // Validate names the first bad field.
@@ -72,6 +82,9 @@ func (c Config) Validate() error {
 	if c.KeepAlive < time.Second {
 		return cli.FieldError("mqtt-keepalive", "%v is below 1s", c.KeepAlive)
 	}
+	if c.ConnectTimeout < time.Second {
+		return cli.FieldError("mqtt-connect-timeout", "%v is below 1s", c.ConnectTimeout)
+	}
 	return nil
 }
 
@@ -92,6 +105,9 @@ func (c Config) ClientOptions() (*mqtt.ClientOptions, error) {
 	o.SetUsername(c.Username)
 	o.SetPassword(c.Password)
 	o.SetKeepAlive(c.KeepAlive)
+	if c.ConnectTimeout > 0 {
+		o.SetConnectTimeout(c.ConnectTimeout)
+	}
 	o.SetCleanSession(false)
 	o.SetAutoReconnect(true)
 	o.SetConnectRetry(true)

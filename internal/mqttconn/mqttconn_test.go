@@ -149,7 +149,7 @@ func connectWith(t *testing.T, cfg Config) error {
 func TestMutualTLS(t *testing.T) {
 	p := newPKI(t)
 	url := startTLSBroker(t, p)
-	base := Config{URL: url, ClientID: "car-0001", KeepAlive: 30 * time.Second}
+	base := Config{URL: url, ClientID: "car-0001", KeepAlive: 30 * time.Second, ConnectTimeout: 5 * time.Second}
 
 	good := base
 	good.CAFile, good.CertFile, good.KeyFile = p.caFile, p.certFile, p.keyFile
@@ -172,13 +172,14 @@ func TestMutualTLS(t *testing.T) {
 
 func TestValidateNamesTheFlag(t *testing.T) {
 	p := newPKI(t)
-	ok := Config{URL: "ssl://broker:8883", ClientID: "car", KeepAlive: 30 * time.Second}
+	ok := Config{URL: "ssl://broker:8883", ClientID: "car", KeepAlive: 30 * time.Second, ConnectTimeout: DefaultConnectTimeout}
 	for want, c := range map[string]Config{
-		"--mqtt-url":       {URL: "broker:8883", ClientID: "car", KeepAlive: time.Minute},
-		"--mqtt-client-id": {URL: ok.URL, KeepAlive: time.Minute},
-		"--mqtt-cert-file": {URL: ok.URL, ClientID: "car", KeepAlive: time.Minute, CertFile: p.certFile},
-		"--mqtt-ca-file":   {URL: ok.URL, ClientID: "car", KeepAlive: time.Minute, CAFile: filepath.Join(p.dir, "missing.pem")},
-		"--mqtt-keepalive": {URL: ok.URL, ClientID: "car"},
+		"--mqtt-url":             {URL: "broker:8883", ClientID: "car", KeepAlive: time.Minute},
+		"--mqtt-client-id":       {URL: ok.URL, KeepAlive: time.Minute},
+		"--mqtt-cert-file":       {URL: ok.URL, ClientID: "car", KeepAlive: time.Minute, CertFile: p.certFile},
+		"--mqtt-ca-file":         {URL: ok.URL, ClientID: "car", KeepAlive: time.Minute, CAFile: filepath.Join(p.dir, "missing.pem")},
+		"--mqtt-keepalive":       {URL: ok.URL, ClientID: "car"},
+		"--mqtt-connect-timeout": {URL: ok.URL, ClientID: "car", KeepAlive: time.Minute, ConnectTimeout: 100 * time.Millisecond},
 	} {
 		err := c.Validate()
 		if err == nil || !strings.Contains(err.Error(), want) {
