@@ -314,16 +314,28 @@ type codedCol struct {
 	decimals int     // -1: raw integers under the signal's scale; else value = raw/10^decimals
 	vals     []int64 // the raw integers
 	// The encoder's choices.
-	pred   int
-	wrap   bool
-	ref    int // predXref: index (in coding order) of the other column
-	family checksumFamily
-	cks    []int64
-	width  uint8
+	pred int
+	wrap bool
+	ref  int     // predXref: index (in coding order) of the other column
+	cks  []int64 // a checksum: the family's prediction for each row
+}
+
+// family is the checksum family of the column's predictor, 0 if none.
+func (c *codedCol) family() checksumFamily { return predFamily(c.pred) }
+
+// predFamily is the checksum family of predictor pred, 0 if none.
+func predFamily(pred int) checksumFamily {
+	if pred < predChecksum {
+		return 0
+	}
+	return checksumFamily(pred - predChecksum + 1)
 }
 
 func (c *codedCol) predictor(cols []*codedCol, info signalInfo) *valuePredictor {
-	p := &valuePredictor{pred: c.pred, family: c.family, cks: c.cks, width: c.width}
+	p := &valuePredictor{pred: c.pred, family: c.family(), cks: c.cks}
+	if p.family != 0 {
+		p.width = info.rawBits
+	}
 	if c.wrap {
 		p.rng = rawRange{bits: info.rawBits, signed: info.rawSigned}
 	}
@@ -487,7 +499,7 @@ func chooseValuePredictors(cols []*codedCol, infos []signalInfo) {
 	var m entropy.Int
 	sameTime := map[uint32][]int{} // earlier columns on each time column
 	for i, c := range cols {
-		if c.family != 0 {
+		if c.family() != 0 {
 			continue
 		}
 		info := infos[c.signal]
@@ -608,7 +620,7 @@ func chooseChecksums(cols []*codedCol, times [][]int64, infos []signalInfo) []*c
 			}
 		}
 		if best != nil && bestMiss <= len(best.vals)/maxChecksumMiss {
-			best.family, best.cks, best.width, best.pred = bestFam, bestCks, infos[best.signal].rawBits, predChecksum+int(bestFam)-1
+			best.cks, best.pred = bestCks, predChecksum+int(bestFam)-1
 			derived++
 		}
 	}
@@ -617,12 +629,12 @@ func chooseChecksums(cols []*codedCol, times [][]int64, infos []signalInfo) []*c
 	}
 	out := make([]*codedCol, 0, len(cols))
 	for _, c := range cols {
-		if c.family == 0 {
+		if c.family() == 0 {
 			out = append(out, c)
 		}
 	}
 	for _, c := range cols {
-		if c.family != 0 {
+		if c.family() != 0 {
 			out = append(out, c)
 		}
 	}
@@ -710,9 +722,11 @@ type decodedCol struct {
 	time     uint32
 	decimals int // -1: raw integers under the signal's scale
 	vals     []int64
-	derived  bool           // a checksum predicted from its frame
-	family   checksumFamily // ... with this family
+	family   checksumFamily // a checksum predicted from its frame: the family; else 0
 }
+
+// derived reports whether the column is a checksum predicted from its frame.
+func (c decodedCol) derived() bool { return c.family != 0 }
 
 // decodeCoded reads a coded section: the time columns (ticks from the
 // base time) and the value columns. It checks every count against lim
@@ -806,13 +820,13 @@ func decodeCoded(data []byte, infos []signalInfo, lim Limits) ([][]int64, []deco
 			}
 			p.ref = cols[i-int(ref)].vals
 		case pred >= predChecksum:
-			fam := checksumFamily(pred - predChecksum + 1)
+			fam := predFamily(int(pred))
 			if !info.can || info.rawSigned || c.decimals >= 0 || !fam.fits(info.rawBits) {
 				return nil, nil, malformed("coded: column %d: checksum of a signal that cannot have one", i)
 			}
 			p.family, p.width = fam, info.rawBits
 			p.cks = decodedChecksums(fam, cols, infos, info, c.time, len(ts))
-			c.derived, c.family = true, fam
+			c.family = fam
 		}
 		if canWrap(info, c.decimals, int(pred)) && d.Bit(&m.wrap) == 1 {
 			p.rng = rawRange{bits: info.rawBits, signed: info.rawSigned}
@@ -837,7 +851,7 @@ func decodedChecksums(fam checksumFamily, cols []decodedCol, infos []signalInfo,
 	var fields []frameField
 	var vals [][]int64
 	for _, o := range cols {
-		if in := infos[o.signal]; in.can && in.msg == ck.msg && o.time == time && o.decimals < 0 && !o.derived {
+		if in := infos[o.signal]; in.can && in.msg == ck.msg && o.time == time && o.decimals < 0 && !o.derived() {
 			fields = append(fields, in.field)
 			vals = append(vals, o.vals)
 		}

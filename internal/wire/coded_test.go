@@ -225,7 +225,7 @@ func TestChecksumIsPredictedFromTheFrame(t *testing.T) {
 			rs := msg.frames(500, 1, f.sum)
 			cols, size := codedColumns(t, rs, msg.cat)
 			cs := cols["MSG.CHECKSUM"]
-			if !cs.derived {
+			if !cs.derived() {
 				t.Fatalf("the checksum was coded, not predicted from the frame")
 			}
 			if cs.family != f.derived {
@@ -240,7 +240,7 @@ func TestChecksumIsPredictedFromTheFrame(t *testing.T) {
 				}
 			}
 			cols, corrupt := codedColumns(t, rs, msg.cat)
-			if !cols["MSG.CHECKSUM"].derived {
+			if !cols["MSG.CHECKSUM"].derived() {
 				t.Errorf("one bad checksum in 500 stopped the prediction")
 			}
 			if corrupt > size+16 {
@@ -263,7 +263,7 @@ func TestChecksumPredictionNeedsTheWholeFrame(t *testing.T) {
 		}
 	}
 	cols, _ := codedColumns(t, kept, msg.cat)
-	if cols["MSG.CHECKSUM"].derived {
+	if cols["MSG.CHECKSUM"].derived() {
 		t.Fatal("predicted a checksum without the frame's speed bits")
 	}
 }
