@@ -303,17 +303,25 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, []byte, error) {
 			coded = append(coded, &codedCol{signal: c.signal, time: c.time, decimals: -1, vals: c.packedRaws()})
 			continue
 		}
-		if c.value(0).Kind == KindDouble && c.raws == nil {
-			if d, raws, ok := decimalRaws(c); ok {
+		var floats []float64 // a double with no raw form under a scale
+		if c.raws == nil && c.value(0).Kind == KindDouble {
+			floats = make([]float64, len(c.rows))
+			for i := range floats {
+				floats[i] = c.value(i).Float
+			}
+			if d, raws, ok := decimalRaws(floats); ok {
 				coded = append(coded, &codedCol{signal: c.signal, time: c.time, decimals: d, vals: raws})
 				continue
 			}
 		}
 		pc := &pb.Column{Signal: c.signal, Time: c.time}
-		if c.raws != nil {
+		switch {
+		case c.raws != nil:
 			pc.Values = &pb.Column_Scaled{Scaled: &pb.ScaledValues{Scale: c.scale, Offset: c.offset, RawDelta: delta(c.raws)}}
-		} else {
-			encodeValues(pc, c)
+		case floats != nil:
+			pc.Values = &pb.Column_Doubles{Doubles: &pb.DoubleValues{Values: floats}}
+		default:
+			pc.Values = &pb.Column_Strings{Strings: stringValues(c)}
 		}
 		body.Columns = append(body.Columns, pc)
 	}
@@ -336,11 +344,7 @@ func encodeBody(b *Batch, tick int64, cat *Catalog) (*pb.Body, []byte, error) {
 
 // decimalRaws finds the fewest decimals d (0..9) such that every value of
 // a double column is exactly raw/10^d.
-func decimalRaws(c *column) (int, []int64, bool) {
-	floats := make([]float64, len(c.rows))
-	for i := range floats {
-		floats[i] = c.value(i).Float
-	}
+func decimalRaws(floats []float64) (int, []int64, bool) {
 	raws := make([]int64, len(floats))
 	for d := range len(pow10) {
 		if allExact(floats, d, raws) {
@@ -364,33 +368,23 @@ func valueType(k Kind) (pb.ValueType, error) {
 	return 0, fmt.Errorf("value has no kind (%d)", k)
 }
 
-// encodeValues fills a body column: strings, or doubles with no exact
-// integer form. (INT and BOOL columns always go to the coded section; the
-// decoder still reads them as body columns, as schema version 1 sent them.)
-func encodeValues(pc *pb.Column, c *column) {
-	n := len(c.rows)
-	switch c.value(0).Kind {
-	case KindString:
-		sv := &pb.StringValues{Index: make([]uint32, n)}
-		dict := make(map[string]uint32)
-		for i := range n {
-			str := c.value(i).Str
-			di, ok := dict[str]
-			if !ok {
-				di = uint32(len(sv.Dictionary))
-				dict[str] = di
-				sv.Dictionary = append(sv.Dictionary, str)
-			}
-			sv.Index[i] = di
+// stringValues is a string column's dictionary and each value's index in
+// it. (INT and BOOL columns always go to the coded section; the decoder
+// still reads them as body columns, as schema version 1 sent them.)
+func stringValues(c *column) *pb.StringValues {
+	sv := &pb.StringValues{Index: make([]uint32, len(c.rows))}
+	dict := make(map[string]uint32)
+	for i := range c.rows {
+		str := c.value(i).Str
+		di, ok := dict[str]
+		if !ok {
+			di = uint32(len(sv.Dictionary))
+			dict[str] = di
+			sv.Dictionary = append(sv.Dictionary, str)
 		}
-		pc.Values = &pb.Column_Strings{Strings: sv}
-	default:
-		floats := make([]float64, n)
-		for i := range floats {
-			floats[i] = c.value(i).Float
-		}
-		pc.Values = &pb.Column_Doubles{Doubles: &pb.DoubleValues{Values: floats}}
+		sv.Index[i] = di
 	}
+	return sv
 }
 
 // maxExactInt is the largest integer magnitude a float64 holds exactly.

@@ -184,13 +184,7 @@ func TestDecimalRawsPicksFewestDecimals(t *testing.T) {
 		{[]float64{math.Inf(1)}, -1},
 		{[]float64{1e300}, -1},
 	} {
-		rs := make([]Reading, len(c.in))
-		col := &column{readings: rs}
-		for i, f := range c.in {
-			rs[i].Value = Float(f)
-			col.rows = append(col.rows, int32(i))
-		}
-		d, _, ok := decimalRaws(col)
+		d, _, ok := decimalRaws(c.in)
 		switch {
 		case c.decimals < 0 && ok:
 			t.Errorf("%v: got decimals %d, want no exact form", c.in, d)
