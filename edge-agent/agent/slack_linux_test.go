@@ -27,8 +27,7 @@ func slackChildMain() {
 		return
 	}
 	if err := ApplyTimerSlack(20*time.Millisecond, slog.New(slog.DiscardHandler)); err != nil {
-		os.Stdout.WriteString("error: " + err.Error() + "\n")
-		os.Exit(1)
+		childFail(err)
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -48,27 +47,47 @@ func slackChildMain() {
 		})
 	}
 	wg.Wait()
-	os.Stdout.WriteString("slack " + strings.Join(out, " ") + "\n")
+	childReport("slack", out)
+}
+
+// childFail ends a child process with err.
+func childFail(err error) {
+	os.Stdout.WriteString("error: " + err.Error() + "\n")
+	os.Exit(1)
+}
+
+// childReport ends a child process with its one line: prefix, then fields.
+func childReport(prefix string, fields []string) {
+	os.Stdout.WriteString(prefix + " " + strings.Join(fields, " ") + "\n")
 	os.Exit(0)
+}
+
+// runChild runs this test binary as a child of the given kind and returns
+// the fields of the line it reports after prefix.
+func runChild(t *testing.T, kind, prefix string) []string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), slackChild+"="+kind)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	line := strings.TrimSpace(string(out))
+	rest, ok := strings.CutPrefix(line, prefix+" ")
+	if !ok {
+		t.Fatalf("child printed %q", line)
+	}
+	return strings.Fields(rest)
 }
 
 // TestTimerSlackReachesEveryThread: after ApplyTimerSlack, threads the Go
 // runtime starts have the slack, the monitor thread included (it starts
 // before main, hence the re-exec).
 func TestTimerSlackReachesEveryThread(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), slackChild+"=slack")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
-	line := strings.TrimSpace(string(out))
-	if !strings.HasPrefix(line, "slack ") {
-		t.Fatalf("child printed %q", line)
-	}
-	for _, s := range strings.Fields(strings.TrimPrefix(line, "slack ")) {
+	fields := runChild(t, "slack", "slack")
+	for _, s := range fields {
 		if s != "20ms" {
-			t.Errorf("a thread's timer slack is %s, want 20ms (all: %s)", s, line)
+			t.Errorf("a thread's timer slack is %s, want 20ms (all: %v)", s, fields)
 		}
 	}
 }
@@ -93,8 +112,7 @@ func TestTimerSlackZeroLeavesTheKernelsDefault(t *testing.T) {
 // prints every thread's allowed CPUs.
 func cpusChildMain() {
 	if err := ApplyCPUs("auto", 1, slog.New(slog.DiscardHandler)); err != nil {
-		os.Stdout.WriteString("error: " + err.Error() + "\n")
-		os.Exit(1)
+		childFail(err)
 	}
 	var wg sync.WaitGroup
 	for range 4 {
@@ -118,8 +136,7 @@ func cpusChildMain() {
 			}
 		}
 	}
-	os.Stdout.WriteString("cpus " + strings.Join(out, " ") + "\n")
-	os.Exit(0)
+	childReport("cpus", out)
 }
 
 // TestCPUsPinEveryThread: --cpus auto keeps every thread of a one-core
@@ -138,20 +155,13 @@ func TestCPUsPinEveryThread(t *testing.T) {
 			last = c
 		}
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), slackChild+"=cpus")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
-	line := strings.TrimSpace(string(out))
-	fields := strings.Fields(strings.TrimPrefix(line, "cpus "))
-	if !strings.HasPrefix(line, "cpus ") || len(fields) < 2 {
-		t.Fatalf("child printed %q", line)
+	fields := runChild(t, "cpus", "cpus")
+	if len(fields) < 2 {
+		t.Fatalf("the child reported %d threads: %v", len(fields), fields)
 	}
 	for _, f := range fields {
 		if f != strconv.Itoa(last) {
-			t.Errorf("a thread may run on CPUs %s, want only %d (all: %s)", f, last, line)
+			t.Errorf("a thread may run on CPUs %s, want only %d (all: %v)", f, last, fields)
 		}
 	}
 }

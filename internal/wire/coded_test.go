@@ -106,7 +106,7 @@ func (msg canMessage) frames(n int, seed uint64, sum func(d *ecan.Data) uint64) 
 func codedColumns(t *testing.T, rs []Reading, cat *Catalog) (map[string]decodedCol, int) {
 	t.Helper()
 	data := roundTrip(t, rs, rs[0].Time, cat, cat)
-	env := &pb.Batch{}
+	env := &pb.Batch{} // the body may be compressed; the coded section never is
 	if err := proto.Unmarshal(data, env); err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +119,20 @@ func codedColumns(t *testing.T, rs []Reading, cat *Catalog) (map[string]decodedC
 		byName[cat.signals[c.signal].GetName()] = c
 	}
 	return byName, len(data)
+}
+
+// unpack reads an uncompressed batch's envelope and body.
+func unpack(t *testing.T, data []byte) (*pb.Batch, *pb.Body) {
+	t.Helper()
+	env := &pb.Batch{}
+	if err := proto.Unmarshal(data, env); err != nil {
+		t.Fatal(err)
+	}
+	body := &pb.Body{}
+	if err := proto.Unmarshal(env.GetBody(), body); err != nil {
+		t.Fatalf("body: %v", err)
+	}
+	return env, body
 }
 
 // roundTrip encodes readings (with the catalog use, if not nil), checks
@@ -172,6 +186,18 @@ func hondaSum(d *ecan.Data) uint64 {
 	return 8 - s
 }
 
+// crc8Sum is a CRC-8 over the frame's first 7 bytes with the given table,
+// initial value and final XOR 0xFF (as SAE J1850 and AUTOSAR specify them).
+func crc8Sum(table *[256]byte) func(d *ecan.Data) uint64 {
+	return func(d *ecan.Data) uint64 {
+		c := byte(0xFF)
+		for _, b := range d[:7] {
+			c = table[c^b]
+		}
+		return uint64(c ^ 0xFF)
+	}
+}
+
 func TestChecksumIsPredictedFromTheFrame(t *testing.T) {
 	families := []struct {
 		name    string
@@ -204,20 +230,8 @@ func TestChecksumIsPredictedFromTheFrame(t *testing.T) {
 			}
 			return uint64(x)
 		}, xorBytes},
-		{"crc8 0x1d", 56, 8, false, func(d *ecan.Data) uint64 {
-			c := byte(0xFF)
-			for _, b := range d[:7] {
-				c = crcSAE[c^b]
-			}
-			return uint64(c ^ 0xFF)
-		}, crc8SAE},
-		{"crc8 0x2f", 56, 8, false, func(d *ecan.Data) uint64 {
-			c := byte(0xFF)
-			for _, b := range d[:7] {
-				c = crcAUTOSAR[c^b]
-			}
-			return uint64(c ^ 0xFF)
-		}, crc8AUTOSAR},
+		{"crc8 0x1d", 56, 8, false, crc8Sum(&crcSAE), crc8SAE},
+		{"crc8 0x2f", 56, 8, false, crc8Sum(&crcAUTOSAR), crc8AUTOSAR},
 	}
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
@@ -491,14 +505,7 @@ func TestDecodeRejectsMixedLayouts(t *testing.T) {
 		t.Fatal(err)
 	}
 	mutate := func(f func(env *pb.Batch, body *pb.Body)) []byte {
-		env := &pb.Batch{}
-		if err := proto.Unmarshal(good, env); err != nil {
-			t.Fatal(err)
-		}
-		body := &pb.Body{}
-		if err := proto.Unmarshal(env.GetBody(), body); err != nil {
-			t.Fatal(err)
-		}
+		env, body := unpack(t, good)
 		f(env, body)
 		env.Body, _ = proto.Marshal(body)
 		env.UncompressedSize = uint32(len(env.Body))

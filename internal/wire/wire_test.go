@@ -116,14 +116,7 @@ func TestSharedTimeColumns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &pb.Batch{}
-	if err := proto.Unmarshal(data, env); err != nil {
-		t.Fatal(err)
-	}
-	body := &pb.Body{}
-	if err := proto.Unmarshal(env.GetBody(), body); err != nil {
-		t.Fatal(err)
-	}
+	env, body := unpack(t, data)
 	if env.GetProducer().GetSchemaVersion() != SchemaVersion {
 		t.Fatalf("schema version %d", env.GetProducer().GetSchemaVersion())
 	}
