@@ -22,14 +22,15 @@ import (
 // during the first pass by one not yet pinned); the runtime's later
 // threads inherit it.
 func ApplyCPUs(spec string, procs int, logger *slog.Logger) error {
+	if spec == "none" {
+		return nil
+	}
 	var allowed unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
 		return fmt.Errorf("--cpus: %w", err)
 	}
 	var set unix.CPUSet
 	switch spec {
-	case "none":
-		return nil
 	case "auto":
 		if procs != 1 || allowed.Count() < 2 {
 			return nil
