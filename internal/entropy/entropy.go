@@ -15,8 +15,8 @@
 // spend less than a bit on a number; here a constant residual (a CAN
 // counter's +1, a checksum's fixed offset) costs almost nothing and each
 // column's model is its own. No maintained Go library exposes an adaptive
-// binary coder, hence this one (about 200 lines, fuzzed by the wire
-// package's tests).
+// binary coder, hence this one (fuzzed on its own, FuzzDecode, and inside
+// the wire package's batch decoder fuzz test).
 //
 // Decoding untrusted bytes is safe: a Decoder reads zeros past the end of
 // its input and reports that with Overrun; it never panics and its work is
