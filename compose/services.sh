@@ -12,7 +12,9 @@
 #   compose/services.sh status [SERVICE...] exit 0 only if all named services run
 #   compose/services.sh env                the FLEET_TEST_* export lines (internal/testenv)
 #
-# SERVICE is mosquitto, kafka or minio; none means all three. Every start
+# SERVICE is mosquitto, kafka or minio; none means all three. Ports are
+# 11883 (MQTT), 19092-19093 (Kafka), 19000-19001 (MinIO), each moved by
+# FLEET_SERVICES_PORT_OFFSET when it is set. Every start
 # wipes that service's state under .cache/run/ so each test run begins clean;
 # a service that is already running is stopped first. Logs stay in
 # .cache/run/SERVICE/ until the next start.
@@ -34,11 +36,15 @@ MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 PY_PACKAGES=(duckdb==2.0.0 pyarrow==26.0.1 cantools==45.1.0)
 
 HOST=127.0.0.1
-MQTT_PORT=11883
-KAFKA_PORT=19092
-KAFKA_CONTROLLER_PORT=19093
-MINIO_PORT=19000
-MINIO_CONSOLE_PORT=19001
+# FLEET_SERVICES_PORT_OFFSET moves every port, so that two checkouts (or
+# worktrees) on one machine can each run their own stack.
+PORT_OFFSET=${FLEET_SERVICES_PORT_OFFSET:-0}
+[[ $PORT_OFFSET =~ ^[0-9]{1,4}$ ]] || { echo "services: error: FLEET_SERVICES_PORT_OFFSET=$PORT_OFFSET is not a number below 10000" >&2; exit 2; }
+MQTT_PORT=$((11883 + PORT_OFFSET))
+KAFKA_PORT=$((19092 + PORT_OFFSET))
+KAFKA_CONTROLLER_PORT=$((19093 + PORT_OFFSET))
+MINIO_PORT=$((19000 + PORT_OFFSET))
+MINIO_CONSOLE_PORT=$((19001 + PORT_OFFSET))
 MINIO_USER=fleetminio
 MINIO_PASSWORD=fleetminio-secret
 KAFKA_HEAP=768m
