@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -284,18 +285,30 @@ type collector struct {
 	a          *Agent
 	v          *vehicle
 	b          *batcher.Batcher
+	live       bool           // the sources read now: batches also close on the wall clock
 	high, bulk []wire.Reading // reused between batches
 }
 
-func (a *Agent) newCollector(v *vehicle) *collector {
-	return &collector{a: a, v: v, b: batcher.New(batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings})}
+func (a *Agent) newCollector(v *vehicle, live bool) *collector {
+	return &collector{a: a, v: v, live: live, b: batcher.New(batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings})}
 }
 
-func (c *collector) add(rs []wire.Reading, fixes []wire.Fix, now time.Time) error {
+// add batches items. clock, when not zero, is the source's clock after
+// them (Unix ns): no earlier item follows, so a batch that old closes now.
+func (c *collector) add(rs []wire.Reading, fixes []wire.Fix, clock int64) error {
 	c.a.m.readings.WithLabelValues("reading").Add(float64(len(rs)))
 	c.a.m.readings.WithLabelValues("fix").Add(float64(len(fixes)))
-	c.b.Add(rs, fixes...)
-	if c.b.Due(now) {
+	if !c.b.Fits(rs, fixes) {
+		if err := c.flush(); err != nil {
+			return err
+		}
+	}
+	var now int64
+	if c.live {
+		now = time.Now().UnixNano()
+	}
+	c.b.Add(now, rs, fixes...)
+	if c.b.Full() || (clock != 0 && c.b.DueAt(clock)) || (c.live && c.b.Expired(now)) {
 		return c.flush()
 	}
 	return nil
@@ -409,14 +422,14 @@ func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class
 
 // driveSim steps one simulated car, paced by the speed-up.
 func (a *Agent) driveSim(ctx context.Context, car *sim.Vehicle, v *vehicle) error {
-	c := a.newCollector(v)
+	c := a.newCollector(v, false)
 	end := a.sim.Start.Add(a.cfg.SimDuration)
 	wallStart := time.Now()
 	var rs []wire.Reading // reused: the batcher copies what it keeps
 	for step := 1; a.cfg.SimDuration == 0 || car.Now().Before(end); step++ {
 		var fix wire.Fix
 		rs, fix = car.AppendStep(rs[:0])
-		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+		if err := c.add(rs, []wire.Fix{fix}, car.Now().UnixNano()); err != nil {
 			return err
 		}
 		if a.cfg.SimSpeedup > 0 {
@@ -431,6 +444,23 @@ func (a *Agent) driveSim(ctx context.Context, car *sim.Vehicle, v *vehicle) erro
 		}
 	}
 	return c.flush()
+}
+
+// liveSources reports whether the configured sources read a live input
+// (a SocketCAN interface, a GNSS device, gpsd) rather than a recording.
+func (a *Agent) liveSources() bool {
+	if a.cfg.has("can") && a.cfg.CAN.Interface != "" {
+		return true
+	}
+	if a.cfg.has("gps") {
+		if a.cfg.GPS.Kind == gps.KindGPSD {
+			return true
+		}
+		if st, err := os.Stat(a.cfg.GPS.Path); err == nil && st.Mode()&(os.ModeCharDevice|os.ModeNamedPipe) != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // item is what a live source hands the collector.
@@ -480,17 +510,17 @@ func (a *Agent) runSources(ctx context.Context, v *vehicle) error {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 
-	c := a.newCollector(v)
+	c := a.newCollector(v, a.liveSources())
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case it := <-items:
-			if err := c.add(it.readings, it.fixes, time.Now()); err != nil {
+			if err := c.add(it.readings, it.fixes, 0); err != nil {
 				return err
 			}
 		case <-tick.C:
-			if c.b.Due(time.Now()) {
+			if c.live && c.b.Expired(time.Now().UnixNano()) {
 				if err := c.flush(); err != nil {
 					return err
 				}
@@ -504,7 +534,7 @@ func (a *Agent) runSources(ctx context.Context, v *vehicle) error {
 			for {
 				select {
 				case it := <-items:
-					if err := c.add(it.readings, it.fixes, time.Now()); err != nil {
+					if err := c.add(it.readings, it.fixes, 0); err != nil {
 						return err
 					}
 					continue

@@ -94,6 +94,13 @@ func (a *acker) onBatch(_ mqtt.Client, msg mqtt.Message) {
 	a.client.Publish(topics.Ack(b.VehicleID), 1, false, data) // no waiting inside a paho handler
 }
 
+// payload is the bytes of a batch as it arrived.
+func (a *acker) payload(id wire.Identity) []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.raw[id]
+}
+
 func (a *acker) snapshot() (map[wire.Identity]*wire.Batch, []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

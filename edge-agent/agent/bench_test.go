@@ -50,7 +50,7 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 	v.linkUp = func() bool { return true }
 	defer v.spool.Close()
 	car := sim.NewVehicle(a.sim, 0)
-	c := a.newCollector(v)
+	c := a.newCollector(v, false)
 	readings := 0
 	var rs []wire.Reading // reused, as driveSim does
 	b.ReportAllocs()
@@ -59,7 +59,7 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 		var fix wire.Fix
 		rs, fix = car.AppendStep(rs[:0])
 		readings += len(rs) + 1
-		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+		if err := c.add(rs, []wire.Fix{fix}, car.Now().UnixNano()); err != nil {
 			b.Fatal(err)
 		}
 	}

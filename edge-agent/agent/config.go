@@ -138,7 +138,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TimerSlack, "timer-slack", 10*time.Millisecond,
 		"how late the kernel may fire the agent's timers, so the board sleeps longer between wake-ups (0: the kernel's default)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
-	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "with --sim-duration: exit once every batch is acknowledged")
+	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "exit once the sources have ended (--sim-duration run, a log replayed) and every batch is acknowledged")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 2*time.Minute, "with --exit-when-done: how long to wait for the last acks")
 }
 
@@ -209,7 +209,7 @@ func (c Config) Validate() error {
 	if c.MemoryLimitBytes != 0 && c.MemoryLimitBytes < 8<<20 {
 		return cli.FieldError("memory-limit-bytes", "%d: want 0 (none) or at least 8 MiB", c.MemoryLimitBytes)
 	}
-	if c.ExitWhenDone && c.SimDuration == 0 {
+	if c.ExitWhenDone && c.has("sim") && c.SimDuration == 0 {
 		return cli.FieldError("exit-when-done", "needs --sim-duration")
 	}
 	if c.DrainTimeout <= 0 {

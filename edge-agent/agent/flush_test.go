@@ -34,10 +34,10 @@ func TestFlushSplitsOnlyWhileSpooling(t *testing.T) {
 	up := true
 	v.linkUp = func() bool { return up }
 	car := sim.NewVehicle(a.sim, 0)
-	c := a.newCollector(v)
+	c := a.newCollector(v, false)
 	step := func() (readings int) {
 		rs, fix := car.AppendStep(nil)
-		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+		if err := c.add(rs, []wire.Fix{fix}, car.Now().UnixNano()); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.flush(); err != nil {
