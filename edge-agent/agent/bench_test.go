@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -30,9 +31,9 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 	cfg := DefaultConfig()
 	cfg.Spool.Dir = b.TempDir()
 	cfg.Spool.Fsync = "never"
-	cfg.SimIMUHz = 496
+	simOf(cfg).IMUHz = 496
 	cfg.Listen = ""
-	cfg.SimStart = "2026-01-05T08:00:00Z"
+	simOf(cfg).Start = "2026-01-05T08:00:00Z"
 	reg := prometheus.NewRegistry()
 	a, err := New(cfg, Deps{Logger: slog.New(slog.DiscardHandler), Registerer: reg, Gatherer: reg})
 	if err != nil {
@@ -42,14 +43,19 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := a.openVehicle("bench-0001", b.TempDir(), cat)
+	a.catalog = cat
+	v, err := a.openVehicle("bench-0001", b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	v.catalogAcked = func() bool { return catalogAcked }
 	v.linkUp = func() bool { return true }
 	defer v.spool.Close()
-	car := sim.NewVehicle(a.sim, 0)
+	sc, err := simOf(cfg).Sim()
+	if err != nil {
+		b.Fatal(err)
+	}
+	car := sim.NewVehicle(sc, 0)
 	c := a.newCollector(v, false)
 	readings := 0
 	var rs []wire.Reading // reused, as driveSim does
@@ -59,7 +65,7 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 		var fix wire.Fix
 		rs, fix = car.AppendStep(rs[:0])
 		readings += len(rs) + 1
-		if err := c.add(rs, []wire.Fix{fix}, car.Now().UnixNano()); err != nil {
+		if err := c.add(source.Items{Readings: rs, Fixes: []wire.Fix{fix}, Clock: car.Now().UnixNano()}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -59,8 +59,8 @@ func replayConfig(t *testing.T, url, dbc, log string, realtime bool) Config {
 	cfg := testConfig(t, url)
 	cfg.Sources = cli.StringList{"can"}
 	cfg.VehicleID = "replay-0001"
-	cfg.CAN.DBC, cfg.CAN.Candump, cfg.CAN.Realtime = dbc, log, realtime
-	cfg.SimDuration = 0
+	cc := canOf(cfg)
+	cc.DBC, cc.Candump, cc.Realtime = dbc, log, realtime
 	return cfg
 }
 

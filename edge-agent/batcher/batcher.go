@@ -118,6 +118,12 @@ func (b *Batcher) Expired(now int64) bool {
 	return !b.empty && now-b.opened >= int64(b.cfg.MaxAge)
 }
 
+// ExpiresAt is when Expired turns true (on the clock Add was given); ok is
+// false for an empty batch, which never expires.
+func (b *Batcher) ExpiresAt() (at int64, ok bool) {
+	return b.opened + int64(b.cfg.MaxAge), !b.empty
+}
+
 // Take returns what is held, with the earliest item time as base time, and
 // empties the batcher. ok is false when it held nothing. The caller owns
 // the slices; handing them back with Recycle once done lets the next batch
