@@ -36,6 +36,7 @@ import (
 	"iter"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
@@ -430,10 +432,35 @@ func (u *Uplink) notify(up bool) {
 	}
 }
 
-func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
+// MaxAckBytes bounds an ack's payload. An ack lists merged ranges of
+// seqs (about 20 bytes each) and catalog ids: a few hundred bytes in
+// practice; anything near this limit is not from the bridge.
+const MaxAckBytes = 64 << 10
+
+// decodeAck parses an ack for vehicle from bytes off the network: the size
+// is checked before parsing, and the ack must name the vehicle. Ranges
+// whose last seq precedes their first and catalog ids of the wrong length
+// are left out: they can free nothing.
+func decodeAck(payload []byte, vehicle string) (*pb.Ack, error) {
+	if len(payload) > MaxAckBytes {
+		return nil, fmt.Errorf("ack of %d bytes, limit %d", len(payload), MaxAckBytes)
+	}
 	ack := &pb.Ack{}
-	if err := proto.Unmarshal(msg.Payload(), ack); err != nil || ack.GetVehicleId() != u.cfg.VehicleID {
-		u.logger.Warn("ignoring malformed ack", "err", err, "vehicle_id", ack.GetVehicleId())
+	if err := proto.Unmarshal(payload, ack); err != nil {
+		return nil, fmt.Errorf("ack: %w", err)
+	}
+	if ack.GetVehicleId() != vehicle {
+		return nil, fmt.Errorf("ack for vehicle %.64q, not %s", ack.GetVehicleId(), vehicle)
+	}
+	ack.Ranges = slices.DeleteFunc(ack.Ranges, func(r *pb.SeqRange) bool { return r.GetLast() < r.GetFirst() })
+	ack.Catalogs = slices.DeleteFunc(ack.Catalogs, func(id []byte) bool { return len(id) != wire.CatalogIDLen })
+	return ack, nil
+}
+
+func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
+	ack, err := decodeAck(msg.Payload(), u.cfg.VehicleID)
+	if err != nil {
+		u.logger.Warn("ignoring malformed ack", "err", err)
 		return
 	}
 	select {
@@ -463,7 +490,7 @@ func (u *Uplink) applyAck(ack *pb.Ack) {
 	epoch := u.store.Epoch()
 	freed := 0
 	for _, r := range ack.GetRanges() {
-		if r.GetEpoch() != epoch || r.GetLast() < r.GetFirst() {
+		if r.GetEpoch() != epoch {
 			continue // an older spool's batches: nothing here to free
 		}
 		n, err := u.store.AckRange(r.GetFirst(), r.GetLast())
