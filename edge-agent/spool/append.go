@@ -43,7 +43,7 @@ func (s *Spool) Reserve() (uint64, error) {
 // may be appended again; under FsyncInterval the record stays spooled
 // (Pending will offer it) though a power cut may lose it.
 func (s *Spool) Append(seq uint64, payload []byte, meta Meta) error {
-	if meta.Class > High {
+	if meta.Class >= numClasses {
 		return fmt.Errorf("spool: append seq %d: unknown class %d", seq, meta.Class)
 	}
 	if len(payload) > s.cfg.MaxRecordBytes {
@@ -278,11 +278,13 @@ func (s *Spool) makeRoomLocked(need int64, meta Meta) error {
 			return ErrSpoolFull
 		}
 		var victim *segment
-		if len(s.chains[Bulk]) > 0 {
-			victim = s.chains[Bulk][0]
-		} else if len(s.chains[High]) > 0 {
-			victim = s.chains[High][0]
-		} else {
+		for _, c := range []Class{Bulk, High, Capture} {
+			if len(s.chains[c]) > 0 {
+				victim = s.chains[c][0]
+				break
+			}
+		}
+		if victim == nil {
 			return ErrTooLarge // cannot happen: Validate keeps MaxRecordBytes well below MaxBytes
 		}
 		if err := s.dropSegmentLocked(victim, ReasonFull); err != nil {

@@ -58,11 +58,11 @@ func (s *Spool) Pending(from uint64, classes ...Class) iter.Seq2[Record, error] 
 
 func classMask(classes []Class) uint8 {
 	if len(classes) == 0 {
-		return 3
+		return 1<<numClasses - 1
 	}
 	var m uint8
 	for _, c := range classes {
-		if c <= High {
+		if c < numClasses {
 			m |= 1 << c
 		}
 	}

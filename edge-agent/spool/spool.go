@@ -85,7 +85,7 @@ import (
 )
 
 // Class is a record's priority class. Under DropOldest, bulk records are
-// dropped before any high ones.
+// dropped first, then high ones, capture ones last.
 type Class uint8
 
 const (
@@ -93,6 +93,11 @@ const (
 	Bulk Class = 0
 	// High is for locations and events.
 	High Class = 1
+	// Capture is for the windows of high-priority capture rules: what a
+	// fleet asked for by name, sent ahead of any backlog.
+	Capture Class = 2
+
+	numClasses = 3
 )
 
 func (c Class) String() string {
@@ -101,6 +106,8 @@ func (c Class) String() string {
 		return "bulk"
 	case High:
 		return "high"
+	case Capture:
+		return "capture"
 	}
 	return fmt.Sprintf("class(%d)", uint8(c))
 }
@@ -210,16 +217,16 @@ type Spool struct {
 	visible   uint64 // records up to this seq are durable per the policy, and readable
 	floor     uint64 // the seq floor in STATE
 	nextIndex uint64 // of the next segment file
-	chains    [2][]*segment
-	active    [2]*segment
+	chains    [numClasses][]*segment
+	active    [numClasses]*segment
 	bytes     int64
 	records   int
 	readings  uint64
 
 	// Per class, the sealed segment last read and its open file, so
 	// reading a backlog in order opens each file once.
-	readSeg  [2]*segment
-	readFile [2]*os.File
+	readSeg  [numClasses]*segment
+	readFile [numClasses]*os.File
 	ackDirty map[*segment]struct{}
 	ackDir   bool // an ack file was created since the last ack sync
 	ackTimer *time.Timer
@@ -245,7 +252,7 @@ func (s *Spool) Stats() Stats {
 	defer s.mu.Unlock()
 	st := Stats{
 		Epoch: s.epoch, NextSeq: s.reserved + 1, Records: s.records, Readings: s.readings, Bytes: s.bytes,
-		Segments: len(s.chains[Bulk]) + len(s.chains[High]), Appends: s.appends, Corrupt: s.corrupt,
+		Segments: len(s.chains[Bulk]) + len(s.chains[High]) + len(s.chains[Capture]), Appends: s.appends, Corrupt: s.corrupt,
 		Dropped: map[string]Drops{}, Recovery: s.recovery,
 	}
 	for k, v := range s.dropped {

@@ -10,9 +10,10 @@
 // Live first: a batch handed to Live goes out at once (after a reconnect,
 // the newest ones first), so the cloud's live map is current within a
 // batch of reconnecting. Everything else still in the spool — the backlog
-// of an outage, or of a reboot — drains behind, oldest first, at
-// BacklogRate batches per second, with at most MaxInflight batches
-// awaiting their ack. Duplicates that re-sending creates are dropped
+// of an outage, or of a reboot — drains behind at BacklogRate batches per
+// second, with at most MaxInflight batches awaiting their ack: first the
+// windows of high-priority capture rules (the spool's capture class), then
+// the rest, each oldest first. Duplicates that re-sending creates are dropped
 // downstream by batch identity.
 //
 // The connection is kept up with jittered exponential backoff between
@@ -133,7 +134,9 @@ type Uplink struct {
 	up       bool
 	inflight map[uint64]inflight
 	liveQ    []uint64 // newest last
-	cursor   uint64   // next backlog seq to consider
+	// cursors are, per backlog lane (capture windows, then the rest), the
+	// next seq to consider.
+	cursors  [len(backlogLanes)]uint64
 	tokens   float64
 	lastTick time.Time
 	// idle is set when a whole backlog scan found nothing to send; the spool
@@ -278,7 +281,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.up = up
 			if up {
 				u.conn++
-				u.cursor = 0
+				u.cursors = [len(backlogLanes)]uint64{}
 				u.idle = false
 				u.catalogSentAt = time.Time{}
 				u.sendCatalog(time.Now())
@@ -535,22 +538,43 @@ func (u *Uplink) sendLive() {
 	}
 }
 
-// sendBacklog publishes the oldest unacked batches not in flight, within
-// the backlog rate and the in-flight bound.
+// backlogLanes are the spool classes the backlog drains, lane by lane:
+// the windows of high-priority capture rules first, then everything else
+// (fixes and events, signals, normal-priority windows), oldest first.
+var backlogLanes = [...][]spool.Class{{spool.Capture}, {spool.High, spool.Bulk}}
+
+// sendBacklog publishes the oldest unacked batches not in flight, capture
+// windows first, within the backlog rate and the in-flight bound.
 func (u *Uplink) sendBacklog(now time.Time) {
 	u.tokens = min(u.tokens+now.Sub(u.lastTick).Seconds()*u.cfg.BacklogRate, max(u.cfg.BacklogRate, 1))
 	u.lastTick = now
 	if !u.up || !u.connected.Load() || u.idle {
 		return
 	}
+	for lane := range backlogLanes {
+		if !u.sendLane(lane) {
+			return // out of tokens or room in flight
+		}
+	}
+	u.idle = true // a whole pass over every lane found nothing to send
+}
+
+// sendLane publishes the lane's oldest batches not in flight while tokens
+// and room in flight last, wrapping once to the lane's start (expired
+// batches go again). It reports whether the lane has nothing more to
+// send, so the next lane may go.
+func (u *Uplink) sendLane(lane int) bool {
 	wrapped := false
-	for u.tokens >= 1 && len(u.inflight) < u.cfg.MaxInflight {
+	for {
+		if u.tokens < 1 || len(u.inflight) >= u.cfg.MaxInflight {
+			return false
+		}
 		sent := false
-		for rec, err := range u.store.Pending(u.cursor) {
+		for rec, err := range u.store.Pending(u.cursors[lane], backlogLanes[lane]...) {
 			if err != nil {
 				continue
 			}
-			u.cursor = rec.Seq + 1
+			u.cursors[lane] = rec.Seq + 1
 			if _, ok := u.inflight[rec.Seq]; ok {
 				continue
 			}
@@ -560,11 +584,11 @@ func (u *Uplink) sendBacklog(now time.Time) {
 			break
 		}
 		if !sent {
-			if wrapped || u.cursor == 0 {
-				u.idle = true
-				return
+			if wrapped || u.cursors[lane] == 0 {
+				u.cursors[lane] = 0
+				return true
 			}
-			u.cursor, wrapped = 0, true // start over: expired batches go again
+			u.cursors[lane], wrapped = 0, true // start over: expired batches go again
 		}
 	}
 }
