@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/capture"
 	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/edge-agent/uplink"
 	"github.com/fleetpipe/fleetpipe/internal/admin"
@@ -69,8 +70,14 @@ type Agent struct {
 	// sources of the one vehicle (built by New, so bad files fail at
 	// start-up); nil for a fleet, whose vehicles' sources Run builds.
 	sources []source.Source
-	catalog *wire.Catalog // nil: batches always name their signals
-	decoder string        // the decoder tag batches carry
+	signals []wire.SignalSpec // of the selected sources, in --source order
+	catalog *wire.Catalog     // nil: batches always name their signals
+	decoder string            // the decoder tag batches carry
+
+	// capture holds the capture rules in force (nil without
+	// --capture-rules); each vehicle's collector compiles them.
+	capture  *captureRules
+	captureM *capture.Metrics
 }
 
 // New checks the configuration, builds the sources (loading their files:
@@ -80,11 +87,27 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, deps: deps, logger: deps.Logger}
-	cat, err := a.buildCatalog()
-	if err != nil {
-		return nil, err
+	for _, name := range cfg.Sources {
+		s, err := cfg.SourceConfigs[name].Signals()
+		if err != nil {
+			return nil, fmt.Errorf("--source %s: %w", name, err)
+		}
+		a.signals = append(a.signals, s...)
 	}
-	a.catalog = cat
+	if cfg.Catalog && len(a.signals) > 0 {
+		cat, err := wire.NewCatalog(a.signals)
+		if err != nil {
+			return nil, err
+		}
+		a.catalog = cat
+	}
+	if cfg.CaptureRules != "" {
+		rules, err := a.loadCaptureRules()
+		if err != nil {
+			return nil, err
+		}
+		a.capture = &captureRules{cfg: rules}
+	}
 	fleet, isFleet := cfg.fleet()
 	if isFleet {
 		a.decoder = fleet.Decoder()
@@ -103,6 +126,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	f := promauto.With(deps.Registerer)
 	a.upm = uplink.NewMetrics(deps.Registerer)
+	if a.capture != nil {
+		a.captureM = capture.NewMetrics(deps.Registerer)
+	}
 	a.m = metrics{
 		readings: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_readings_total",
 			Help: "Readings and fixes collected from the sources."}, []string{"kind"}),
@@ -113,6 +139,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	f.NewGauge(prometheus.GaugeOpts{Name: "fleet_agent_vehicles", Help: "Vehicles running in this process."}).Set(float64(cfg.vehicles()))
 	if cfg.Listen != "" {
+		var err error
 		if a.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer}); err != nil {
 			return nil, err
 		}
@@ -120,30 +147,11 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// sourceDeps are what every source gets.
+// sourceDeps are what every source gets. With capture rules, sources
+// also emit the readings their sampling keeps out of the live stream:
+// windows hold every signal at full rate.
 func (a *Agent) sourceDeps() source.Deps {
-	return source.Deps{Logger: a.logger, Registerer: a.deps.Registerer}
-}
-
-// buildCatalog is the signal catalog of the selected sources (their
-// signals, in --source order), or nil when --catalog is off or they
-// declare none (GPS alone: fixes need no catalog).
-func (a *Agent) buildCatalog() (*wire.Catalog, error) {
-	if !a.cfg.Catalog {
-		return nil, nil
-	}
-	var specs []wire.SignalSpec
-	for _, name := range a.cfg.Sources {
-		s, err := a.cfg.SourceConfigs[name].Signals()
-		if err != nil {
-			return nil, fmt.Errorf("--source %s: %w", name, err)
-		}
-		specs = append(specs, s...)
-	}
-	if len(specs) == 0 {
-		return nil, nil
-	}
-	return wire.NewCatalog(specs)
+	return source.Deps{Logger: a.logger, Registerer: a.deps.Registerer, Unsampled: a.cfg.CaptureRules != ""}
 }
 
 // live reports whether any selected source reads a live input, so that
@@ -164,6 +172,10 @@ func (a *Agent) live() bool {
 func (a *Agent) Run(ctx context.Context) error {
 	if a.deps.OwnProcess {
 		a.tuneProcess()
+		if a.capture != nil {
+			stop := a.reloadOnHangup()
+			defer stop()
+		}
 	}
 	ids := []string{a.cfg.VehicleID}
 	fleet, isFleet := a.cfg.fleet()

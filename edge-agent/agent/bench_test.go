@@ -56,7 +56,10 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 		b.Fatal(err)
 	}
 	car := sim.NewVehicle(sc, 0)
-	c := a.newCollector(v, false)
+	c, err := a.newCollector(v, false)
+	if err != nil {
+		b.Fatal(err)
+	}
 	readings := 0
 	var rs []wire.Reading // reused, as driveSim does
 	b.ReportAllocs()

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/batcher"
+	"github.com/fleetpipe/fleetpipe/edge-agent/capture"
 	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -23,21 +24,37 @@ type collector struct {
 	live       bool           // the sources read now: batches also close on the wall clock
 	high, bulk []wire.Reading // reused between batches
 
+	capture *capture.Engine       // nil without capture rules
+	reloads <-chan capture.Config // capture rules to put in force
+
 	readings, fixes prometheus.Counter
 }
 
-func (a *Agent) newCollector(v *vehicle, live bool) *collector {
-	return &collector{a: a, v: v, live: live,
-		b:        batcher.New(batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings}),
-		readings: a.m.readings.WithLabelValues("reading"), fixes: a.m.readings.WithLabelValues("fix")}
+func (a *Agent) batcherConfig() batcher.Config {
+	return batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings}
 }
 
-// add batches what a source emitted. A batch closes before items that
-// would stretch it to MaxAge of their own clock, when the source's clock
-// (it.Clock) says it is that old, when it is full, and, for live sources,
-// MaxAge after its first item arrived.
+func (a *Agent) newCollector(v *vehicle, live bool) (*collector, error) {
+	c := &collector{a: a, v: v, live: live, b: batcher.New(a.batcherConfig()),
+		readings: a.m.readings.WithLabelValues("reading"), fixes: a.m.readings.WithLabelValues("fix")}
+	return c, c.newCaptureEngine()
+}
+
+// add batches what a source emitted and hands it to the capture rules. A
+// batch closes before items that would stretch it to MaxAge of their own
+// clock, when the source's clock (it.Clock) says it is that old, when it
+// is full, and, for live sources, MaxAge after its first item arrived.
 func (c *collector) add(it source.Items) error {
 	rs, fixes := it.Readings, it.Fixes
+	var now int64
+	if c.live {
+		now = time.Now().UnixNano()
+	}
+	if c.capture != nil {
+		if err := c.capture.Add(it, now); err != nil {
+			return err
+		}
+	}
 	if len(rs) == 0 && len(fixes) == 0 {
 		return nil
 	}
@@ -48,10 +65,6 @@ func (c *collector) add(it source.Items) error {
 			return err
 		}
 	}
-	var now int64
-	if c.live {
-		now = time.Now().UnixNano()
-	}
 	c.b.Add(now, rs, fixes...)
 	if c.b.Full() || (it.Clock != 0 && c.b.DueAt(it.Clock)) || (c.live && c.b.Expired(now)) {
 		return c.flush()
@@ -59,12 +72,48 @@ func (c *collector) add(it source.Items) error {
 	return nil
 }
 
-// expire closes a live source's batch MaxAge after its first item arrived.
+// expire closes, on the wall clock, a live source's batch MaxAge after its
+// first item arrived, and the capture windows and parts that are due.
 func (c *collector) expire(now time.Time) error {
-	if c.live && c.b.Expired(now.UnixNano()) {
+	if !c.live {
+		return nil
+	}
+	if c.capture != nil {
+		if err := c.capture.Expire(now.UnixNano()); err != nil {
+			return err
+		}
+	}
+	if c.b.Expired(now.UnixNano()) {
 		return c.flush()
 	}
 	return nil
+}
+
+// nextExpiry is the earliest wall time expire has work at.
+func (c *collector) nextExpiry() (int64, bool) {
+	at, ok := c.b.ExpiresAt()
+	if c.capture != nil {
+		if t, open := c.capture.NextExpiry(); open && (!ok || t < at) {
+			at, ok = t, true
+		}
+	}
+	return at, ok
+}
+
+// reload puts new capture rules in force.
+func (c *collector) reload(cfg capture.Config) {
+	if err := c.capture.Reload(cfg); err != nil {
+		c.a.logger.Error("capture rules not reloaded on this vehicle", "vehicle", c.v.id, "err", err)
+	}
+}
+
+// finish spools what is left: the open batch and every open window.
+func (c *collector) finish() error {
+	err := c.flush()
+	if c.capture != nil {
+		err = errors.Join(err, c.capture.Close())
+	}
+	return err
 }
 
 // mixedBacklog is how many unacked batches the spool may hold for a flush
@@ -91,7 +140,8 @@ func (c *collector) flush() error {
 		if len(fixes) > 0 || slices.ContainsFunc(rs, c.priority) {
 			class = spool.High
 		}
-		return c.spool(rs, fixes, class)
+		_, err := c.spool(rs, fixes, class, nil)
+		return err
 	}
 	high, bulk := c.high[:0], c.bulk[:0]
 	for _, r := range rs {
@@ -103,12 +153,13 @@ func (c *collector) flush() error {
 	}
 	defer func() { clear(high); clear(bulk); c.high, c.bulk = high[:0], bulk[:0] }()
 	if len(high) > 0 || len(fixes) > 0 {
-		if err := c.spool(high, fixes, spool.High); err != nil {
+		if _, err := c.spool(high, fixes, spool.High, nil); err != nil {
 			return err
 		}
 	}
 	if len(bulk) > 0 {
-		return c.spool(bulk, nil, spool.Bulk)
+		_, err := c.spool(bulk, nil, spool.Bulk, nil)
+		return err
 	}
 	return nil
 }
@@ -135,16 +186,26 @@ func earliest(rs []wire.Reading, fixes []wire.Fix) int64 {
 	return t
 }
 
-func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class) error {
+// spool encodes a batch under the spool's next seq, appends it and hands
+// it to the uplink. A capture window's first part gets its own seq as the
+// window's id. It returns the seq, also when the batch was dropped
+// (unencodable, or refused by a full spool: counted).
+func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class, cp *wire.Capture) (uint64, error) {
 	n := len(rs) + len(fixes)
 	base := earliest(rs, fixes)
+	if n == 0 {
+		base = emptyBase(cp)
+	}
 	seq, err := c.v.spool.Reserve()
 	if err != nil {
-		return fmt.Errorf("%s: spool: %w", c.v.id, err)
+		return 0, fmt.Errorf("%s: spool: %w", c.v.id, err)
+	}
+	if cp != nil && cp.Part == 0 {
+		cp.ID = seq
 	}
 	batch := &wire.Batch{
 		Identity: wire.Identity{VehicleID: c.v.id, Epoch: c.v.spool.Epoch(), Seq: seq},
-		BaseTime: base, AgentVersion: Version, Decoder: c.a.decoder, Readings: rs, Fixes: fixes,
+		BaseTime: base, AgentVersion: Version, Decoder: c.a.decoder, Readings: rs, Fixes: fixes, Capture: cp,
 	}
 	opt := wire.EncodeOptions{TickNanos: c.a.cfg.TickNanos}
 	if c.v.catalog != nil && c.v.catalogAcked() {
@@ -154,17 +215,17 @@ func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class
 	if err != nil {
 		c.a.m.dropped.WithLabelValues("encode").Add(float64(n))
 		c.a.logger.Error("batch not encodable; dropped", "batch", batch.Identity, "err", err)
-		return nil
+		return seq, nil
 	}
 	err = c.v.spool.Append(seq, payload, spool.Meta{Class: class, Readings: uint32(n), Time: time.Unix(0, base)})
 	if errors.Is(err, spool.ErrSpoolFull) {
 		c.a.m.dropped.WithLabelValues("spool_full").Add(float64(n))
-		return nil
+		return seq, nil
 	}
 	if err != nil {
-		return fmt.Errorf("%s: spool append: %w", c.v.id, err)
+		return 0, fmt.Errorf("%s: spool append: %w", c.v.id, err)
 	}
 	c.a.m.spooled.WithLabelValues(class.String()).Inc()
 	c.v.uplink.Live(seq)
-	return nil
+	return seq, nil
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/capture"
 	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
@@ -65,6 +66,9 @@ type Config struct {
 	MaxProcs int
 	// Listen serves the agent's /metrics locally.
 	Listen string
+	// CaptureRules is the YAML file of condition-triggered capture rules
+	// (edge-agent/capture); empty: none. SIGHUP reloads it.
+	CaptureRules string
 	// ExitWhenDone makes the agent exit once its sources have ended (a
 	// finite simulation, a replayed log) and every batch is acked end to
 	// end (or DrainTimeout passes, which is an error).
@@ -122,6 +126,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TimerSlack, "timer-slack", 10*time.Millisecond,
 		"how late the kernel may fire the agent's timers, so the board sleeps longer between wake-ups (0: the kernel's default)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
+	fs.StringVar(&c.CaptureRules, "capture-rules", "",
+		"YAML file of capture rules: the signals around a condition (a harsh brake, a DTC) at full rate, sent as marked batches; SIGHUP reloads it (empty: none)")
 	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "exit once the sources have ended (--sim-duration run, a log replayed) and every batch is acknowledged")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 2*time.Minute, "with --exit-when-done: how long to wait for the last acks")
 }
@@ -180,6 +186,11 @@ func (c Config) Validate() error {
 			if !c.SourceConfigs[name].Input().Finite {
 				return cli.FieldError("exit-when-done", "needs sources that end (a log replayed, --sim-duration), and --source %s does not", name)
 			}
+		}
+	}
+	if c.CaptureRules != "" {
+		if _, err := capture.LoadConfig(c.CaptureRules); err != nil {
+			return cli.FieldError("capture-rules", "%v", err)
 		}
 	}
 	if c.DrainTimeout <= 0 {

@@ -40,7 +40,10 @@ func TestFlushSplitsOnlyWhileSpooling(t *testing.T) {
 		t.Fatal(err)
 	}
 	car := sim.NewVehicle(sc, 0)
-	c := a.newCollector(v, false)
+	c, err := a.newCollector(v, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	step := func() (readings int) {
 		rs, fix := car.AppendStep(nil)
 		if err := c.add(source.Items{Readings: rs, Fixes: []wire.Fix{fix}, Clock: car.Now().UnixNano()}); err != nil {

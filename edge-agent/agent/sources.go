@@ -71,7 +71,10 @@ func (a *Agent) runVehicle(ctx context.Context, v *vehicle, sources []source.Sou
 	go func() { wg.Wait(); close(done) }()
 	defer func() { stopSources(); <-done }()
 
-	c := a.newCollector(v, live)
+	c, err := a.newCollector(v, live)
+	if err != nil {
+		return err
+	}
 	// take collects one emitted Items and hands its buffer back.
 	take := func(b *itemBuf) error {
 		err := c.add(b.items())
@@ -92,12 +95,12 @@ func (a *Agent) runVehicle(ctx context.Context, v *vehicle, sources []source.Sou
 					return err
 				}
 			default:
-				return c.flush()
+				return c.finish()
 			}
 		}
 	}
-	// A live source's batch closes on the wall clock: the timer is armed
-	// for the open batch's expiry, and only then.
+	// A live source's batch (and capture window) closes on the wall clock:
+	// the timer is armed for the earliest expiry, and only then.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -113,6 +116,8 @@ func (a *Agent) runVehicle(ctx context.Context, v *vehicle, sources []source.Sou
 			if err := c.expire(now); err != nil {
 				return err
 			}
+		case cfg := <-c.reloads:
+			c.reload(cfg)
 		case err := <-errc:
 			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
@@ -122,7 +127,7 @@ func (a *Agent) runVehicle(ctx context.Context, v *vehicle, sources []source.Sou
 		case <-ctx.Done():
 			return drain()
 		}
-		if at, ok := c.b.ExpiresAt(); live && ok && at != armed {
+		if at, ok := c.nextExpiry(); live && ok && at != armed {
 			timer.Reset(time.Until(time.Unix(0, at)))
 			armed = at
 		}

@@ -740,7 +740,6 @@ func (e *Engine) commit(rules []*rule) {
 func (e *Engine) Reload(cfg Config) error {
 	rules, err := e.compile(cfg, e.rules)
 	if err != nil {
-		e.deps.Metrics.reloaded(false)
 		return err
 	}
 	var errs []error
@@ -754,7 +753,6 @@ func (e *Engine) Reload(cfg Config) error {
 		r.m.bufferBytes.Add(-float64(r.reportedBytes))
 	}
 	e.commit(rules)
-	e.deps.Metrics.reloaded(true)
-	e.logger.Info("capture rules in force", "rules", e.Rules())
+	e.logger.Debug("capture rules in force", "rules", e.Rules())
 	return errors.Join(errs...)
 }

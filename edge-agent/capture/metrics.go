@@ -55,7 +55,8 @@ func (m *Metrics) rule(name string) ruleMetrics {
 		readings: m.readings.WithLabelValues(name), evicted: m.evicted.WithLabelValues(name), bufferBytes: m.bufferBytes.WithLabelValues(name)}
 }
 
-func (m *Metrics) reloaded(ok bool) {
+// Reloaded counts a reload of the rules, ok or not.
+func (m *Metrics) Reloaded(ok bool) {
 	if m == nil {
 		return
 	}
