@@ -2,12 +2,14 @@ package agent
 
 import (
 	"log/slog"
+	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
 	"github.com/fleetpipe/fleetpipe/edge-agent/source"
+	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -17,18 +19,26 @@ import (
 // batches naming their signals (before the cloud acks the catalog) and
 // referring to the catalog (after). The uplink is not running; its queue
 // just fills.
+//
+// "catalog+10rules" adds the ten capture rules make bench runs the agent
+// with (compose/loadtest/agentload/ten-rules.yaml): their evaluation, their
+// buffers and the windows they send.
 func BenchmarkCollectPerReading(b *testing.B) {
 	for _, acked := range []bool{false, true} {
 		name := "names"
 		if acked {
 			name = "catalog"
 		}
-		b.Run(name, func(b *testing.B) { benchmarkCollect(b, acked) })
+		b.Run(name, func(b *testing.B) { benchmarkCollect(b, acked, "") })
 	}
+	b.Run("catalog+10rules", func(b *testing.B) {
+		benchmarkCollect(b, true, filepath.Join(testenv.RepoRoot(), "compose", "loadtest", "agentload", "ten-rules.yaml"))
+	})
 }
 
-func benchmarkCollect(b *testing.B, catalogAcked bool) {
+func benchmarkCollect(b *testing.B, catalogAcked bool, rules string) {
 	cfg := DefaultConfig()
+	cfg.CaptureRules = rules
 	cfg.Spool.Dir = b.TempDir()
 	cfg.Spool.Fsync = "never"
 	simOf(cfg).IMUHz = 496

@@ -17,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/can"
+	"github.com/fleetpipe/fleetpipe/edge-agent/capture"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
@@ -257,4 +259,31 @@ func TestSIGHUPReloadsCaptureRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLine("edge agent stopped")
+}
+
+// TestShippedCaptureRules compiles the rule files that ship: the deploy
+// example for its DBC, and the ten rules make bench runs on the
+// simulator's signals.
+func TestShippedCaptureRules(t *testing.T) {
+	sim, err := simOf(DefaultConfig()).Signals()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := can.LoadDBC(testenv.SharedData(t, civicDBC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, signals := range map[string][]wire.SignalSpec{
+		filepath.Join("edge-agent", "deploy", "capture.example.yaml"):       d.SignalSpecs(),
+		filepath.Join("compose", "loadtest", "agentload", "ten-rules.yaml"): sim,
+	} {
+		cfg, err := capture.LoadConfig(filepath.Join(testenv.RepoRoot(), file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nop := func(*capture.Batch) (uint64, error) { return 1, nil }
+		if _, err := capture.New(cfg, signals, capture.Options{}, capture.Deps{Spool: nop}); err != nil {
+			t.Errorf("%s: %v", file, err)
+		}
+	}
 }

@@ -105,9 +105,11 @@ type Rule struct {
 	MinInterval cli.Duration `yaml:"min_interval,omitempty"`
 	// Priority is high (default) or normal.
 	Priority Priority `yaml:"priority,omitempty"`
-	// BufferBytes bounds the rule's pre-trigger buffer (and the history
-	// its windowed functions keep); default 1 MiB. When it is full the
-	// oldest readings go first: the window then starts later than Before.
+	// BufferBytes bounds the readings before the trigger one window takes
+	// (and the history its windowed functions keep); default 1 MiB. The
+	// engine's shared buffer holds at most the sum of its rules' budgets.
+	// Past it the oldest readings go first: the window then starts later
+	// than Before.
 	BufferBytes ByteSize `yaml:"buffer_bytes,omitempty"`
 }
 

@@ -188,3 +188,33 @@ func TestLiveWindowsCloseOnTheWallClock(t *testing.T) {
 		t.Error("an expiry is pending with no window open")
 	}
 }
+
+// TestWindowWithoutAfter: a rule with no After sends its pre-trigger
+// readings as one window whose last part is final, once.
+func TestWindowWithoutAfter(t *testing.T) {
+	var out collected
+	r := Rule{Name: "snap", When: "ENGINE.SPEED > 100", Before: cliSeconds(1)}
+	e, err := New(Config{Rules: []Rule{r}}, testSignals, Options{Batch: testBatch}, Deps{Spool: out.spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range []float64{50, 60, 120, 130, 40} {
+		if err := e.Add(at(i*300, num("ENGINE.SPEED", v)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	finals := 0
+	for _, p := range out.parts {
+		if p.Capture.Final {
+			finals++
+		}
+	}
+	ws := out.windows(t, "snap")
+	// At 600 ms: the readings from -400 ms on, that is at 0, 300 and 600.
+	if len(ws) != 1 || finals != 1 || len(ws[0].readings) != 3 {
+		t.Fatalf("windows %+v, %d final parts; want one window of 3 readings, one final part", ws, finals)
+	}
+}

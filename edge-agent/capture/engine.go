@@ -37,17 +37,24 @@
 //
 // # Windows
 //
-// Each rule keeps the readings of its signals of the last Before in a
-// ring of 24-byte entries within its byte budget (BufferBytes, which also
-// pays for its windowed functions' history, at most 16 KiB each, twice
-// that for min_over and max_over): a full
-// ring drops its oldest readings first, and the window then starts later.
-// On a trigger the ring becomes the window's first batches; the readings
-// that follow, until After past the last trigger, stream as batches that
-// close like the live stream's. A trigger while the window is open
-// extends it; a rule's windows never overlap, so a reading is in at most
-// one window of a rule. Rules are evaluated and captured independently:
-// a reading in the windows of two rules travels once for each.
+// The engine keeps the readings of every signal a rule captures in one
+// pre-trigger buffer shared by its rules: a ring of 24-byte entries (the
+// name, unit and scale live once per signal) holding the longest Before
+// of the rules, within the sum of their byte budgets. On a trigger the
+// rule's signals from Before the trigger on — the newest of them, at most
+// its own budget (BufferBytes, less its windowed functions' history, at
+// most 16 KiB each, twice that for min_over and max_over) — become the
+// window's first batches; the readings that follow, until After past the
+// last trigger, stream as batches that close like the live stream's. A
+// full buffer drops its oldest readings first: the windows then start
+// later than their Before (counted). Sharing the buffer keeps one copy of
+// a reading however many rules capture it: ten rules of ten seconds cost
+// what one does.
+//
+// A trigger while the window is open extends it; a rule's windows never
+// overlap, so a reading is in at most one window of a rule. Rules are
+// evaluated and captured independently: a reading in the windows of two
+// rules travels once for each.
 //
 // An Engine is used from one goroutine.
 //
@@ -56,8 +63,8 @@
 //	fleet_agent_capture_triggers_total{rule}       triggers that opened or extended a window
 //	fleet_agent_capture_windows_total{rule}        windows opened
 //	fleet_agent_capture_readings_total{rule}       readings and fixes spooled in windows
-//	fleet_agent_capture_evicted_total{rule}        pre-trigger readings dropped by the byte budget
-//	fleet_agent_capture_buffer_bytes{rule}         memory of the rule's buffers, summed over vehicles
+//	fleet_agent_capture_evicted_total              pre-trigger readings dropped by the byte budget
+//	fleet_agent_capture_buffer_bytes               memory of the capture buffers, summed over vehicles
 //	fleet_agent_capture_reloads_total{result}      rule reloads, ok or error
 package capture
 
@@ -118,6 +125,11 @@ type slot struct {
 	known bool
 	t     int64
 
+	// strs and strIndex intern a string signal's values for the rings
+	// (a status takes a few values): up to maxInterned.
+	strs     []string
+	strIndex map[string]uint32
+
 	hist    []*history // windowed functions over it
 	refs    uint64     // rules whose condition reads it
 	capture uint64     // rules whose windows hold it
@@ -143,6 +155,30 @@ func (s *slot) set(r *wire.Reading) {
 	}
 }
 
+// maxInterned bounds the distinct values a string signal interns; rings
+// keep the values beyond it in a table of their own.
+const maxInterned = 1024
+
+// intern returns the index of a string value of the slot.
+func (s *slot) intern(v string) (uint32, bool) {
+	if i, ok := s.strIndex[v]; ok {
+		return i, true
+	}
+	if len(s.strs) >= maxInterned {
+		return 0, false
+	}
+	if s.strIndex == nil {
+		s.strIndex = map[string]uint32{}
+	}
+	i := uint32(len(s.strs))
+	s.strs = append(s.strs, v)
+	s.strIndex[v] = i
+	return i, true
+}
+
+// preTriggerPart bounds the readings of one pre-trigger part.
+const preTriggerPart = 2000
+
 // maxSlots bounds the signals the engine tracks: names outside the
 // catalog beyond it are not captured.
 const maxSlots = 1 << 16
@@ -165,10 +201,18 @@ type Engine struct {
 	fields [fixFields]*slot
 	prev   *slot
 
-	rules   []*rule
-	dirty   uint64 // rules to evaluate after this item
-	clocked uint64 // rules evaluated after every item
-	now     int64  // the latest item's time
+	rules []*rule
+	// ring is the pre-trigger buffer the rules share; it keeps the
+	// longest Before of the rules, within the sum of their budgets.
+	ring      *ring
+	maxBefore int64
+	dirty     uint64 // rules to evaluate after this item
+	open      uint64 // rules with a window open
+	clocked   uint64 // rules evaluated after every item
+	now       int64  // the latest item's time
+
+	reportedEvicted uint64 // what the metrics have of ring.evicted
+	reportedBytes   int64  // and of MemoryBytes
 
 	batch  Batch // reused for every part
 	rs     []wire.Reading
@@ -301,10 +345,10 @@ func (e *Engine) Add(it source.Items, arrival int64) error {
 			return err
 		}
 	}
+	e.ring.dropBefore(hi - e.maxBefore)
+	e.report()
 	for _, r := range e.rules {
-		r.report()
 		if r.w == nil {
-			r.ring.dropBefore(hi - int64(r.cfg.Before))
 			continue
 		}
 		if err := e.stream(r, arrival, it.Clock); err != nil {
@@ -350,13 +394,13 @@ func (e *Engine) reading(r *wire.Reading) {
 		}
 	}
 	e.dirty |= s.refs
-	for m := s.capture; m != 0; m &= m - 1 {
+	if s.capture == 0 {
+		return
+	}
+	e.ring.pushReading(s, r)
+	for m := s.capture & e.open; m != 0; m &= m - 1 {
 		ru := e.rules[bits.TrailingZeros64(m)]
-		if ru.w != nil {
-			ru.pending = append(ru.pending, *r)
-			continue
-		}
-		ru.ring.pushReading(s, r)
+		ru.pending = append(ru.pending, *r)
 	}
 }
 
@@ -371,13 +415,13 @@ func (e *Engine) fix(f *wire.Fix) {
 		}
 		e.dirty |= s.refs
 	}
-	for m := e.loc.capture; m != 0; m &= m - 1 {
+	if e.loc.capture == 0 {
+		return
+	}
+	e.ring.pushFix(e.loc.index, f)
+	for m := e.loc.capture & e.open; m != 0; m &= m - 1 {
 		ru := e.rules[bits.TrailingZeros64(m)]
-		if ru.w != nil {
-			ru.pendingFixes = append(ru.pendingFixes, *f)
-			continue
-		}
-		ru.ring.pushFix(e.loc.index, f)
+		ru.pendingFixes = append(ru.pendingFixes, *f)
 	}
 }
 
@@ -415,23 +459,22 @@ func (e *Engine) evaluate(r *rule, arrival int64) error {
 	w := &r.win // reused: a trigger allocates nothing
 	w.id, w.parts, w.trigger, w.start, w.end, w.endWall = 0, 0, now, start, now+after, arrival+after
 	r.w = w
-	allRs, allFixes := r.ring.drain(start, e.slots, e.rs[:0], e.fixBuf[:0])
-	defer func() { clear(allRs); e.rs, e.fixBuf = allRs[:0], allFixes[:0] }()
-	rs, fixes := allRs, allFixes
-	// The pre-trigger readings are complete: they go now, in parts of at
-	// most MaxReadings, ahead of the stream.
-	limit := max(1, e.opt.Batch.MaxReadings)
-	for len(rs)+len(fixes) > 0 {
-		n := min(len(rs), limit)
-		nf := min(len(fixes), limit-n)
-		last := n == len(rs) && nf == len(fixes)
-		if err := e.spool(r, rs[:n], fixes[:nf], last && after == 0); err != nil {
-			return err
-		}
-		rs, fixes = rs[n:], fixes[nf:]
+	e.open |= r.bit
+	// The pre-trigger readings are complete: they go now, ahead of the
+	// stream, in parts of at most preTriggerPart readings (a bounded
+	// buffer and encoder for a window of any length), at most the rule's
+	// budget's worth.
+	part := min(max(1, e.opt.Batch.MaxReadings), preTriggerPart)
+	var err error
+	e.rs, e.fixBuf, err = e.ring.window(start, r.bit, e.slots, r.maxEntries, part, e.rs, e.fixBuf,
+		func(rs []wire.Reading, fixes []wire.Fix, last bool) error {
+			return e.spool(r, rs, fixes, last && after == 0)
+		})
+	if err != nil {
+		return err
 	}
 	if after == 0 {
-		return e.close(r)
+		e.endWindow(r) // its last pre-trigger part went final
 	}
 	return nil
 }
@@ -490,8 +533,16 @@ func (e *Engine) spool(r *rule, rs []wire.Reading, fixes []wire.Fix, final bool)
 // close ends r's window: its last part goes, marked final.
 func (e *Engine) close(r *rule) error {
 	err := e.part(r, true)
-	r.hadWindow, r.lastEnd, r.w = true, r.w.end, nil
+	e.endWindow(r)
 	return err
+}
+
+// endWindow forgets r's open window; the next starts after its end.
+func (e *Engine) endWindow(r *rule) {
+	r.hadWindow, r.lastEnd, r.w = true, r.w.end, nil
+	e.open &^= r.bit
+	clear(r.pending)
+	r.pending, r.pendingFixes = r.pending[:0], r.pendingFixes[:0]
 }
 
 // Expire closes, on the wall clock now, a live source's parts MaxAge after
@@ -552,14 +603,26 @@ func (e *Engine) Close() error {
 	return errors.Join(errs...)
 }
 
-// MemoryBytes is what the rules' buffers hold, the pre-trigger rings and
+// MemoryBytes is what the capture buffers hold: the pre-trigger ring and
 // the windowed functions' histories.
 func (e *Engine) MemoryBytes() int64 {
-	var n int64
+	n := e.ring.bytes()
 	for _, r := range e.rules {
-		n += r.bytes()
+		n += r.histBytes()
 	}
 	return n
+}
+
+// report brings the buffer metrics up to date.
+func (e *Engine) report() {
+	if d := e.ring.evicted - e.reportedEvicted; d > 0 {
+		e.deps.Metrics.evict(d)
+		e.reportedEvicted = e.ring.evicted
+	}
+	if n := e.MemoryBytes(); n != e.reportedBytes {
+		e.deps.Metrics.buffer(n - e.reportedBytes)
+		e.reportedBytes = n
+	}
 }
 
 // Rules are the names of the rules in force.
@@ -589,10 +652,12 @@ type rule struct {
 	bit   uint64
 	cond  boolFn
 	clock bool // the condition reads the clock
-	ring  *ring
-	hists []*history
-	reads []*slot // the slots the condition reads
-	m     ruleMetrics
+	// maxEntries bounds the ring entries one window takes before its
+	// trigger: the rule's budget, less its histories'.
+	maxEntries int
+	hists      []*history
+	reads      []*slot // the slots the condition reads
+	m          ruleMetrics
 
 	prevTrue    bool
 	triggered   bool
@@ -604,25 +669,10 @@ type rule struct {
 
 	pending      []wire.Reading // this item's captured readings, while a window is open
 	pendingFixes []wire.Fix
-
-	reportedEvicted uint64 // what the metrics have of ring.evicted
-	reportedBytes   int64  // and of bytes
 }
 
-// report brings the rule's buffer metrics up to date.
-func (r *rule) report() {
-	if d := r.ring.evicted - r.reportedEvicted; d > 0 {
-		r.m.evicted.Add(float64(d))
-		r.reportedEvicted = r.ring.evicted
-	}
-	if n := r.bytes(); n != r.reportedBytes {
-		r.m.bufferBytes.Add(float64(n - r.reportedBytes))
-		r.reportedBytes = n
-	}
-}
-
-func (r *rule) bytes() int64 {
-	n := r.ring.bytes()
+func (r *rule) histBytes() int64 {
+	var n int64
 	for _, h := range r.hists {
 		n += h.bytes()
 	}
@@ -683,7 +733,7 @@ func (e *Engine) compile(cfg Config, old []*rule) ([]*rule, error) {
 				i, rc.BufferBytes, minBufferBytes, histories))
 			continue
 		}
-		r.ring = newRing(budget)
+		r.maxEntries = int(budget / entrySize)
 		for j, g := range rc.Signals {
 			if g == "*" || g == Location {
 				continue
@@ -709,13 +759,19 @@ func equalRules(a, b Rule) bool {
 // commit puts rules in force: each gets its bit, and every slot learns
 // which rules read and capture it.
 func (e *Engine) commit(rules []*rule) {
-	e.rules, e.clocked = rules, 0
+	e.rules, e.clocked, e.open, e.maxBefore = rules, 0, 0, 0
+	var budget int64
 	for _, s := range e.slots {
 		s.refs, s.capture, s.hist = 0, 0, nil
 	}
 	for i, r := range rules {
 		r.index, r.bit = i, 1<<i
 		r.m = e.deps.Metrics.rule(r.cfg.Name)
+		if r.w != nil {
+			e.open |= r.bit
+		}
+		e.maxBefore = max(e.maxBefore, int64(r.cfg.Before))
+		budget += int64(r.maxEntries) * entrySize
 		if r.clock {
 			e.clocked |= r.bit
 		}
@@ -732,6 +788,10 @@ func (e *Engine) commit(rules []*rule) {
 		}
 	}
 	e.dirty = 0
+	if e.ring == nil {
+		e.ring = newRing(budget)
+	}
+	e.ring.budget = budget // a smaller budget evicts at the next push
 }
 
 // Reload puts the rules of cfg in force. Rules that did not change keep
@@ -744,13 +804,9 @@ func (e *Engine) Reload(cfg Config) error {
 	}
 	var errs []error
 	for _, r := range e.rules {
-		if slices.Contains(rules, r) {
-			continue
-		}
-		if r.w != nil {
+		if !slices.Contains(rules, r) && r.w != nil {
 			errs = append(errs, e.close(r))
 		}
-		r.m.bufferBytes.Add(-float64(r.reportedBytes))
 	}
 	e.commit(rules)
 	e.logger.Debug("capture rules in force", "rules", e.Rules())

@@ -8,9 +8,10 @@ import (
 // Metrics are the capture metrics (see the package documentation), shared
 // by the engines of a process. A nil *Metrics counts nothing.
 type Metrics struct {
-	triggers, windows, readings, evicted *prometheus.CounterVec
-	bufferBytes                          *prometheus.GaugeVec
-	reloads                              *prometheus.CounterVec
+	triggers, windows, readings *prometheus.CounterVec
+	evicted                     prometheus.Counter
+	bufferBytes                 prometheus.Gauge
+	reloads                     *prometheus.CounterVec
 }
 
 // NewMetrics registers the capture metrics on reg.
@@ -23,19 +24,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Capture windows opened, by rule."}, []string{"rule"}),
 		readings: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_capture_readings_total",
 			Help: "Readings and fixes spooled in capture windows, by rule."}, []string{"rule"}),
-		evicted: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_capture_evicted_total",
-			Help: "Pre-trigger readings dropped because the rule's buffer was full (its windows then start later than before), by rule."}, []string{"rule"}),
-		bufferBytes: f.NewGaugeVec(prometheus.GaugeOpts{Name: "fleet_agent_capture_buffer_bytes",
-			Help: "Memory of a rule's pre-trigger buffer and history, summed over the process's vehicles, by rule."}, []string{"rule"}),
+		evicted: f.NewCounter(prometheus.CounterOpts{Name: "fleet_agent_capture_evicted_total",
+			Help: "Pre-trigger readings dropped because the capture buffer was full (windows then start later than their rule's before)."}),
+		bufferBytes: f.NewGauge(prometheus.GaugeOpts{Name: "fleet_agent_capture_buffer_bytes",
+			Help: "Memory of the capture buffers (pre-trigger readings, windowed functions' history), summed over the process's vehicles."}),
 		reloads: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_capture_reloads_total",
 			Help: "Capture rule reloads (SIGHUP), by result: ok, or error (the rules in force stay)."}, []string{"result"}),
 	}
 }
 
-// ruleMetrics are one rule's series; the zero value counts nothing.
+// ruleMetrics are one rule's series.
 type ruleMetrics struct {
-	triggers, windows, readings, evicted prometheus.Counter
-	bufferBytes                          prometheus.Gauge
+	triggers, windows, readings prometheus.Counter
 }
 
 type nopCounter struct{ prometheus.Counter }
@@ -43,16 +43,24 @@ type nopCounter struct{ prometheus.Counter }
 func (nopCounter) Inc()        {}
 func (nopCounter) Add(float64) {}
 
-type nopGauge struct{ prometheus.Gauge }
-
-func (nopGauge) Add(float64) {}
-
 func (m *Metrics) rule(name string) ruleMetrics {
 	if m == nil {
-		return ruleMetrics{triggers: nopCounter{}, windows: nopCounter{}, readings: nopCounter{}, evicted: nopCounter{}, bufferBytes: nopGauge{}}
+		return ruleMetrics{triggers: nopCounter{}, windows: nopCounter{}, readings: nopCounter{}}
 	}
 	return ruleMetrics{triggers: m.triggers.WithLabelValues(name), windows: m.windows.WithLabelValues(name),
-		readings: m.readings.WithLabelValues(name), evicted: m.evicted.WithLabelValues(name), bufferBytes: m.bufferBytes.WithLabelValues(name)}
+		readings: m.readings.WithLabelValues(name)}
+}
+
+func (m *Metrics) evict(n uint64) {
+	if m != nil {
+		m.evicted.Add(float64(n))
+	}
+}
+
+func (m *Metrics) buffer(delta int64) {
+	if m != nil {
+		m.bufferBytes.Add(float64(delta))
+	}
 }
 
 // Reloaded counts a reload of the rules, ok or not.

@@ -23,7 +23,8 @@ const (
 	entryRaw                   // bits: the raw integer of a DBC double (value = raw*scale+offset of the slot)
 	entryInt                   // bits: int64
 	entryBool                  // bits: 0 or 1
-	entryString                // bits: index into the ring's string table
+	entryString                // bits unused: the value is in the ring's string table
+	entryInterned              // bits: index into the slot's string values
 	entryFix                   // a fix: bits the latitude; the next fixFields-1 entries the rest
 	entryFixField              // lon, alt, speed, heading, accuracy, in that order
 )
@@ -39,11 +40,12 @@ const (
 	firstEntries   = 64
 )
 
-// ring is a rule's pre-trigger buffer: entries in arrival order, at most
-// as many as its byte budget holds, counting the string table. Pushing
-// into a full ring evicts the oldest entries (a fix's fields together).
-// Growth doubles the storage, so the ring costs what its signals need up
-// to the budget, never more.
+// ring is the engine's pre-trigger buffer, shared by its rules: the
+// entries of every signal a rule captures, in arrival order, for as long
+// as the longest Before, at most as many as its byte budget holds
+// (counting the string table). Pushing into a full ring evicts the oldest
+// entries (a fix's fields together). The storage grows as the signals
+// need, up to the budget, never more.
 type ring struct {
 	budget  int64
 	buf     []entry
@@ -84,7 +86,13 @@ func (r *ring) room(k int) {
 		return
 	}
 	if limit := r.limit(); len(r.buf) < limit {
-		r.grow(min(max(firstEntries, 2*len(r.buf), r.n+k), limit))
+		// Doubling while small, then by a quarter: a full ring wastes at
+		// most a fifth of its storage.
+		next := 2 * len(r.buf)
+		if len(r.buf) >= 4096 {
+			next = len(r.buf) + len(r.buf)/4
+		}
+		r.grow(min(max(firstEntries, next, r.n+k), limit))
 	}
 	for r.n+k > len(r.buf) && r.n > 0 {
 		r.evictFront()
@@ -153,6 +161,10 @@ func (r *ring) pushReading(s *slot, rd *wire.Reading) {
 			e.bits = 1
 		}
 	case wire.KindString:
+		if i, ok := s.intern(rd.Value.Str); ok {
+			e.kind, e.bits = entryInterned, uint64(i)
+			break
+		}
 		r.pushString(rd.Time, s.index, rd.Value.Str)
 		return
 	default:
@@ -218,56 +230,95 @@ func (r *ring) dropBefore(t int64) {
 	}
 }
 
-// oldest is the time of the first entry; ok is false when empty.
-func (r *ring) oldest() (int64, bool) {
-	if r.n == 0 {
-		return 0, false
+// reading rebuilds the reading of entry j (not a fix's).
+func (r *ring) reading(j int, slots []*slot) wire.Reading {
+	e := r.buf[j]
+	s := slots[e.slot]
+	rd := wire.Reading{Signal: s.name, Unit: s.unit, Time: e.t}
+	switch e.kind {
+	case entryFloat:
+		rd.Value = wire.Float(math.Float64frombits(e.bits))
+	case entryRaw:
+		rd.Scale, rd.Offset, rd.Raw = s.scale, s.offset, int64(e.bits)
+		rd.Value = wire.Float(wire.Physical(rd.Raw, s.scale, s.offset))
+	case entryInt:
+		rd.Value = wire.Int(int64(e.bits))
+	case entryBool:
+		rd.Value = wire.Bool(e.bits != 0)
+	case entryInterned:
+		rd.Value = wire.String(s.strs[e.bits])
+	case entryString:
+		rd.Value = wire.String(r.strs[j])
 	}
-	return r.buf[r.head].t, true
+	return rd
 }
 
-// drain appends the entries timed at or after start, as readings and
-// fixes, and empties the ring.
-func (r *ring) drain(start int64, slots []*slot, rs []wire.Reading, fixes []wire.Fix) ([]wire.Reading, []wire.Fix) {
-	for i := 0; i < r.n; i++ {
-		j := r.index(i)
-		e := r.buf[j]
+// fix rebuilds the fix whose first entry is the i-th.
+func (r *ring) fix(i int) wire.Fix {
+	var v [fixFields]float64
+	for k := range fixFields {
+		v[k] = math.Float64frombits(r.buf[r.index(i+k)].bits)
+	}
+	return wire.Fix{Time: r.buf[r.index(i)].t, Lat: v[0], Lon: v[1], Alt: v[2], Speed: v[3], Heading: v[4], Accuracy: v[5]}
+}
+
+// window hands emit, in parts of at most part readings and fixes, the
+// entries of the signals a rule selects (bit in their slot's capture
+// mask) timed at or after start: the newest of them, at most maxEntries
+// entries' worth (a fix counts fixFields). The ring keeps its entries:
+// other rules may want them.
+func (r *ring) window(start int64, bit uint64, slots []*slot, maxEntries, part int,
+	rs []wire.Reading, fixes []wire.Fix, emit func([]wire.Reading, []wire.Fix, bool) error) ([]wire.Reading, []wire.Fix, error) {
+	selected := func(e *entry) bool {
+		return e.kind != entryFixField && e.t >= start && slots[e.slot].capture&bit != 0
+	}
+	// From the newest back: where the rule's share begins.
+	first, used := r.n, 0
+	for i := r.n - 1; i >= 0; i-- {
+		e := &r.buf[r.index(i)]
+		if e.kind == entryFixField {
+			continue
+		}
+		if !selected(e) {
+			continue
+		}
+		cost := 1
 		if e.kind == entryFix {
-			if i+fixFields <= r.n && e.t >= start {
-				var v [fixFields]float64
-				for k := range fixFields {
-					v[k] = math.Float64frombits(r.buf[r.index(i+k)].bits)
-				}
-				fixes = append(fixes, wire.Fix{Time: e.t, Lat: v[0], Lon: v[1], Alt: v[2], Speed: v[3], Heading: v[4], Accuracy: v[5]})
+			cost = fixFields
+		}
+		if used+cost > maxEntries {
+			break
+		}
+		used += cost
+		first = i
+	}
+	rs, fixes = rs[:0], fixes[:0]
+	for i := first; i < r.n; i++ {
+		j := r.index(i)
+		e := &r.buf[j]
+		if !selected(e) {
+			continue
+		}
+		if len(rs)+len(fixes) >= part { // a full part, and more follows
+			if err := emit(rs, fixes, false); err != nil {
+				return rs, fixes, err
+			}
+			clear(rs)
+			rs, fixes = rs[:0], fixes[:0]
+		}
+		if e.kind == entryFix {
+			if i+fixFields <= r.n {
+				fixes = append(fixes, r.fix(i))
 			}
 			i += fixFields - 1
-			continue
+		} else {
+			rs = append(rs, r.reading(j, slots))
 		}
-		if e.t < start || e.kind == entryFixField {
-			continue
-		}
-		s := slots[e.slot]
-		rd := wire.Reading{Signal: s.name, Unit: s.unit, Time: e.t}
-		switch e.kind {
-		case entryFloat:
-			rd.Value = wire.Float(math.Float64frombits(e.bits))
-		case entryRaw:
-			rd.Scale, rd.Offset, rd.Raw = s.scale, s.offset, int64(e.bits)
-			rd.Value = wire.Float(wire.Physical(rd.Raw, s.scale, s.offset))
-		case entryInt:
-			rd.Value = wire.Int(int64(e.bits))
-		case entryBool:
-			rd.Value = wire.Bool(e.bits != 0)
-		case entryString:
-			rd.Value = wire.String(r.strs[j])
-		}
-		rs = append(rs, rd)
 	}
-	r.clear()
-	return rs, fixes
-}
-
-func (r *ring) clear() {
-	clear(r.strs)
-	r.head, r.n = 0, 0
+	if len(rs)+len(fixes) > 0 {
+		err := emit(rs, fixes, true)
+		clear(rs)
+		return rs[:0], fixes[:0], err
+	}
+	return rs, fixes, nil
 }

@@ -305,8 +305,8 @@ func TestBufferStaysWithinItsBudget(t *testing.T) {
 			t.Fatalf("the rule holds %d bytes, budget %d", m, budget)
 		}
 	}
-	r := e.rules[0]
-	if r.ring.evicted == 0 {
+	r := e.ring
+	if r.evicted == 0 {
 		t.Fatal("nothing was evicted: the test did not fill the buffer")
 	}
 	ws := out.windows(t, "small")
@@ -329,5 +329,49 @@ func TestBufferStaysWithinItsBudget(t *testing.T) {
 	if inLog := len(selected(items, []string{"*"}, first.trigger-int64(10*time.Second), first.trigger)); pre >= inLog {
 		t.Errorf("%d readings before the trigger, as many as the log's 10 s hold (%d): nothing was cut", pre, inLog)
 	}
-	t.Logf("peak %d bytes of %d; %d readings evicted; %d readings before the first trigger", peak, budget, r.ring.evicted, pre)
+	t.Logf("peak %d bytes of %d; %d readings evicted; %d readings before the first trigger", peak, budget, r.evicted, pre)
+}
+
+// TestRulesShareOneBuffer: two rules capturing the same signals keep one
+// copy of them, and each window takes at most its own rule's budget of it.
+func TestRulesShareOneBuffer(t *testing.T) {
+	items, specs := replay(t, civic)
+	var out collected
+	when := "POWERTRAIN_DATA.BRAKE_PRESSED == 1"
+	cfg := Config{Rules: []Rule{
+		{Name: "small", When: when, Before: cli.Duration(10 * time.Second), After: cli.Duration(time.Second), BufferBytes: 8 << 10},
+		{Name: "big", When: when, Before: cli.Duration(10 * time.Second), After: cli.Duration(time.Second), BufferBytes: 4 << 20},
+	}}
+	e, err := New(cfg, specs, Options{Batch: testBatch}, Deps{Spool: out.spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := New(Config{Rules: cfg.Rules[1:]}, specs, Options{Batch: testBatch}, Deps{Spool: (&collected{}).spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, e, items)
+	run(t, one, items)
+	if both, alone := e.MemoryBytes(), one.MemoryBytes(); both > alone+alone/4 {
+		t.Errorf("two rules hold %d bytes, one alone %d: the readings are kept twice", both, alone)
+	}
+	small, big := out.windows(t, "small"), out.windows(t, "big")
+	if len(small) != 6 || len(big) != 6 {
+		t.Fatalf("%d and %d windows, want 6 each", len(small), len(big))
+	}
+	pre := func(w gotWindow) int {
+		n := 0
+		for _, r := range w.readings {
+			if r.Time <= w.trigger {
+				n++
+			}
+		}
+		return n
+	}
+	for i := range small {
+		s, b := pre(small[i]), pre(big[i])
+		if s > (8<<10)/int(entrySize) || s >= b {
+			t.Errorf("window %d: %d readings before the trigger under 8 KiB, %d under 4 MiB", i, s, b)
+		}
+	}
 }
