@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/can"
+	"github.com/fleetpipe/fleetpipe/edge-agent/gps"
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
@@ -190,5 +192,66 @@ func TestRealtimeReplayBatchesByLogTime(t *testing.T) {
 	checkLogBatches(t, batches, want, cfg.BatchMaxAge)
 	if len(batches) != 3 {
 		t.Errorf("%d batches of 2.5 s replayed in real time, want 3", len(batches))
+	}
+}
+
+// TestGPSReplayBatchesByLogTime replays a real NMEA recording (2 Hz, from
+// 2009, spliced from two drives): batches follow the recording's clock,
+// two fixes a second, and a jump of the clock starts a new batch.
+func TestGPSReplayBatchesByLogTime(t *testing.T) {
+	nmea := testenv.SharedData(t, "gpsd_bt451.nmea.log")
+	gc := gps.DefaultConfig()
+	gc.Path = nmea
+	src, err := gc.New(source.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fixes []wire.Fix
+	if err := src.Run(context.Background(), func(it source.Items) { fixes = append(fixes, it.Fixes...) }); err != nil {
+		t.Fatal(err)
+	}
+	// The batches by definition: cut before a fix that would make a batch
+	// span a second or more.
+	var want [][]wire.Fix
+	for _, f := range fixes {
+		n := len(want)
+		if n > 0 {
+			lo, hi := f.Time, f.Time
+			for _, g := range want[n-1] {
+				lo, hi = min(lo, g.Time), max(hi, g.Time)
+			}
+			if hi-lo < int64(time.Second) {
+				want[n-1] = append(want[n-1], f)
+				continue
+			}
+		}
+		want = append(want, []wire.Fix{f})
+	}
+	if len(fixes) < 10 || len(want) >= len(fixes) {
+		t.Fatalf("%d fixes make %d batches: the recording does not show the point", len(fixes), len(want))
+	}
+
+	broker := mqtttest.StartBroker(t)
+	cloud := startAcker(t, broker.URL())
+	cfg := testConfig(t, broker.URL())
+	cfg.Sources = cli.StringList{"gps"}
+	cfg.VehicleID = "gps-0001"
+	gpsOf(cfg).Path = nmea
+	if err := runAgent(t, context.Background(), cfg); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	got, problems := cloud.snapshot()
+	for _, p := range problems {
+		t.Error(p)
+	}
+	batches := batchesInOrder(got, cfg.VehicleID)
+	if len(batches) != len(want) {
+		t.Fatalf("%d fixes in %d batches, want %d", len(fixes), len(batches), len(want))
+	}
+	for i, b := range batches {
+		if len(b.Fixes) != len(want[i]) || b.Fixes[0].Time != want[i][0].Time {
+			t.Errorf("batch %d: %d fixes from %v, want %d from %v", i, len(b.Fixes), time.Unix(0, b.BaseTime).UTC(),
+				len(want[i]), time.Unix(0, want[i][0].Time).UTC())
+		}
 	}
 }

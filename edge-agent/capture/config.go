@@ -50,6 +50,8 @@ const (
 	MaxBufferBytes = 64 << 20
 	// MaxRules bounds the rules of one configuration.
 	MaxRules = 64
+	// MaxConditionBytes bounds a condition's text.
+	MaxConditionBytes = 4096
 	// MaxWindow bounds Before and After.
 	MaxWindow = time.Hour
 	// Location is the name under which a rule's Signals select the
@@ -188,6 +190,8 @@ func (c Config) Validate() error {
 		}
 		if strings.TrimSpace(r.When) == "" {
 			field("when", "required: the trigger condition")
+		} else if len(r.When) > MaxConditionBytes {
+			field("when", "%d bytes, at most %d", len(r.When), MaxConditionBytes)
 		}
 		for _, d := range []struct {
 			name string
