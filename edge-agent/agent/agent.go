@@ -172,10 +172,8 @@ func (a *Agent) live() bool {
 func (a *Agent) Run(ctx context.Context) error {
 	if a.deps.OwnProcess {
 		a.tuneProcess()
-		if a.capture != nil {
-			stop := a.reloadOnHangup()
-			defer stop()
-		}
+		stop := a.reloadOnHangup()
+		defer stop()
 	}
 	ids := []string{a.cfg.VehicleID}
 	fleet, isFleet := a.cfg.fleet()

@@ -76,7 +76,8 @@ func (a *Agent) ReloadCapture() error {
 }
 
 // reloadOnHangup reloads the capture rules on every SIGHUP until stop is
-// called, logging the outcome.
+// called, logging the outcome (without --capture-rules a SIGHUP only says
+// so: it does not end the agent).
 func (a *Agent) reloadOnHangup() (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -88,6 +89,10 @@ func (a *Agent) reloadOnHangup() (stop func()) {
 			case <-done:
 				return
 			case <-hup:
+				if a.capture == nil {
+					a.logger.Info("SIGHUP: no --capture-rules to reload")
+					continue
+				}
 				if err := a.ReloadCapture(); err != nil {
 					a.logger.Error("capture rules not reloaded; the rules in force stay", "err", err)
 					continue
