@@ -87,6 +87,12 @@ func Decode(data []byte, lim Limits) (*Batch, error) {
 		SchemaVersion: env.GetProducer().GetSchemaVersion(),
 		Decoder:       env.GetProducer().GetDecoder(),
 	}
+	if c := env.GetCapture(); c != nil {
+		b.Capture = &Capture{ID: c.GetId(), Rule: c.GetRule(), TriggerTime: c.GetTriggerTimeUnixNano(), Part: c.GetPart(), Final: c.GetFinal()}
+		if err := b.Capture.check(); err != nil {
+			return nil, malformed("%v", err)
+		}
+	}
 	if err := decodeBody(b, body, env.GetCoded(), version, lim); err != nil {
 		return nil, err
 	}

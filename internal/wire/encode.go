@@ -90,6 +90,11 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 	if err := CheckVehicleID(b.VehicleID); err != nil {
 		return nil, err
 	}
+	if b.Capture != nil {
+		if err := b.Capture.check(); err != nil {
+			return nil, fmt.Errorf("wire: %w", err)
+		}
+	}
 	tick := opt.TickNanos
 	if tick <= 0 {
 		tick = DefaultTickNanos
@@ -119,6 +124,9 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 		UncompressedSize: uint32(len(raw)),
 		Body:             raw,
 		Coded:            section,
+	}
+	if c := b.Capture; c != nil {
+		out.Capture = &pb.Capture{Id: c.ID, Rule: c.Rule, TriggerTimeUnixNano: c.TriggerTime, Part: c.Part, Final: c.Final}
 	}
 	// The coded section is as small as it gets; the body (names, strings,
 	// fixes) may compress, unless it is too small for zstd to pay for its

@@ -130,6 +130,41 @@ type Batch struct {
 	Decoder       string // which decoder configuration produced the signals
 	Readings      []Reading
 	Fixes         []Fix
+	// Capture, when set, marks the batch as part of a condition-triggered
+	// capture window; nil for the live stream.
+	Capture *Capture
+}
+
+// Capture marks a batch as one part of a capture window (see the proto's
+// Capture message).
+type Capture struct {
+	// ID is the seq of the window's first part: (VehicleID, Epoch, ID)
+	// names the window. Never 0.
+	ID          uint64
+	Rule        string // the rule's name (CheckCaptureRule)
+	TriggerTime int64  // Unix nanoseconds, the readings' clock
+	Part        uint32 // from 0
+	Final       bool   // the window's last part
+}
+
+var captureRulePattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`)
+
+// CheckCaptureRule returns an error describing why name cannot name a
+// capture rule: 1 to 64 characters of letters, digits, '_', '.' and '-',
+// starting with a letter, digit or '_'.
+func CheckCaptureRule(name string) error {
+	if captureRulePattern.MatchString(name) {
+		return nil
+	}
+	return fmt.Errorf("capture rule %.80q: want 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter, digit or _", name)
+}
+
+// checkCapture validates a capture marker.
+func (c *Capture) check() error {
+	if c.ID == 0 {
+		return errors.New("capture id 0")
+	}
+	return CheckCaptureRule(c.Rule)
 }
 
 // Errors returned (wrapped) by Decode.

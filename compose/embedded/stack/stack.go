@@ -33,6 +33,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/livelocation"
 	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
 	"github.com/fleetpipe/fleetpipe/edge-agent/agent"
+	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
@@ -179,10 +180,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	// The simulated fleet.
 	ac := agent.DefaultConfig()
 	ac.MQTT.URL = broker.URL()
-	ac.SimVehicles = cfg.Vehicles
-	ac.SimSeed = cfg.Seed
-	ac.SimSpeedup = cfg.Speedup
-	ac.SimIMUHz = cfg.IMUHz
+	simCfg := ac.Source("sim").(*sim.SourceConfig)
+	simCfg.NumVehicles, simCfg.Seed, simCfg.Speedup, simCfg.IMUHz = cfg.Vehicles, cfg.Seed, cfg.Speedup, cfg.IMUHz
 	ac.Listen = cfg.AgentAdmin
 	ac.Spool.Dir = filepath.Join(cfg.DataDir, "spool")
 	agentReg := prometheus.NewRegistry()
