@@ -183,16 +183,7 @@ func run(t *testing.T, cfg Config, wrap func(Target) Target) result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if wrap != nil {
-		next := r.newTarget
-		r.newTarget = func() (Target, error) {
-			tg, err := next()
-			if err != nil {
-				return nil, err
-			}
-			return wrap(tg), nil
-		}
-	}
+	r.wrapTarget = wrap
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err = r.Run(ctx)
@@ -278,8 +269,8 @@ func TestTimeRangeBoundaries(t *testing.T) {
 		{"just before the edges", sec(10).Add(-time.Millisecond), sec(20).Add(-time.Millisecond), func(ts time.Time) bool { return !ts.Before(sec(10)) && ts.Before(sec(20)) }},
 		{"from only", sec(55), time.Time{}, func(ts time.Time) bool { return !ts.Before(sec(55)) }},
 		{"to only", time.Time{}, sec(3), func(ts time.Time) bool { return ts.Before(sec(3)) }},
-		{"before everything", t0.Add(-time.Hour), t0, func(time.Time) bool { return false }},
-		{"after everything", sec(testRecords), sec(testRecords + 100), func(time.Time) bool { return false }},
+		{"before everything", t0.Add(-time.Hour), t0, nil},
+		{"after everything", sec(testRecords), sec(testRecords + 100), nil},
 		{"other time zone", sec(30).In(time.FixedZone("EEST", 3*3600)), sec(33), func(ts time.Time) bool { return !ts.Before(sec(30)) && ts.Before(sec(33)) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -289,6 +280,15 @@ func TestTimeRangeBoundaries(t *testing.T) {
 			}
 			if !c.to.IsZero() {
 				args = append(args, "--to", rfc(c.to))
+			}
+			if c.keep == nil {
+				// An empty slice is an error naming the range, unless allowed.
+				res := run(t, f.config(t, args...), nil)
+				if res.err == nil || !strings.Contains(res.err.Error(), "holds no records") || !strings.Contains(res.err.Error(), "--allow-empty") {
+					t.Fatalf("empty slice: err %v", res.err)
+				}
+				args = append(args, "--allow-empty")
+				c.keep = func(time.Time) bool { return false }
 			}
 			res := run(t, f.config(t, args...), nil)
 			if res.err != nil {
@@ -310,14 +310,18 @@ func TestOffsetRange(t *testing.T) {
 		args []string
 		keep func(produced) bool
 	}{
-		{"start and end", []string{"--partition", "2", "--start-offset", "3", "--end-offset", "7"},
+		{"start and end", []string{"--offsets", "2:3-7"},
 			func(p produced) bool { return p.partition == 2 && p.offset >= 3 && p.offset < 7 }},
-		{"start only", []string{"--partition", "1", "--start-offset", "5"},
+		{"start only", []string{"--offsets", "1:5-"},
 			func(p produced) bool { return p.partition == 1 && p.offset >= 5 }},
-		{"end only", []string{"--partition", "0", "--end-offset", "4"},
+		{"end only", []string{"--offsets", "0:-4"},
 			func(p produced) bool { return p.partition == 0 && p.offset < 4 }},
-		{"end past the high watermark", []string{"--partition", "3", "--start-offset", "1", "--end-offset", "100000"},
+		{"end past the high watermark", []string{"--offsets", "3:1-100000"},
 			func(p produced) bool { return p.partition == 3 && p.offset >= 1 }},
+		{"several partitions", []string{"--offsets", "3:2-4, 0:1-3,1"},
+			func(p produced) bool {
+				return (p.partition == 3 && p.offset >= 2 && p.offset < 4) || (p.partition == 0 && p.offset >= 1 && p.offset < 3) || p.partition == 1
+			}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			res := run(t, f.config(t, c.args...), nil)
@@ -354,13 +358,13 @@ func TestVehicle(t *testing.T) {
 		t.Errorf("stats %+v; partition holds %d records, %d of the vehicle", res.stats, len(onPartition), len(want))
 	}
 
-	// With an offset range, --partition must be the vehicle's.
+	// With offset ranges, the vehicle's partition must be among them.
 	other := (want[0].partition + 1) % testPartitions
-	res = run(t, f.config(t, "--vehicle", vehicle, "--partition", fmt.Sprint(other), "--start-offset", "0"), nil)
-	if res.err == nil || !strings.Contains(res.err.Error(), "--partition") {
-		t.Fatalf("vehicle on another partition: err %v, want one naming --partition", res.err)
+	res = run(t, f.config(t, "--vehicle", vehicle, "--offsets", fmt.Sprintf("%d:0-", other)), nil)
+	if res.err == nil || !strings.Contains(res.err.Error(), "--offsets") {
+		t.Fatalf("vehicle on another partition: err %v, want one naming --offsets", res.err)
 	}
-	res = run(t, f.config(t, "--vehicle", vehicle, "--start-offset", "2"), nil)
+	res = run(t, f.config(t, "--vehicle", vehicle, "--offsets", fmt.Sprintf("%d:2-,%d", want[0].partition, other)), nil)
 	if res.err != nil {
 		t.Fatal(res.err)
 	}
@@ -522,7 +526,7 @@ func (p *producingTarget) Write(ctx context.Context, rec Record) error {
 
 func TestStopsAtStartupHighWatermark(t *testing.T) {
 	f := newFixture(t)
-	for _, args := range [][]string{{"--from", rfc(t0)}, {"--partition", "0", "--start-offset", "0"}} {
+	for _, args := range [][]string{{"--from", rfc(t0)}, {"--offsets", "0:0-"}} {
 		want := f.want(func(p produced) bool { return args[0] == "--from" || p.partition == 0 })
 		res := run(t, f.config(t, args...), func(tg Target) Target { return &producingTarget{Target: tg, f: f, t: t} })
 		if res.err != nil {
@@ -538,9 +542,9 @@ func TestUnknownTopic(t *testing.T) {
 	if res.err == nil || !strings.Contains(res.err.Error(), "--topic") {
 		t.Fatalf("err %v, want one naming --topic", res.err)
 	}
-	res = run(t, f.config(t, "--partition", "4"), nil)
-	if res.err == nil || !strings.Contains(res.err.Error(), "--partition") {
-		t.Fatalf("err %v, want one naming --partition", res.err)
+	res = run(t, f.config(t, "--offsets", "4"), nil)
+	if res.err == nil || !strings.Contains(res.err.Error(), "--offsets") {
+		t.Fatalf("err %v, want one naming --offsets", res.err)
 	}
 }
 
@@ -561,7 +565,7 @@ func TestJSONLines(t *testing.T) {
 	if err := j.Write(context.Background(), Record{Partition: 2, Offset: 41, Batch: b}); err != nil {
 		t.Fatal(err)
 	}
-	if err := j.Close(); err != nil {
+	if err := j.Commit(context.Background(), Position{}, true, func(context.Context, Position, json.RawMessage) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	head := `{"vehicle_id":"veh-9","epoch":"00000000deadbeef","seq":7,"partition":2,"offset":41,`
@@ -589,27 +593,48 @@ func TestValidate(t *testing.T) {
 	}{
 		{[]string{"--from", "2025-06-01T08:00:00Z"}, ""},
 		{[]string{"--to", "2025-06-01T08:00:00+03:00"}, ""},
-		{[]string{"--partition", "0"}, ""},
-		{[]string{"--vehicle", "veh-1", "--start-offset", "3"}, ""},
+		{[]string{"--offsets", "0"}, ""},
+		{[]string{"--offsets", "0:5-9,3:-2,7:4-"}, ""},
+		{[]string{"--vehicle", "veh-1", "--offsets", "1:3-"}, ""},
+		{[]string{"--resume", "backfill-1"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-jsonl", "out.jsonl", "--resume", "x"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "fleet.backfill"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "s3://bucket/backfill/2025"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--signals", "speed,wheel_*,location"}, ""},
 		{nil, "--from"},
 		{[]string{"--from", "yesterday"}, "--from"},
 		{[]string{"--from", "2025-06-01"}, "--from"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--to", "08:30"}, "--to"},
 		{[]string{"--from", "2025-06-01T09:00:00Z", "--to", "2025-06-01T08:00:00Z"}, "--from"},
 		{[]string{"--from", "2025-06-01T09:00:00Z", "--to", "2025-06-01T09:00:00Z"}, "--from"},
-		{[]string{"--from", "2025-06-01T09:00:00Z", "--partition", "1"}, "--from"},
-		{[]string{"--to", "2025-06-01T09:00:00Z", "--start-offset", "1"}, "--to"},
-		{[]string{"--start-offset", "1", "--end-offset", "9"}, "--partition"},
-		{[]string{"--partition", "-2"}, "--partition"},
-		{[]string{"--partition", "1", "--start-offset", "-5"}, "--start-offset"},
-		{[]string{"--partition", "1", "--start-offset", "9", "--end-offset", "9"}, "--end-offset"},
+		{[]string{"--from", "2025-06-01T09:00:00Z", "--offsets", "1"}, "--from"},
+		{[]string{"--to", "2025-06-01T09:00:00Z", "--offsets", "1:1-"}, "--to"},
+		{[]string{"--offsets", "1:1-9,1:20-30"}, "--offsets"},
+		{[]string{"--offsets", "-2"}, "--offsets"},
+		{[]string{"--offsets", "x:1-2"}, "--offsets"},
+		{[]string{"--offsets", "1:-5-"}, "--offsets"},
+		{[]string{"--offsets", "1:9-9"}, "--offsets"},
+		{[]string{"--offsets", "1:5"}, "--offsets"},
+		{[]string{"--offsets", ","}, "--offsets"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--vehicle", "bad/id"}, "--vehicle"},
-		{[]string{"--from", "2025-06-01T08:00:00Z", "--target", "parquet"}, "--target"},
-		{[]string{"--from", "2025-06-01T08:00:00Z", "--target", "kafka"}, "--target"},
-		{[]string{"--from", "2025-06-01T08:00:00Z", "--target", "s3"}, "--target"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--signals", "a[b"}, "--signals"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-jsonl", "-", "--to-topic", "x"}, "--to-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "fleet.telemetry.v1"}, "--to-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "fleet.catalog.v1"}, "--to-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "x", "--signals", "speed"}, "--signals"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "bucket/prefix"}, "--to-parquet"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "s3://B/prefix"}, "--to-parquet"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "s3://bucket//x"}, "--to-parquet"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--allow-live-prefix"}, "--allow-live-prefix"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--resume", "x"}, "--resume"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-jsonl", "f", "--resume", "no/slash"}, "--resume"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--state-topic", "fleet.telemetry.v1"}, "--state-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--commit-interval", "0s"}, "--commit-interval"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--progress", "fancy"}, "--progress"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--topic", ""}, "--topic"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--progress-interval", "-1s"}, "--progress-interval"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--kafka-brokers", "localhost"}, "--kafka-brokers"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--s3-endpoint", "minio:9000"}, "--s3-endpoint"},
 	} {
 		var cfg Config
 		_, err := cli.Parse(program, &cfg, c.args, &bytes.Buffer{})
@@ -623,13 +648,6 @@ func TestValidate(t *testing.T) {
 	if err := (&Config{}).Validate(); err == nil {
 		t.Error("zero Config validated")
 	}
-	for _, target := range []string{"parquet", "kafka"} {
-		var cfg Config
-		_, err := cli.Parse(program, &cfg, []string{"--from", "2025-06-01T08:00:00Z", "--target", target}, &bytes.Buffer{})
-		if err == nil || !strings.Contains(err.Error(), "not implemented yet") {
-			t.Errorf("--target %s: %v", target, err)
-		}
-	}
 }
 
 func TestHelp(t *testing.T) {
@@ -638,7 +656,7 @@ func TestHelp(t *testing.T) {
 	if _, err := cli.Parse(program, &cfg, []string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err %v", err)
 	}
-	for _, s := range []string{"--dry-run", "-from", "-start-offset", "-vehicle", "-fail-on-bad", "FLEET_REPLAY", "never"} {
+	for _, s := range []string{"--dry-run", "-from", "-offsets", "-vehicle", "-signals", "-to-jsonl", "-to-topic", "-to-parquet", "-resume", "reset-group", "-fail-on-bad", "FLEET_REPLAY", "never"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("help lacks %q:\n%s", s, out.String())
 		}
@@ -674,16 +692,12 @@ func TestProgressLogged(t *testing.T) {
 	f := newFixture(t)
 	var out bytes.Buffer
 	var logs safeBuffer
-	r, err := New(f.config(t, "--from", rfc(t0), "--progress-interval", "10ms"),
+	r, err := New(f.config(t, "--from", rfc(t0), "--progress", "lines", "--progress-interval", "10ms"),
 		Deps{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Stdout: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := r.newTarget
-	r.newTarget = func() (Target, error) {
-		tg, err := next()
-		return &waitingTarget{Target: tg, logs: logs.String}, err
-	}
+	r.wrapTarget = func(tg Target) Target { return &waitingTarget{Target: tg, logs: logs.String} }
 	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -728,12 +742,7 @@ func TestMetricsWhileRunning(t *testing.T) {
 		t.Fatal("no admin URL with --listen")
 	}
 	scraper := &scrapingTarget{url: url}
-	next := r.newTarget
-	r.newTarget = func() (Target, error) {
-		tg, err := next()
-		scraper.Target = tg
-		return scraper, err
-	}
+	r.wrapTarget = func(tg Target) Target { scraper.Target = tg; return scraper }
 	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
