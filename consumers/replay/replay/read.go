@@ -196,10 +196,10 @@ func (r *Replayer) readRange(ctx context.Context, cl *kgo.Client, ru *session, i
 				return err
 			}
 			ru.read.Offset = rec.Offset + 1
-		}
-		if ru.read.Offset < rg.End && time.Now().After(ru.commitAt) {
-			if err := r.commit(ctx, ru, ru.read, false); err != nil {
-				return err
+			if ru.read.Offset < rg.End && time.Now().After(ru.commitAt) {
+				if err := r.commit(ctx, ru, ru.read, false); err != nil {
+					return err
+				}
 			}
 		}
 	}

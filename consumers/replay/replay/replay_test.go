@@ -27,6 +27,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
@@ -48,12 +49,14 @@ type produced struct {
 	partition int32
 	offset    int64
 	ts        time.Time
+	seq       int
 	bad       bool
 }
 
 type fixture struct {
-	cluster  *kfake.Cluster
+	cluster  *kfake.Cluster // nil on real Kafka
 	addr     string
+	topic    string
 	producer *kgo.Client
 	ledger   []produced
 }
@@ -68,12 +71,25 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	f := &fixture{cluster: c, addr: c.ListenAddrs()[0]}
-	f.producer, err = kgo.NewClient(kgo.SeedBrokers(f.addr), kgo.DefaultProduceTopic(topics.KafkaTelemetry))
+	f := newFixtureOn(t, c.ListenAddrs()[0], topics.KafkaTelemetry)
+	f.cluster = c
+	return f
+}
+
+// newFixtureOn is newFixture on any cluster: it creates topic (when
+// missing) with testPartitions partitions and produces the records.
+func newFixtureOn(t *testing.T, addr, topic string) *fixture {
+	t.Helper()
+	f := &fixture{addr: addr, topic: topic}
+	var err error
+	f.producer, err = kgo.NewClient(kgo.SeedBrokers(f.addr), kgo.DefaultProduceTopic(topic))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(f.producer.Close) // before c.Close: cleanups run last first
+	t.Cleanup(f.producer.Close) // before a kfake cluster's Close: cleanups run last first
+	if err := kafkaio.EnsureTopics(context.Background(), f.producer, kafkaio.TopicSpec{Name: topic, Partitions: testPartitions, Replication: -1}); err != nil {
+		t.Fatal(err)
+	}
 	for i := range testRecords {
 		f.produce(t, fmt.Sprintf("veh-%d", i%testVehicles), t0.Add(time.Duration(i)*time.Second), i, nil)
 	}
@@ -96,7 +112,7 @@ func (f *fixture) produce(t *testing.T, vehicle string, ts time.Time, seq int, v
 	if err := f.producer.ProduceSync(context.Background(), rec).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	p := produced{vehicle: vehicle, partition: rec.Partition, offset: rec.Offset, ts: ts, bad: bad}
+	p := produced{vehicle: vehicle, partition: rec.Partition, offset: rec.Offset, ts: ts, seq: seq, bad: bad}
 	f.ledger = append(f.ledger, p)
 	return p
 }
@@ -141,7 +157,7 @@ func (f *fixture) want(keep func(produced) bool) []produced {
 func (f *fixture) config(t *testing.T, args ...string) Config {
 	t.Helper()
 	var cfg Config
-	args = append([]string{"--kafka-brokers", f.addr}, args...)
+	args = append([]string{"--kafka-brokers", f.addr, "--topic", f.topic, "--state-topic", f.topic + ".replay-state"}, args...)
 	if _, err := cli.Parse(program, &cfg, args, &bytes.Buffer{}); err != nil {
 		t.Fatalf("parse %q: %v", args, err)
 	}
