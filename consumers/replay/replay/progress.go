@@ -27,7 +27,7 @@ type progress struct {
 func startProgress(mode string, interval time.Duration, stderr io.Writer, logger *slog.Logger, total int64, done func() Stats) *progress {
 	if mode == ProgressAuto {
 		mode = ProgressLines
-		if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if isTerminal(stderr) {
 			mode = ProgressBar
 		}
 	}
@@ -65,14 +65,18 @@ func (p *progress) finish() {
 }
 
 func runBar(ctx context.Context, w io.Writer, total int64, start time.Time, done func() Stats) {
-	c := mpb.New(mpb.WithOutput(w), mpb.WithWidth(32), mpb.WithRefreshRate(200*time.Millisecond))
-	bar := c.AddBar(max(total, 1),
+	opts := []mpb.ContainerOption{mpb.WithOutput(w), mpb.WithAutoRefresh(), mpb.WithRefreshRate(200 * time.Millisecond)}
+	if !isTerminal(w) {
+		opts = append(opts, mpb.WithWidth(160)) // --progress bar into a pipe: no terminal to measure
+	}
+	c := mpb.New(opts...)
+	bar := c.AddBar(max(total, 1), mpb.BarWidth(24),
 		mpb.PrependDecorators(decor.Name("replay "), decor.Percentage(decor.WCSyncSpace)),
 		mpb.AppendDecorators(decor.Any(func(decor.Statistics) string {
 			s := done()
 			el := time.Since(start)
 			rate := perSecond(s.Records, el)
-			return fmt.Sprintf("%d/%d records  %s  %s rec/s  %s readings/s  ETA %s",
+			return fmt.Sprintf("%d/%d records %s %s rec/s %s readings/s ETA %s",
 				s.Records, total, humanBytes(s.Bytes), siNumber(rate), siNumber(perSecond(s.Readings, el)), eta(total-s.Records, rate))
 		})),
 	)
@@ -89,6 +93,11 @@ func runBar(ctx context.Context, w io.Writer, total int64, start time.Time, done
 			return
 		}
 	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func perSecond(n int64, d time.Duration) float64 {

@@ -774,3 +774,74 @@ func TestMetricsWhileRunning(t *testing.T) {
 		t.Error("/metrics still served after Run returned")
 	}
 }
+
+func TestSignals(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		signals string
+		want    []string // per record, the lines' signal (or "location")
+	}{
+		{"speed", []string{"speed"}},
+		{"ge*,location", []string{"gear", "location"}},
+		{"location", []string{"location"}},
+		{"speed,gear", []string{"speed", "gear"}},
+	} {
+		res := run(t, f.config(t, "--from", rfc(t0), "--signals", c.signals), nil)
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		lines := parseLines(t, res.stdout)
+		if len(lines) != testRecords*len(c.want) {
+			t.Fatalf("--signals %s: %d lines, want %d", c.signals, len(lines), testRecords*len(c.want))
+		}
+		for i, l := range lines {
+			got := l.Signal
+			if l.Type == "location" {
+				got = "location"
+			}
+			if want := c.want[i%len(c.want)]; got != want {
+				t.Fatalf("--signals %s: line %d is %q, want %q", c.signals, i, got, want)
+			}
+		}
+		if wantReadings := int64(testRecords * (len(c.want) - strings.Count(c.signals, "location"))); res.stats.Readings != wantReadings {
+			t.Errorf("--signals %s: stats %+v", c.signals, res.stats)
+		}
+	}
+	// A pattern that matches nothing writes nothing (and is not an error:
+	// the records were there).
+	res := run(t, f.config(t, "--from", rfc(t0), "--signals", "no_such_signal"), nil)
+	if res.err != nil || len(res.stdout) != 0 {
+		t.Fatalf("err %v, %d bytes", res.err, len(res.stdout))
+	}
+}
+
+func TestUnknownVehicle(t *testing.T) {
+	f := newFixture(t)
+	res := run(t, f.config(t, "--from", rfc(t0), "--vehicle", "veh-404"), nil)
+	if res.err == nil || !strings.Contains(res.err.Error(), "--vehicle") || !strings.Contains(res.err.Error(), "veh-404 has no records") {
+		t.Fatalf("err %v, want one saying veh-404 has no records", res.err)
+	}
+	if res.stats.Records == 0 {
+		t.Error("the vehicle's partition was not read")
+	}
+	res = run(t, f.config(t, "--from", rfc(t0), "--vehicle", "veh-404", "--allow-empty"), nil)
+	if res.err != nil || len(res.stdout) != 0 {
+		t.Fatalf("--allow-empty: err %v, %d bytes", res.err, len(res.stdout))
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	var out safeBuffer
+	stats := Stats{Records: 500, Bytes: 3 << 20, Readings: 10_000}
+	p := startProgress(ProgressBar, time.Second, &out, slog.New(slog.DiscardHandler), 1000, func() Stats { return stats })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "500/1000 records") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.finish()
+	for _, want := range []string{"replay", "50 %", "500/1000 records", "3.0 MiB", "rec/s", "readings/s", "ETA"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the bar lacks %q:\n%q", want, out.String())
+		}
+	}
+}
