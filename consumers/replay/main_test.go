@@ -44,6 +44,10 @@ func command(args ...string) *exec.Cmd {
 	return cmd
 }
 
+// keepForever is retention.ms=-1: the test data is dated in the past, and a
+// real broker deletes old records by time once their segment rolls.
+var keepForever = map[string]*string{"retention.ms": new("-1")}
+
 var t0 = time.Date(2025, 6, 1, 8, 0, 0, 0, time.UTC)
 
 const (
@@ -62,7 +66,7 @@ func produceHistory(t *testing.T, brokers, topic string) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	if err := kafkaio.EnsureTopics(ctx, cl, kafkaio.TopicSpec{Name: topic, Partitions: killPartitions, Replication: -1}); err != nil {
+	if err := kafkaio.EnsureTopics(ctx, cl, kafkaio.TopicSpec{Name: topic, Partitions: killPartitions, Replication: -1, Configs: keepForever}); err != nil {
 		t.Fatal(err)
 	}
 	var recs []*kgo.Record

@@ -171,7 +171,11 @@ func TestResetGroup(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The table it applied is the table the dry run showed.
-		table := func(s string) string { _, rest, _ := strings.Cut(s, "\n"); rest, _, _ = strings.Cut(rest, "moved group"); return rest }
+		table := func(s string) string {
+			_, rest, _ := strings.Cut(s, "\n")
+			rest, _, _ = strings.Cut(rest, "moved group")
+			return rest
+		}
 		if table(dry) != table(done) || !strings.Contains(dry, "dry run") || !strings.Contains(done, "moved group") {
 			t.Fatalf("dry run and execution differ:\n%s\n%s", dry, done)
 		}

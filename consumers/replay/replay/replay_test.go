@@ -76,6 +76,10 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// keepForever is retention.ms=-1: the test data is dated in the past, and a
+// real broker deletes old records by time once their segment rolls.
+var keepForever = map[string]*string{"retention.ms": new("-1")}
+
 // newFixtureOn is newFixture on any cluster: it creates topic (when
 // missing) with testPartitions partitions and produces the records.
 func newFixtureOn(t *testing.T, addr, topic string) *fixture {
@@ -87,7 +91,7 @@ func newFixtureOn(t *testing.T, addr, topic string) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.producer.Close) // before a kfake cluster's Close: cleanups run last first
-	if err := kafkaio.EnsureTopics(context.Background(), f.producer, kafkaio.TopicSpec{Name: topic, Partitions: testPartitions, Replication: -1}); err != nil {
+	if err := kafkaio.EnsureTopics(context.Background(), f.producer, kafkaio.TopicSpec{Name: topic, Partitions: testPartitions, Replication: -1, Configs: keepForever}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range testRecords {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -53,7 +54,7 @@ func openTopic(ctx context.Context, env TargetEnv) (Target, error) {
 	if env.Producer == nil {
 		return nil, errors.New("replay: the topic target needs a transactional producer")
 	}
-	if err := ensureTargetTopic(ctx, env.Producer, env.Dest, env.Plan.Partitions); err != nil {
+	if err := ensureTargetTopic(ctx, env.Producer, env.Dest, env.Plan.Topic, env.Plan.Partitions, env.Logger); err != nil {
 		return nil, err
 	}
 	return &topicTarget{cl: env.Producer, topic: env.Dest, src: env.Plan.Topic}, nil
@@ -70,15 +71,18 @@ func producerOpts(txnID string, cfg Config) []kgo.Opt {
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.ProducerLinger(5 * time.Millisecond),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
-		kgo.ProducerBatchMaxBytes(4 << 20),
+		kgo.ProducerBatchMaxBytes(1 << 20), // the broker default message.max.bytes (a batch is one message)
 		kgo.MaxBufferedBytes(256 << 20),
 	}
 }
 
-// ensureTargetTopic creates the target topic, with the source's partition
-// count, when it does not exist.
-func ensureTargetTopic(ctx context.Context, cl *kgo.Client, topic string, partitions int32) error {
-	details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+// ensureTargetTopic creates the target topic when it does not exist, with
+// the source's partition count and retention.ms: the copies keep the
+// records' timestamps, so Kafka deletes them by time when it would have
+// deleted the originals (with a shorter retention, at once).
+func ensureTargetTopic(ctx context.Context, cl *kgo.Client, topic, source string, partitions int32, logger *slog.Logger) error {
+	adm := kadm.NewClient(cl)
+	details, err := adm.ListTopics(ctx, topic)
 	if err != nil {
 		return fmt.Errorf("kafka: metadata of %s: %w", topic, err)
 	}
@@ -87,9 +91,20 @@ func ensureTargetTopic(ctx context.Context, cl *kgo.Client, topic string, partit
 	} else if ok && !errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
 		return cli.FieldError("to-topic", "%s: %v", topic, td.Err)
 	}
-	if err := kafkaio.EnsureTopics(ctx, cl, kafkaio.TopicSpec{Name: topic, Partitions: partitions, Replication: -1}); err != nil {
+	spec := kafkaio.TopicSpec{Name: topic, Partitions: partitions, Replication: -1, Configs: map[string]*string{}}
+	if rcs, err := adm.DescribeTopicConfigs(ctx, source); err == nil {
+		if rc, err := rcs.On(source, nil); err == nil {
+			for _, c := range rc.Configs {
+				if c.Key == "retention.ms" && c.Value != nil {
+					spec.Configs["retention.ms"] = c.Value
+				}
+			}
+		}
+	}
+	if err := kafkaio.EnsureTopics(ctx, cl, spec); err != nil {
 		return cli.FieldError("to-topic", "%v", err)
 	}
+	logger.Info("created the target topic", "topic", topic, "partitions", partitions, "retention_ms", spec.Configs["retention.ms"])
 	return nil
 }
 
