@@ -26,11 +26,13 @@ import (
 // resumable; Ctrl-C still commits (flushes) before it prints the command
 // that continues.
 type jsonLines struct {
-	w    *bufio.Writer
-	file *os.File // nil for stdout
-	name string   // for errors
-	size int64    // bytes handed to w
-	buf  []byte
+	head    []byte // the current record's shared fields
+	signals map[signalKey][]byte
+	w       *bufio.Writer
+	file    *os.File // nil for stdout
+	name    string   // for errors
+	size    int64    // bytes handed to w
+	buf     []byte
 }
 
 // jsonlState is what a file target saves with its position.
@@ -84,15 +86,16 @@ func newJSONLines(w io.Writer) *jsonLines {
 }
 
 // Write appends the record's readings, then its fixes, in decoded order.
+// The fields every line of the record shares are formatted once, and the
+// signal, unit and type of each signal once per target.
 func (j *jsonLines) Write(_ context.Context, rec Record) error {
 	b := rec.Batch
+	j.head = appendHead(j.head[:0], rec)
 	for i := range b.Readings {
 		r := &b.Readings[i]
-		j.buf = appendHead(j.buf[:0], rec, r.Time)
-		j.buf = appendField(j.buf, "signal", r.Signal)
-		j.buf = appendField(j.buf, "unit", r.Unit)
-		j.buf = appendField(j.buf, "type", r.Value.Kind.String())
-		j.buf = append(j.buf, `,"value":`...)
+		j.buf = append(append(j.buf[:0], j.head...), `,"ts":"`...)
+		j.buf = appendTime(j.buf, r.Time)
+		j.buf = append(j.buf, j.signal(r)...)
 		j.buf = appendValue(j.buf, r.Value)
 		j.buf = append(j.buf, "}\n"...)
 		if err := j.put(); err != nil {
@@ -101,18 +104,17 @@ func (j *jsonLines) Write(_ context.Context, rec Record) error {
 	}
 	for i := range b.Fixes {
 		f := &b.Fixes[i]
-		j.buf = appendHead(j.buf[:0], rec, f.Time)
-		j.buf = appendField(j.buf, "type", "location")
+		j.buf = append(append(j.buf[:0], j.head...), `,"ts":"`...)
+		j.buf = appendTime(j.buf, f.Time)
+		j.buf = append(j.buf, `","type":"location"`...)
 		for _, c := range [...]struct {
 			name string
 			v    float64
-		}{{"lat", f.Lat}, {"lon", f.Lon}, {"alt", f.Alt}, {"speed", f.Speed}, {"heading", f.Heading}, {"accuracy", f.Accuracy}} {
+		}{{`,"lat":`, f.Lat}, {`,"lon":`, f.Lon}, {`,"alt":`, f.Alt}, {`,"speed":`, f.Speed}, {`,"heading":`, f.Heading}, {`,"accuracy":`, f.Accuracy}} {
 			if math.IsNaN(c.v) || math.IsInf(c.v, 0) {
 				continue // absent
 			}
-			j.buf = append(j.buf, `,"`...)
 			j.buf = append(j.buf, c.name...)
-			j.buf = append(j.buf, `":`...)
 			j.buf = appendFloat(j.buf, c.v)
 		}
 		j.buf = append(j.buf, "}\n"...)
@@ -121,6 +123,29 @@ func (j *jsonLines) Write(_ context.Context, rec Record) error {
 		}
 	}
 	return nil
+}
+
+// signalKey is what the signal part of a line depends on.
+type signalKey struct {
+	signal, unit string
+	kind         wire.Kind
+}
+
+// signal returns `","signal":...,"unit":...,"type":...,"value":` for r.
+func (j *jsonLines) signal(r *wire.Reading) []byte {
+	k := signalKey{r.Signal, r.Unit, r.Value.Kind}
+	if frag, ok := j.signals[k]; ok {
+		return frag
+	}
+	if j.signals == nil || len(j.signals) > 100_000 {
+		j.signals = map[signalKey][]byte{} // bounded, whatever the data
+	}
+	frag := append([]byte(`","signal":`), appendString(nil, r.Signal)...)
+	frag = append(append(frag, `,"unit":`...), appendString(nil, r.Unit)...)
+	frag = append(append(frag, `,"type":`...), appendString(nil, r.Value.Kind.String())...)
+	frag = append(frag, `,"value":`...)
+	j.signals[k] = frag
+	return frag
 }
 
 func (j *jsonLines) put() error {
@@ -163,36 +188,45 @@ func (j *jsonLines) Close() error {
 	return nil
 }
 
-// appendHead starts an object with the fields every line has.
-func appendHead(buf []byte, rec Record, ts int64) []byte {
+// appendHead starts an object with the fields every line of a record has,
+// up to (not including) ts.
+func appendHead(buf []byte, rec Record) []byte {
 	b := rec.Batch
 	buf = append(buf, `{"vehicle_id":`...)
 	buf = appendString(buf, b.VehicleID)
 	buf = append(buf, `,"epoch":"`...)
-	buf = fmt.Appendf(buf, "%016x", b.Epoch)
+	const hexDigits = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		buf = append(buf, hexDigits[b.Epoch>>uint(shift)&0xf])
+	}
 	buf = append(buf, `","seq":`...)
 	buf = strconv.AppendUint(buf, b.Seq, 10)
 	buf = append(buf, `,"partition":`...)
 	buf = strconv.AppendInt(buf, int64(rec.Partition), 10)
 	buf = append(buf, `,"offset":`...)
 	buf = strconv.AppendInt(buf, rec.Offset, 10)
-	buf = append(buf, `,"ts":`...)
-	buf = appendString(buf, time.Unix(0, ts).UTC().Format(time.RFC3339Nano))
 	return buf
 }
 
-func appendField(buf []byte, name, v string) []byte {
-	buf = append(buf, `,"`...)
-	buf = append(buf, name...)
-	buf = append(buf, `":`...)
-	return appendString(buf, v)
+// appendTime appends a Unix nanosecond time as RFC 3339 in UTC with the
+// digits it needs (time.RFC3339Nano).
+func appendTime(buf []byte, ns int64) []byte {
+	return time.Unix(0, ns).UTC().AppendFormat(buf, time.RFC3339Nano)
 }
 
 // appendString appends s as a JSON string, escaped as encoding/json does
-// (invalid UTF-8 becomes U+FFFD; marshalling a string cannot fail).
+// (HTML characters as \u escapes, invalid UTF-8 as U+FFFD). Plain
+// printable ASCII, the common case, is copied as it is.
 func appendString(buf []byte, s string) []byte {
-	out, _ := json.Marshal(s)
-	return append(buf, out...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			out, _ := json.Marshal(s)
+			return append(buf, out...)
+		}
+	}
+	buf = append(buf, '"')
+	buf = append(buf, s...)
+	return append(buf, '"')
 }
 
 // appendValue appends a reading's value: a number, a boolean or a string.
@@ -220,10 +254,22 @@ func appendValue(buf []byte, v wire.Value) []byte {
 	return append(buf, "null"...)
 }
 
-// appendFloat appends a finite float the way encoding/json does (shortest
-// form that round-trips). Callers exclude NaN and infinities, the only
-// floats Marshal rejects.
+// appendFloat appends a finite float the way encoding/json does: the
+// shortest form that round-trips, in exponent form below 1e-6 and from 1e21
+// on, with a one-digit negative exponent. Callers exclude NaN and
+// infinities, which JSON cannot hold.
 func appendFloat(buf []byte, f float64) []byte {
-	out, _ := json.Marshal(f)
-	return append(buf, out...)
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	buf = strconv.AppendFloat(buf, f, format, -1, 64)
+	if format == 'e' {
+		// e-09 becomes e-9, as encoding/json writes it.
+		if n := len(buf); n >= 4 && buf[n-4] == 'e' && buf[n-3] == '-' && buf[n-2] == '0' {
+			buf[n-2] = buf[n-1]
+			buf = buf[:n-1]
+		}
+	}
+	return buf
 }

@@ -849,3 +849,36 @@ func TestProgressBar(t *testing.T) {
 		}
 	}
 }
+
+// TestJSONFormatting checks the hand-written formatting against
+// encoding/json on awkward values.
+func TestJSONFormatting(t *testing.T) {
+	for _, f := range []float64{0, -0.0, 1, -1.5, 0.1, 1e-6, 9.99e-7, 1e-7, 1.5e-9, 1e20, 1e21, 1.2345e22, -3e-300, math.MaxFloat64, math.SmallestNonzeroFloat64, 123456789.125, 1e-5} {
+		want, _ := json.Marshal(f)
+		if got := appendFloat(nil, f); string(got) != string(want) {
+			t.Errorf("appendFloat(%g) = %s, want %s", f, got, want)
+		}
+	}
+	for _, s := range []string{"", "speed", "a b", `q"uote`, `back\slash`, "<tag>&", "tab\there", "ünïcode", "bad\xffutf8", "\u2028", "ctrl\x01"} {
+		want, _ := json.Marshal(s)
+		if got := appendString(nil, s); string(got) != string(want) {
+			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+func FuzzJSONFormatting(f *testing.F) {
+	f.Add("speed", 12.5)
+	f.Add("<x>", 1e-9)
+	f.Fuzz(func(t *testing.T, s string, v float64) {
+		if want, _ := json.Marshal(s); string(appendString(nil, s)) != string(want) {
+			t.Fatalf("appendString(%q) = %s, want %s", s, appendString(nil, s), want)
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return
+		}
+		if want, _ := json.Marshal(v); string(appendFloat(nil, v)) != string(want) {
+			t.Fatalf("appendFloat(%v) = %s, want %s", v, appendFloat(nil, v), want)
+		}
+	})
+}
