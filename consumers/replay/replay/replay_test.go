@@ -32,7 +32,13 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaked goroutines, except the AWS SDK's idle
+// keep-alive connections to S3 (objstore has no Close; they time out).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"))
+}
 
 const (
 	testPartitions = 4
