@@ -70,7 +70,7 @@ func ParseOffsets(s string) ([]OffsetRange, error) {
 		out = append(out, r)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%q names no partition: want P:START-END,...", s)
+		return nil, fmt.Errorf("%q names no partition: want P:START-END, comma-separated", s)
 	}
 	slices.SortFunc(out, func(a, b OffsetRange) int { return int(a.Partition) - int(b.Partition) })
 	return out, nil

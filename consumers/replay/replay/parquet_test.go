@@ -46,7 +46,7 @@ func TestParquetPrefixChecks(t *testing.T) {
 	}{
 		{"live prefix", []string{"--to-parquet", "s3://" + bucket + "/prod"}, "a live parquet-sink writes under s3://" + bucket + "/prod/"},
 		{"missing bucket", []string{"--to-parquet", "s3://no-such-bucket-" + bucket + "/x"}, "cannot list"},
-		{"bad credentials", append([]string{"--to-parquet", "s3://" + bucket + "/backfill", "--s3-secret-key", "wrong"}), "cannot list"},
+		{"bad credentials", []string{"--to-parquet", "s3://" + bucket + "/backfill", "--s3-secret-key", "wrong"}, "cannot list"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			res := run(t, f.config(t, append(append([]string{"--from", rfc(t0)}, s3...), c.args...)...), nil)

@@ -859,7 +859,7 @@ func TestProgressBar(t *testing.T) {
 // TestJSONFormatting checks the hand-written formatting against
 // encoding/json on awkward values.
 func TestJSONFormatting(t *testing.T) {
-	for _, f := range []float64{0, -0.0, 1, -1.5, 0.1, 1e-6, 9.99e-7, 1e-7, 1.5e-9, 1e20, 1e21, 1.2345e22, -3e-300, math.MaxFloat64, math.SmallestNonzeroFloat64, 123456789.125, 1e-5} {
+	for _, f := range []float64{0, math.Copysign(0, -1), 1, -1.5, 0.1, 1e-6, 9.99e-7, 1e-7, 1.5e-9, 1e20, 1e21, 1.2345e22, -3e-300, math.MaxFloat64, math.SmallestNonzeroFloat64, 123456789.125, 1e-5} {
 		want, _ := json.Marshal(f)
 		if got := appendFloat(nil, f); string(got) != string(want) {
 			t.Errorf("appendFloat(%g) = %s, want %s", f, got, want)
