@@ -212,7 +212,7 @@ func plan(ctx context.Context, cfg Config, adm *kadm.Client, logger *slog.Logger
 			}
 		}
 	}
-	sizes := partitionSizes(ctx, adm, cfg.Topic, logger)
+	sizes := partitionSizes(ctx, adm, cfg.Topic, want, logger)
 
 	for _, w := range want {
 		part := w.Partition
@@ -267,8 +267,12 @@ func plan(ctx context.Context, cfg Config, adm *kadm.Client, logger *slog.Logger
 // partitionSizes returns the bytes each partition of topic takes on its
 // leader's disk, or nothing (logged at debug) when the broker will not say
 // (DescribeLogDirs needs the Describe permission on the cluster).
-func partitionSizes(ctx context.Context, adm *kadm.Client, topic string, logger *slog.Logger) map[int32]int64 {
-	dirs, err := adm.DescribeAllLogDirs(ctx, kadm.TopicsSet{topic: nil})
+func partitionSizes(ctx context.Context, adm *kadm.Client, topic string, want []OffsetRange, logger *slog.Logger) map[int32]int64 {
+	set := kadm.TopicsSet{}
+	for _, r := range want {
+		set.Add(topic, r.Partition)
+	}
+	dirs, err := adm.DescribeAllLogDirs(ctx, set)
 	if err != nil {
 		logger.Debug("no partition sizes for the byte estimate", "err", err)
 		return nil

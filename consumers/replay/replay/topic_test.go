@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -212,4 +213,19 @@ func TestResumeAfterFailure(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestDryRunEstimate checks the plan's byte estimate on real Kafka (which
+// reports partition sizes; kfake does not).
+func TestDryRunEstimate(t *testing.T) {
+	f := newFixtureOn(t, testenv.Kafka(t), uniqueTopic(t))
+	res := run(t, f.config(t, "--offsets", "0,2:1-3", "--dry-run"), nil)
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	out := string(res.stdout)
+	if !regexp.MustCompile(`estimated bytes to read: [0-9.]+ (B|KiB)\n`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^ +2 +1 +3 +2 +[0-9.]+ (B|KiB) +0 +[0-9]+ *$`).MatchString(out) {
+		t.Fatalf("plan:\n%s", out)
+	}
 }
