@@ -5,10 +5,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +26,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/consumers/replay/replay"
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
+	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
@@ -381,4 +387,128 @@ func (l *lockedBuffer) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Len()
+}
+
+// TestTopicCopyThroughSink re-publishes history with --to-topic, runs the
+// real parquet-sink on the original and on the copy into two prefixes, and
+// checks with DuckDB and pyarrow that the two hold the same rows.
+func TestTopicCopyThroughSink(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	m := testenv.MinIO(t)
+	python := testenv.Python(t)
+	src := fmt.Sprintf("test.replay.sink.%d", time.Now().UnixNano())
+	produceHistory(t, brokers, src)
+	if out, err := command("--kafka-brokers", brokers, "--topic", src, "--offsets", "0,1,2,3", "--to-topic", src+".copy", "--progress", "none").CombinedOutput(); err != nil {
+		t.Fatalf("replay --to-topic: %v\n%s", err, out)
+	}
+
+	bin := filepath.Join(t.TempDir(), "parquet-sink")
+	build := exec.Command("go", "build", "-o", bin, "./consumers/parquet-sink")
+	build.Dir = testenv.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build parquet-sink: %v\n%s", err, out)
+	}
+	bucket := fmt.Sprintf("replay-sink-%d", time.Now().UnixNano())
+	store, err := objstore.New(context.Background(), objstore.Config{Endpoint: m.Endpoint, Bucket: bucket, AccessKey: m.AccessKey, SecretKey: m.SecretKey, PathStyle: true}, objstore.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.EnsureBucket(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var rows [2]string
+	for i, topic := range []string{src, src + ".copy"} {
+		prefix := fmt.Sprintf("sink%d", i)
+		sinkToPrefix(t, bin, brokers, m, bucket, topic, prefix, killRecords)
+		rows[i] = prefixRows(t, python, m, bucket, prefix)
+	}
+	if n := strings.Count(rows[0], "\n"); n != killRecords*21 {
+		t.Fatalf("the sink wrote %d rows of the original, want %d", n, killRecords*21)
+	}
+	if rows[0] != rows[1] {
+		t.Fatalf("the sink wrote different rows from the copy (%d rows) than from the original (%d rows)",
+			strings.Count(rows[1], "\n"), strings.Count(rows[0], "\n"))
+	}
+}
+
+// sinkToPrefix runs parquet-sink on topic into bucket/prefix until it has
+// consumed records records, then stops it (it writes out what it holds).
+func sinkToPrefix(t *testing.T, bin, brokers string, m testenv.S3, bucket, topic, prefix string, records int) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	var logs lockedBuffer
+	cmd := exec.Command(bin, "--kafka-brokers", brokers, "--topic", topic, "--group", topic+".sink", "--listen", addr,
+		"--s3-endpoint", m.Endpoint, "--s3-bucket", bucket, "--s3-prefix", prefix, "--s3-access-key", m.AccessKey,
+		"--s3-secret-key", m.SecretKey, "--s3-path-style", "--max-file-age", "1s")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	consumed := regexp.MustCompile(`(?m)^fleet_sink_records_total\{result="(?:ok|duplicate|invalid)"\} (\d+)`)
+	waitFor(t, fmt.Sprintf("parquet-sink to consume %d records of %s", records, topic), 90*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		n := 0
+		for _, m := range consumed.FindAllStringSubmatch(string(body), -1) {
+			v, _ := strconv.Atoi(m[1])
+			n += v
+		}
+		return n >= records
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("parquet-sink: %v\n%s", err, logs.String())
+	}
+}
+
+// prefixRows downloads the Parquet files under bucket/prefix and returns
+// their rows as testdata/rows.py prints them (DuckDB, checked by pyarrow).
+func prefixRows(t *testing.T, python string, m testenv.S3, bucket, prefix string) string {
+	t.Helper()
+	ctx := context.Background()
+	store, err := objstore.New(ctx, objstore.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: prefix, AccessKey: m.AccessKey, SecretKey: m.SecretKey, PathStyle: true}, objstore.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	objs, err := store.List(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if !strings.HasSuffix(o.Key, ".parquet") {
+			continue
+		}
+		data, err := store.Get(ctx, o.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.FromSlash(o.Key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(python, filepath.Join("testdata", "rows.py"), dir)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("rows.py %s: %v\n%s", prefix, err, stderr.String())
+	}
+	return string(out)
 }
