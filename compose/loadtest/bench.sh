@@ -31,6 +31,20 @@ wire=$(go test -run '^$' -bench 'WireBytesPerReading' -benchtime 3x ./edge-agent
 micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|CollectPerReading|CapturePerReading' -benchtime 2s \
 	./edge-agent/can ./edge-agent/spool ./edge-agent/agent ./edge-agent/capture)
 
+# Replay throughput (issue 12; budget >= 1,000,000 readings/s to Parquet per
+# core): the real replay binary pinned to one CPU, reading real Kafka (and
+# writing MinIO), which this starts with fresh state and stops at exit.
+go build -o bin/replay ./consumers/replay
+compose/services.sh install >/dev/null
+trap 'compose/services.sh stop kafka minio >/dev/null 2>&1 || true' EXIT
+compose/services.sh start kafka minio >/dev/null
+replay_env=$(compose/services.sh env)
+eval "$replay_env"
+replay_rows=$(go run ./compose/loadtest/replayload --kafka-brokers "$FLEET_TEST_KAFKA_BROKERS" --replay bin/replay \
+	--batches "${REPLAY_BATCHES:-50000}" --targets "${REPLAY_TARGETS:-jsonl,topic}" \
+	--s3-endpoint "$FLEET_TEST_S3_ENDPOINT" --s3-access-key "$FLEET_TEST_S3_ACCESS_KEY" --s3-secret-key "$FLEET_TEST_S3_SECRET_KEY")
+compose/services.sh stop kafka minio >/dev/null 2>&1 || true
+
 {
 	echo "# Benchmark report"
 	echo
@@ -87,6 +101,18 @@ micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|Col
 	echo "| measure | value |"
 	echo "| --- | ---: |"
 	echo "$capload"
+	echo
+	echo "## Replay throughput (one core)"
+	echo
+	echo "The real replay binary pinned to one CPU (taskset) re-reads simulated history from real Kafka"
+	echo "(batches of one second of a car with a 100 Hz accelerometer: 206 readings and a fix, referring"
+	echo "to the registered catalog) into each target: --to-jsonl a file, --to-topic another topic"
+	echo "(transactions every 5 s). CPU is the replay process's user + system time. Budget: >= 1,000,000"
+	echo "readings/s to Parquet per core."
+	echo
+	echo "| target | records | readings | wall s | records/s | readings/s | CPU s | readings per CPU-s |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+	echo "$replay_rows"
 	echo
 	echo "## Go micro-benchmarks"
 	echo
