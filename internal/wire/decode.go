@@ -14,34 +14,45 @@ func malformed(format string, args ...any) error {
 }
 
 // DecodeIdentity parses only the envelope of a batch: its identity and
-// producer, without decompressing the body. It applies lim.MaxBatchBytes.
+// producer, without decompressing the body. It applies lim.MaxBatchBytes
+// and verifies the checksum (which covers the body too).
 func DecodeIdentity(data []byte, lim Limits) (Identity, error) {
-	env, err := parseEnvelope(data, lim.withDefaults())
+	env, _, err := parseEnvelope(data, lim.withDefaults())
 	if err != nil {
 		return Identity{}, err
 	}
 	return Identity{VehicleID: env.GetVehicleId(), Epoch: env.GetEpoch(), Seq: env.GetSeq()}, nil
 }
 
-func parseEnvelope(data []byte, lim Limits) (*pb.Batch, error) {
+// parseEnvelope checks the size and the checksum, then parses the
+// envelope; it reports whether a checksum was verified.
+func parseEnvelope(data []byte, lim Limits) (*pb.Batch, bool, error) {
 	if len(data) > lim.MaxBatchBytes {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBatchBytes)
+		return nil, false, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBatchBytes)
+	}
+	checked, err := verifyChecksum(data)
+	if err != nil {
+		return nil, checked, err
+	}
+	if !checked && lim.RequireChecksum {
+		return nil, false, ErrNoChecksum
 	}
 	env := &pb.Batch{}
 	if err := proto.Unmarshal(data, env); err != nil {
-		return nil, malformed("envelope: %v", err)
+		return nil, checked, malformed("envelope: %v", err)
 	}
 	if err := CheckVehicleID(env.GetVehicleId()); err != nil {
-		return nil, malformed("%v", err)
+		return nil, checked, malformed("%v", err)
 	}
-	return env, nil
+	return env, checked, nil
 }
 
 // Decode parses and validates an untrusted batch. Errors wrap ErrTooLarge,
-// ErrMalformed or ErrUnsupported.
+// ErrMalformed, ErrUnsupported, ErrCorrupt, ErrNoChecksum or
+// ErrUnknownCatalog.
 func Decode(data []byte, lim Limits) (*Batch, error) {
 	lim = lim.withDefaults()
-	env, err := parseEnvelope(data, lim)
+	env, checked, err := parseEnvelope(data, lim)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +97,7 @@ func Decode(data []byte, lim Limits) (*Batch, error) {
 		AgentVersion:  env.GetProducer().GetAgentVersion(),
 		SchemaVersion: env.GetProducer().GetSchemaVersion(),
 		Decoder:       env.GetProducer().GetDecoder(),
+		Checked:       checked,
 	}
 	if err := decodeBody(b, body, env.GetCoded(), version, lim); err != nil {
 		return nil, err

@@ -128,8 +128,11 @@ type Batch struct {
 	AgentVersion  string
 	SchemaVersion uint32 // set by Decode; Encode always writes SchemaVersion
 	Decoder       string // which decoder configuration produced the signals
-	Readings      []Reading
-	Fixes         []Fix
+	// Checked, set by Decode, says the batch carried an end-to-end
+	// checksum and it matched (batches of older agents carry none).
+	Checked  bool
+	Readings []Reading
+	Fixes    []Fix
 }
 
 // Errors returned (wrapped) by Decode.
@@ -147,7 +150,8 @@ var (
 // bad or refers to a catalog that does not exist: retrying cannot help,
 // unlike, say, a failure to reach the catalogs.
 func IsInvalid(err error) bool {
-	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrUnknownCatalog)
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) ||
+		errors.Is(err, ErrUnknownCatalog) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNoChecksum)
 }
 
 var vehicleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
@@ -174,6 +178,11 @@ type Limits struct {
 	// carrying its name table; without it such a batch fails with
 	// ErrUnknownCatalog.
 	Catalogs CatalogLookup
+	// RequireChecksum refuses batches without an end-to-end checksum
+	// (ErrNoChecksum). Off by default: agents built before the checksum
+	// existed send none, and a fleet upgrades over weeks. A batch that has
+	// one is always verified.
+	RequireChecksum bool
 }
 
 // DefaultLimits are the limits Decode applies to zero fields.

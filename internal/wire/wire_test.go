@@ -211,7 +211,7 @@ func TestDecodeRejects(t *testing.T) {
 			t.Fatal(err)
 		}
 		f(env)
-		out, err := proto.Marshal(env)
+		out, err := Seal(env)
 		if err != nil {
 			t.Fatal(err)
 		}
