@@ -178,12 +178,26 @@ type Limits struct {
 	// carrying its name table; without it such a batch fails with
 	// ErrUnknownCatalog.
 	Catalogs CatalogLookup
+	// MaxReadingsPerByte, when set, lowers MaxReadings for a batch to that
+	// many per byte of the batch: the work a batch can cause grows with
+	// what its sender paid in bytes. The range coder spends at least ~0.006
+	// bits on any entry, and our encoder's densest batches (a second of
+	// constant signals at 100 Hz and more) hold under 900 readings a byte.
+	MaxReadingsPerByte int
+	// MaxBodyRatio, when set, refuses a compressed body that claims to
+	// decompress to more than BodyRatioFloor bytes and more than this many
+	// times its compressed size.
+	MaxBodyRatio int
 	// RequireChecksum refuses batches without an end-to-end checksum
 	// (ErrNoChecksum). Off by default: agents built before the checksum
 	// existed send none, and a fleet upgrades over weeks. A batch that has
 	// one is always verified.
 	RequireChecksum bool
 }
+
+// BodyRatioFloor is the decompressed size below which MaxBodyRatio does
+// not apply: small bodies of repeated values compress beyond any ratio.
+const BodyRatioFloor = 64 << 10
 
 // DefaultLimits are the limits Decode applies to zero fields.
 var DefaultLimits = Limits{MaxBatchBytes: 1 << 20, MaxBodyBytes: 16 << 20, MaxReadings: 1_000_000}
