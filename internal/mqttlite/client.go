@@ -198,6 +198,51 @@ func (c *Client) Publish(topic string, qos byte, payload []byte, done func(error
 	return s.publish(topic, qos, payload, done)
 }
 
+// WaitAcked waits until the broker has answered every QoS 1 publish (and
+// unsubscribe) of the current connection, or timeout passes; it reports
+// whether it has. A client about to stop calls it so that its last
+// publishes are not dropped by a broker that can no longer acknowledge
+// them.
+func (c *Client) WaitAcked(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		s := c.cur.Load()
+		if s == nil {
+			return true
+		}
+		s.mu.Lock()
+		n, closed := s.nUsed, s.err != nil
+		s.mu.Unlock()
+		if n == 0 || closed {
+			return n == 0
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Unsubscribe asks the broker to stop sending the filters' messages on
+// the current connection (the next connection subscribes again). It does
+// not wait for the broker's answer.
+func (c *Client) Unsubscribe(filters ...string) error {
+	s := c.cur.Load()
+	if s == nil || !s.ready.Load() {
+		return ErrNotConnected
+	}
+	s.mu.Lock()
+	id, ok := s.allocID()
+	s.mu.Unlock()
+	if !ok {
+		return ErrTooManyPending
+	}
+	if !s.queue(func(b []byte) []byte { return appendUnsubscribe(b, id, filters) }) {
+		return ErrNotConnected
+	}
+	return nil
+}
+
 func (c *Client) runOnce(ctx context.Context) error {
 	network, addr, _ := splitURL(c.cfg.URL)
 	dialCtx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
@@ -396,12 +441,17 @@ func (s *session) writeLoop() {
 		}
 		s.writeMu.Lock()
 		s.mu.Lock()
+		if s.err != nil {
+			// Closing: a graceful close writes what is queued itself.
+			s.mu.Unlock()
+			s.writeMu.Unlock()
+			return
+		}
 		buf := s.pending
 		s.pending = s.spare[:0]
 		s.spare = nil
-		stopped := s.err != nil
 		s.mu.Unlock()
-		if stopped || len(buf) == 0 {
+		if len(buf) == 0 {
 			s.writeMu.Unlock()
 			continue
 		}
@@ -525,6 +575,22 @@ func (s *session) markUsed(id uint16) {
 	s.nUsed++
 }
 
+// allocID takes a packet ID no outgoing packet awaits an answer for; s.mu
+// is held.
+func (s *session) allocID() (uint16, bool) {
+	if s.nUsed >= 1<<16-1 {
+		return 0, false
+	}
+	for {
+		s.next++
+		if s.next != 0 && s.used[s.next/64]&(1<<(s.next%64)) == 0 {
+			break
+		}
+	}
+	s.markUsed(s.next)
+	return s.next, true
+}
+
 func (s *session) acked(id uint16) {
 	s.mu.Lock()
 	if s.used[id/64]&(1<<(id%64)) == 0 {
@@ -554,18 +620,11 @@ func (s *session) publish(topic string, qos byte, payload []byte, done func(erro
 	}
 	var id uint16
 	if qos == 1 {
-		if s.nUsed >= 1<<16-1 {
+		var ok bool
+		if id, ok = s.allocID(); !ok {
 			s.mu.Unlock()
 			return ErrTooManyPending
 		}
-		for {
-			s.next++
-			if s.next != 0 && s.used[s.next/64]&(1<<(s.next%64)) == 0 {
-				break
-			}
-		}
-		id = s.next
-		s.markUsed(id)
 		if done != nil {
 			s.dones[id] = done
 		}

@@ -98,6 +98,20 @@ func appendSubscribe(b []byte, id uint16, filters []Subscription) []byte {
 	return b
 }
 
+func appendUnsubscribe(b []byte, id uint16, filters []string) []byte {
+	n := 2
+	for _, f := range filters {
+		n += 2 + len(f)
+	}
+	b = append(b, typeUnsubscribe<<4|0x02)
+	b = appendRemaining(b, n)
+	b = binary.BigEndian.AppendUint16(b, id)
+	for _, f := range filters {
+		b = appendString(b, f)
+	}
+	return b
+}
+
 func appendPublish(b []byte, topic string, qos byte, id uint16, payload []byte) []byte {
 	n := 2 + len(topic) + len(payload)
 	if qos > 0 {
@@ -162,7 +176,11 @@ type Message struct {
 
 	id   uint16
 	sess *session
+	buf  []byte
 }
+
+// TopicBytes is Topic as bytes, sharing the message's buffer: read only.
+func (m *Message) TopicBytes() []byte { return m.buf[:len(m.Topic)] }
 
 // Ack acknowledges the message (PUBACK) on the connection it came on. If
 // that connection is gone the broker has forgotten the delivery (or will
@@ -219,5 +237,6 @@ func readPublish(r *bufio.Reader, h header, maxPayload int) (*Message, error) {
 	// The buffer is never written again: the string may share it.
 	m.Topic = unsafe.String(unsafe.SliceData(buf), topicLen)
 	m.Payload = buf[topicLen:]
+	m.buf = buf
 	return m, nil
 }
