@@ -120,7 +120,9 @@ func (a *ackBook) putBack(vehicle string, news *vehicleNews, now time.Time) {
 }
 
 // home is where the vehicle's acks go among n connections.
-func (a *ackBook) home(vehicle string, n int) int { return int(maphash.String(a.seed, vehicle) % uint64(n)) }
+func (a *ackBook) home(vehicle string, n int) int {
+	return int(maphash.String(a.seed, vehicle) % uint64(n))
+}
 
 // addSeq adds seq to sorted disjoint ranges, merging neighbours. Batches
 // mostly arrive in order, so the common case extends the last range.

@@ -371,4 +371,3 @@ func (b *Bridge) publishAck(a vehicleAck, qos byte, done func(error)) bool {
 	}
 	return false
 }
-
