@@ -72,11 +72,13 @@ func (b *Bridge) createTopics(ctx context.Context) error {
 // have been made by hand, by an older bridge, or by a broker that creates
 // topics on first use. It fails only if ctx ends.
 func (b *Bridge) checkTopics(ctx context.Context) error {
-	if err := kafkaio.CheckCompacted(ctx, b.kafka, b.cfg.CatalogTopic); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	if b.cfg.CreateTopics { // topics seeded by hand (the embedded stack's) are the operator's call
+		if err := kafkaio.CheckCompacted(ctx, b.kafka, b.cfg.CatalogTopic); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.logger.Error("catalog topic misconfigured: batches referring to expired catalogs become undecodable", "err", err)
 		}
-		b.logger.Error("catalog topic misconfigured: batches referring to expired catalogs become undecodable", "err", err)
 	}
 	for _, topic := range []string{b.cfg.Topic, b.cfg.DLQTopic} {
 		limit, err := maxMessageBytes(ctx, kadm.NewClient(b.kafka), topic)
