@@ -114,7 +114,9 @@ type Bridge struct {
 	cfg      Config
 	logger   *slog.Logger
 	m        *metrics
-	kafka    *kgo.Client
+	kafka    *kgo.Client // the producer, made by Run
+	setup    *kgo.Client // topic set-up and health
+	kopts    []kgo.Opt
 	conns    []*mqttlite.Client
 	admin    *admin.Server
 	catalogs *catalogstore.Store
@@ -134,6 +136,13 @@ type Bridge struct {
 	produceCancel context.CancelFunc
 	aborted       atomic.Bool
 	retries       sync.WaitGroup
+	// topicLimit is the telemetry topic's max.message.bytes (0: unknown):
+	// a record over it is dead-lettered before it is produced, as Kafka
+	// would refuse the whole record batch it travelled in, neighbours and
+	// all. limitRead is when it was last read (unix nanos).
+	topicLimit atomic.Int64
+	limitRead  atomic.Int64
+	batchMax   int // the producer's largest record batch
 }
 
 // New builds the bridge: the Kafka producer, the MQTT clients and the
@@ -149,25 +158,20 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	b.readCtx, b.stopReading = context.WithCancel(context.Background())
 	b.produceCtx, b.produceCancel = context.WithCancel(context.Background())
 
-	kopts, err := cfg.Kafka.Opts(deps.Logger, deps.Registerer)
+	// The producer is made in Run, once the topics' limits are known; this
+	// client sets the topics up and answers /readyz.
+	setupOpts, err := cfg.Kafka.Opts(deps.Logger, nil)
 	if err != nil {
 		return nil, err
 	}
-	kopts = append(kopts,
-		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, as Kafka's own clients
-		kgo.ProducerLinger(cfg.Linger),
-		kgo.ProducerBatchCompression(kgo.NoCompression()), // payloads are compact already
-		// A produced batch never exceeds what the topics take.
-		kgo.ProducerBatchMaxBytes(int32(cfg.RecordLimit())),
-		kgo.MaxBufferedRecords(cfg.MaxInflight+1024), // the limiter is the bound: Produce never blocks
-		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
-	)
-	if b.kafka, err = kgo.NewClient(kopts...); err != nil {
+	if b.kopts, err = cfg.Kafka.Opts(deps.Logger, deps.Registerer); err != nil {
+		return nil, err
+	}
+	if b.setup, err = kgo.NewClient(setupOpts...); err != nil {
 		return nil, fmt.Errorf("bridge: kafka client: %w", err)
 	}
 	fail := func(err error) (*Bridge, error) {
-		b.kafka.Close()
+		b.setup.Close()
 		if b.catalogs != nil {
 			b.catalogs.Close()
 		}
@@ -217,7 +221,7 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 		}
 		return nil
 	})
-	b.admin.AddReadyCheck("kafka", func(ctx context.Context) error { return b.kafka.Ping(ctx) })
+	b.admin.AddReadyCheck("kafka", func(ctx context.Context) error { return b.setup.Ping(ctx) })
 	return b, nil
 }
 
@@ -245,16 +249,33 @@ func (b *Bridge) Inflight() int {
 // broker and the vehicles), and disconnects. Batches still in flight after
 // the timeout are left to the agents to re-send.
 func (b *Bridge) Run(ctx context.Context) error {
-	defer b.kafka.Close()
+	defer b.setup.Close()
 	defer b.catalogs.Close()
 	if b.cfg.CreateTopics {
 		if err := b.createTopics(ctx); err != nil {
 			return err
 		}
 	}
-	if err := b.checkTopics(ctx); err != nil {
+	batchMax, err := b.checkTopics(ctx)
+	if err != nil {
 		return err
 	}
+	b.batchMax = batchMax
+	b.kafka, err = kgo.NewClient(append(b.kopts,
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, as Kafka's own clients
+		kgo.ProducerLinger(b.cfg.Linger),
+		kgo.ProducerBatchCompression(kgo.NoCompression()), // payloads are compact already
+		// Kafka refuses a whole record batch over the topic's
+		// max.message.bytes: never build one.
+		kgo.ProducerBatchMaxBytes(int32(b.batchMax)),
+		kgo.MaxBufferedRecords(b.cfg.MaxInflight+1024), // the limiter is the bound: Produce never blocks
+		kgo.RecordDeliveryTimeout(b.cfg.ProduceTimeout),
+	)...)
+	if err != nil {
+		return fmt.Errorf("bridge: kafka producer: %w", err)
+	}
+	defer b.kafka.Close()
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()
 	g, gctx := errgroup.WithContext(adminCtx)

@@ -632,14 +632,31 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 		t.Fatal("garbage decodes")
 	}
 
+	flipped := batch(t, "veh-flipped", 1, 1)
+	flipped[len(flipped)/2] ^= 0x10
+	// An amplification payload: a small batch whose body claims to
+	// decompress to far more than any real one.
+	env := &pb.Batch{}
+	if err := proto.Unmarshal(batch(t, "veh-bomb", 1, 1), env); err != nil {
+		t.Fatal(err)
+	}
+	env.Compression, env.UncompressedSize = pb.Compression_COMPRESSION_ZSTD, 1<<30
+	bomb, err := wire.Seal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	cases := map[string]struct {
 		payload   []byte
 		value     []byte // what the DLQ record holds
 		wantError []string
+		reason    string
 	}{
-		"veh-garbage": {garbage, garbage, []string{"malformed"}},
-		"veh-big":     {oversized, oversized[:cfg.MaxBatchBytes], []string{"too large", fmt.Sprint(len(oversized)), "truncated"}},
-		"veh-honest":  {batch(t, "veh-liar", 1, 1), nil, []string{`"veh-liar"`, `"veh-honest"`, "does not match"}},
+		"veh-garbage": {garbage, garbage, []string{"malformed"}, ReasonMalformed},
+		"veh-big":     {oversized, oversized[:cfg.MaxBatchBytes], []string{"too large", fmt.Sprint(len(oversized)), "truncated"}, ReasonTooLarge},
+		"veh-honest":  {batch(t, "veh-liar", 1, 1), nil, []string{`"veh-liar"`, `"veh-honest"`, "does not match"}, ReasonVehicleMismatch},
+		"veh-flipped": {flipped, nil, []string{"checksum"}, ReasonCorrupt},
+		"veh-bomb":    {bomb, nil, []string{"too large", "claims"}, ReasonTooLarge},
 	}
 	car := e.client("car")
 	for vehicle, c := range cases {
@@ -676,6 +693,12 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 				t.Errorf("%s: error header %q does not say %q", r.Key, reason, w)
 			}
 		}
+		if got, _ := header(r, kafkaio.HeaderReason); got != c.reason {
+			t.Errorf("%s: reason header %q, want %q", r.Key, got, c.reason)
+		}
+		if v := metricValue(t, br.AdminURL(), `fleet_bridge_dlq_total{reason="`+c.reason+`"}`); v == "" || v == "0" {
+			t.Errorf("%s: fleet_bridge_dlq_total{reason=%q} = %q", r.Key, c.reason, v)
+		}
 		if src, _ := header(r, kafkaio.HeaderSourceTopic); src != topics.Telemetry(string(r.Key)) {
 			t.Errorf("%s: source_topic header %q", r.Key, src)
 		}
@@ -701,11 +724,11 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 	if n := e.endOffsets(topics.KafkaTelemetry); n != 0 {
 		t.Errorf("%d records in the telemetry topic; want none", n)
 	}
-	if n := e.endOffsets(topics.KafkaDLQ); n != 3 {
-		t.Errorf("%d records in the DLQ; want 3 (nothing redelivered)", n)
+	if n := e.endOffsets(topics.KafkaDLQ); n != 5 {
+		t.Errorf("%d records in the DLQ; want 5 (nothing redelivered)", n)
 	}
-	if v := metricValue(t, br.AdminURL(), `fleet_bridge_messages_total{result="dlq"}`); v != "3" {
-		t.Errorf(`fleet_bridge_messages_total{result="dlq"} = %q, want 3`, v)
+	if v := metricValue(t, br.AdminURL(), `fleet_bridge_messages_total{result="dlq"}`); v != "5" {
+		t.Errorf(`fleet_bridge_messages_total{result="dlq"} = %q, want 5`, v)
 	}
 }
 

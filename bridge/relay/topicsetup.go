@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 )
@@ -52,7 +53,7 @@ func (c Config) minInsync() int {
 
 func (b *Bridge) createTopics(ctx context.Context) error {
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 10*time.Second) {
-		err := kafkaio.EnsureTopics(ctx, b.kafka, b.topicSpecs()...)
+		err := kafkaio.EnsureTopics(ctx, b.setup, b.topicSpecs()...)
 		if err == nil {
 			return nil
 		}
@@ -67,34 +68,41 @@ func (b *Bridge) createTopics(ctx context.Context) error {
 
 // checkTopics warns, at start, about existing topics that cannot do their
 // job: a telemetry or DLQ topic whose max.message.bytes is below the
-// largest record the bridge produces (such batches would go to the DLQ, or
-// be cut there), and a catalog topic that is not compacted. The topics may
+// largest record the bridge produces (such batches go to the DLQ, or are
+// cut there), and a catalog topic that is not compacted. The topics may
 // have been made by hand, by an older bridge, or by a broker that creates
-// topics on first use. It fails only if ctx ends.
-func (b *Bridge) checkTopics(ctx context.Context) error {
+// topics on first use. It returns the largest record batch the producer
+// may build (the smallest limit found), and fails only if ctx ends.
+func (b *Bridge) checkTopics(ctx context.Context) (int, error) {
+	batchMax := b.cfg.RecordLimit()
 	if b.cfg.CreateTopics { // topics seeded by hand (the embedded stack's) are the operator's call
-		if err := kafkaio.CheckCompacted(ctx, b.kafka, b.cfg.CatalogTopic); err != nil {
+		if err := kafkaio.CheckCompacted(ctx, b.setup, b.cfg.CatalogTopic); err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return 0, ctx.Err()
 			}
 			b.logger.Error("catalog topic misconfigured: batches referring to expired catalogs become undecodable", "err", err)
 		}
 	}
 	for _, topic := range []string{b.cfg.Topic, b.cfg.DLQTopic} {
-		limit, err := maxMessageBytes(ctx, kadm.NewClient(b.kafka), topic)
+		limit, err := maxMessageBytes(ctx, kadm.NewClient(b.setup), topic)
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return 0, ctx.Err()
 			}
 			b.logger.Warn("cannot read the topic's settings", "topic", topic, "err", err)
 			continue
+		}
+		batchMax = min(batchMax, limit)
+		if topic == b.cfg.Topic {
+			b.topicLimit.Store(int64(limit))
+			b.limitRead.Store(time.Now().UnixNano())
 		}
 		if limit < b.cfg.RecordLimit() {
 			b.logger.Error("topic cannot hold the largest accepted batch: raise its max.message.bytes or lower --max-batch-bytes",
 				"topic", topic, "max.message.bytes", limit, "needed", b.cfg.RecordLimit(), "max-batch-bytes", b.cfg.MaxBatchBytes)
 		}
 	}
-	return nil
+	return max(batchMax, 1024), nil
 }
 
 // maxMessageBytes is a topic's max.message.bytes, asking again for a few
@@ -127,4 +135,32 @@ func maxMessageBytes(ctx context.Context, adm *kadm.Client, topic string) (int, 
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// refreshLimit reads the telemetry topic's max.message.bytes again, at
+// most every 10 seconds (Kafka refused a record batch: the topic's
+// setting may have changed).
+func (b *Bridge) refreshLimit() {
+	last := b.limitRead.Load()
+	now := time.Now().UnixNano()
+	if now-last < int64(10*time.Second) || !b.limitRead.CompareAndSwap(last, now) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(b.produceCtx, 10*time.Second)
+		defer cancel()
+		if limit, err := maxMessageBytes(ctx, kadm.NewClient(b.setup), b.cfg.Topic); err == nil {
+			b.topicLimit.Store(int64(limit))
+		}
+	}()
+}
+
+// recordSize is what a record takes in a record batch of its own, with
+// room for the batch's framing.
+func recordSize(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value) + 128
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 4
+	}
+	return n
 }

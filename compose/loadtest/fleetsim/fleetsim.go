@@ -156,12 +156,11 @@ func (f *Fleet) onAck(m *mqttlite.Message) {
 // ends (its error).
 func (f *Fleet) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	for _, c := range f.conns {
 		wg.Go(func() { _ = c.Run(ctx) })
 	}
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 	total := int64(f.cfg.Vehicles * f.cfg.Batches)
 	tick := time.NewTicker(max(f.cfg.Interval, time.Millisecond))
 	defer tick.Stop()
