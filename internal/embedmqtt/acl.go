@@ -92,4 +92,3 @@ func vehicleAllowed(id, topic string, write bool) bool {
 	}
 	return rest == "ack"
 }
-
