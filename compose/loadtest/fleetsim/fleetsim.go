@@ -33,7 +33,7 @@ type Config struct {
 	Connections      int           // MQTT connections the vehicles share
 	Interval         time.Duration // between a vehicle's new batches; 0: as fast as the window allows
 	Window           int           // batches a connection has awaiting the broker's PUBACK, at most
-	ResendAfter      time.Duration
+	ResendAfter      time.Duration // 0: never re-send (load runs without acks)
 	Epoch            uint64
 }
 
@@ -184,9 +184,12 @@ func (f *Fleet) step(ctx context.Context, v *vehicle, now time.Time) {
 	v.mu.Lock()
 	var due []uint64
 	for s, at := range v.sent {
-		if now.Sub(at) >= f.cfg.ResendAfter {
+		if f.cfg.ResendAfter > 0 && now.Sub(at) >= f.cfg.ResendAfter {
 			due = append(due, s)
 		}
+	}
+	if f.cfg.ResendAfter == 0 {
+		clear(v.sent) // nothing to re-send: keep no record
 	}
 	if v.next <= uint64(f.cfg.Batches) {
 		due = append(due, v.next)
@@ -212,12 +215,14 @@ func (f *Fleet) step(ctx context.Context, v *vehicle, now time.Time) {
 			<-win
 			continue // not connected: re-sent after ResendAfter
 		}
-		v.mu.Lock()
-		v.pubs[s]++
-		if v.pubs[s] > 1 {
-			f.resent.Add(1)
+		if f.cfg.ResendAfter > 0 {
+			v.mu.Lock()
+			v.pubs[s]++
+			if v.pubs[s] > 1 {
+				f.resent.Add(1)
+			}
+			v.mu.Unlock()
 		}
-		v.mu.Unlock()
 		f.published.Add(1)
 	}
 }
