@@ -238,7 +238,7 @@ func (b *Bridge) produced(j *job, err error) {
 		b.abandon(j)
 	case !permanent(err):
 		b.retry(j, err)
-	case errors.Is(err, kerr.MessageTooLarge) && !j.dlq && j.rec.Topic == b.cfg.Topic && !b.overLimit(j) && j.attempts < 5:
+	case errors.Is(err, kerr.MessageTooLarge) && recordSize(&j.rec) <= b.batchMax && j.attempts < 5:
 		// Kafka refuses a whole record batch when one record in it is too
 		// large: this record may be innocent. Try it again (the culprit is
 		// caught before producing once the topic's limit is known).
@@ -255,17 +255,6 @@ func (b *Bridge) produced(j *job, err error) {
 	default:
 		b.deadLetter(j, ReasonKafkaRejected, fmt.Errorf("kafka refused the batch: %w", err))
 	}
-}
-
-// overLimit reports whether the job's record is over the telemetry
-// topic's known max.message.bytes; with the limit unknown, a record over
-// what the bridge itself accepts is.
-func (b *Bridge) overLimit(j *job) bool {
-	limit := b.topicLimit.Load()
-	if limit <= 0 {
-		limit = int64(b.cfg.RecordLimit())
-	}
-	return int64(recordSize(&j.rec)) > limit
 }
 
 // dlqCut is what is kept of a payload the DLQ refuses whole.
@@ -315,7 +304,7 @@ func (b *Bridge) deadLetter(j *job, reason string, cause error) {
 	j.rec.Headers = append(j.rec.Headers,
 		kgo.RecordHeader{Key: kafkaio.HeaderError, Value: []byte(cause.Error())},
 		kgo.RecordHeader{Key: kafkaio.HeaderReason, Value: []byte(reason)})
-	if over := recordSize(&j.rec) - b.batchMax; over > 0 && over < len(j.rec.Value) {
+	if over := recordSize(&j.rec) - (b.batchMax - 512); over > 0 && over < len(j.rec.Value) {
 		// Over what the producer may send: keep the payload's beginning.
 		j.rec.Value = j.rec.Value[:len(j.rec.Value)-over]
 		j.rec.Headers = append(j.rec.Headers, kgo.RecordHeader{Key: kafkaio.HeaderError,

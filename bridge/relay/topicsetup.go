@@ -92,7 +92,9 @@ func (b *Bridge) checkTopics(ctx context.Context) (int, error) {
 			b.logger.Warn("cannot read the topic's settings", "topic", topic, "err", err)
 			continue
 		}
-		batchMax = min(batchMax, limit)
+		// franz-go counts a batch's size a little more leniently than
+		// Kafka does: keep clear of the limit.
+		batchMax = min(batchMax, limit-512)
 		if topic == b.cfg.Topic {
 			b.topicLimit.Store(int64(limit))
 			b.limitRead.Store(time.Now().UnixNano())
