@@ -10,7 +10,7 @@ import (
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
-func sampleCatalog(t *testing.T) *Catalog {
+func sampleCatalog(t testing.TB) *Catalog {
 	t.Helper()
 	c, err := NewCatalog([]SignalSpec{
 		{Name: "speed", Unit: "km/h", Kind: KindDouble}, {Name: "rpm", Unit: "rpm", Kind: KindInt},
@@ -131,4 +131,24 @@ func TestCatalogBodyChecks(t *testing.T) {
 	if _, err := ParseCatalog([]byte{0xff, 0xff}, Limits{}); !errors.Is(err, ErrMalformed) {
 		t.Errorf("garbage catalog: %v", err)
 	}
+}
+
+// FuzzParseCatalog: catalogs come from devices; parsing one never panics,
+// and a catalog that parses encodes batches that decode with it.
+func FuzzParseCatalog(f *testing.F) {
+	f.Add(sampleCatalog(f).Bytes())
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cat, err := ParseCatalog(data, Limits{MaxBodyBytes: 1 << 20})
+		if err != nil {
+			return
+		}
+		if len(cat.ID()) != CatalogIDLen {
+			t.Fatalf("catalog id of %d bytes", len(cat.ID()))
+		}
+		again, err := ParseCatalog(cat.Bytes(), Limits{})
+		if err != nil || string(again.ID()) != string(cat.ID()) {
+			t.Fatalf("a parsed catalog does not parse again to the same id: %v", err)
+		}
+	})
 }
