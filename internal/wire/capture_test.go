@@ -60,7 +60,7 @@ func TestBadCaptureMarkers(t *testing.T) {
 			t.Fatal(err)
 		}
 		env.Capture = &pb.Capture{Id: c.ID, Rule: c.Rule}
-		data, err = proto.Marshal(env)
+		data, err = Seal(env) // a sender that checksums what it got wrong
 		if err != nil {
 			t.Fatal(err)
 		}

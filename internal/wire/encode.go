@@ -84,8 +84,9 @@ func decoder() (*zstd.Decoder, error) {
 	return zstdDec, decErr
 }
 
-// Encode returns the wire form of b. It fails if the vehicle ID is invalid
-// or a value cannot be represented (a reading with no kind, say).
+// Encode returns the wire form of b, sealed with its end-to-end checksum
+// (see AppendChecksum). It fails if the vehicle ID is invalid or a value
+// cannot be represented (a reading with no kind, say).
 func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 	if err := CheckVehicleID(b.VehicleID); err != nil {
 		return nil, err
@@ -143,7 +144,12 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 			out.Body = z
 		}
 	}
-	return proto.MarshalOptions{Deterministic: true}.Marshal(out)
+	buf := make([]byte, 0, proto.Size(out)+checksumLen)
+	buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(buf, out)
+	if err != nil {
+		return nil, fmt.Errorf("wire: marshal batch: %w", err)
+	}
+	return AppendChecksum(buf), nil
 }
 
 type signalKey struct {

@@ -128,8 +128,11 @@ type Batch struct {
 	AgentVersion  string
 	SchemaVersion uint32 // set by Decode; Encode always writes SchemaVersion
 	Decoder       string // which decoder configuration produced the signals
-	Readings      []Reading
-	Fixes         []Fix
+	// Checked, set by Decode, says the batch carried an end-to-end
+	// checksum and it matched (batches of older agents carry none).
+	Checked  bool
+	Readings []Reading
+	Fixes    []Fix
 	// Capture, when set, marks the batch as part of a condition-triggered
 	// capture window; nil for the live stream.
 	Capture *Capture
@@ -182,7 +185,8 @@ var (
 // bad or refers to a catalog that does not exist: retrying cannot help,
 // unlike, say, a failure to reach the catalogs.
 func IsInvalid(err error) bool {
-	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrUnknownCatalog)
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) ||
+		errors.Is(err, ErrUnknownCatalog) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNoChecksum)
 }
 
 var vehicleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
@@ -209,7 +213,26 @@ type Limits struct {
 	// carrying its name table; without it such a batch fails with
 	// ErrUnknownCatalog.
 	Catalogs CatalogLookup
+	// MaxReadingsPerByte, when set, lowers MaxReadings for a batch to that
+	// many per byte of the batch: the work a batch can cause grows with
+	// what its sender paid in bytes. The range coder spends at least ~0.006
+	// bits on any entry, and our encoder's densest batches (a second of
+	// constant signals at 100 Hz and more) hold under 900 readings a byte.
+	MaxReadingsPerByte int
+	// MaxBodyRatio, when set, refuses a compressed body that claims to
+	// decompress to more than BodyRatioFloor bytes and more than this many
+	// times its compressed size.
+	MaxBodyRatio int
+	// RequireChecksum refuses batches without an end-to-end checksum
+	// (ErrNoChecksum). Off by default: agents built before the checksum
+	// existed send none, and a fleet upgrades over weeks. A batch that has
+	// one is always verified.
+	RequireChecksum bool
 }
+
+// BodyRatioFloor is the decompressed size below which MaxBodyRatio does
+// not apply: small bodies of repeated values compress beyond any ratio.
+const BodyRatioFloor = 64 << 10
 
 // DefaultLimits are the limits Decode applies to zero fields.
 var DefaultLimits = Limits{MaxBatchBytes: 1 << 20, MaxBodyBytes: 16 << 20, MaxReadings: 1_000_000}

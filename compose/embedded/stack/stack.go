@@ -15,6 +15,7 @@ package stack
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -119,7 +120,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 		return err
 	}
 	services.Go(func() error { return s3.Run(svcCtx) })
-	broker, err := embedmqtt.New(embedmqtt.Config{Addr: cfg.MQTTAddr}, embedmqtt.Deps{Logger: cli.MinLevel(logger, slog.LevelWarn)})
+	// The fleet's broker rule, as in production: each vehicle acts only
+	// under its own ID; the bridge's account, with a password made for
+	// this run, reads them all.
+	bridgePassword := rand.Text()
+	broker, err := embedmqtt.New(embedmqtt.Config{Addr: cfg.MQTTAddr, FleetACL: true, Services: map[string]string{bridgeUser: bridgePassword}},
+		embedmqtt.Deps{Logger: cli.MinLevel(logger, slog.LevelWarn)})
 	if err != nil {
 		return err
 	}
@@ -164,6 +170,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	bc := relay.DefaultConfig()
 	bc.MQTT.URL = broker.URL()
 	bc.MQTT.ClientID = "fleet-bridge-embedded"
+	bc.MQTT.Username, bc.MQTT.Password = bridgeUser, bridgePassword
 	bc.Kafka.Brokers = brokers
 	bc.Listen = cfg.BridgeAdmin
 	bc.BridgeID = "embedded"
@@ -259,3 +266,6 @@ Press Ctrl-C to stop (what is buffered is written out first).
 `, cfg.Vehicles, liveURL, liveURL, mqttURL, kafka, s3URL, files, cfg.AgentAdmin, bridgeAdmin, sinkAdmin, liveURL,
 		strconv.Itoa(int(cfg.FileAge.Seconds()))+"s", files)
 }
+
+// bridgeUser is the bridge's MQTT account on the embedded broker.
+const bridgeUser = "fleet-bridge"

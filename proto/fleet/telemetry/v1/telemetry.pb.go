@@ -158,6 +158,16 @@ type Batch struct {
 	// beside the body, not in it, because no general-purpose compressor
 	// makes it smaller.
 	Coded []byte `protobuf:"bytes,9,opt,name=coded,proto3" json:"coded,omitempty"`
+	// CRC-32C (Castagnoli) of the batch's serialized bytes with this field
+	// (its tag and its four bytes) left out: it covers every other field,
+	// including fields added after it, wherever they sit. Encoders write it
+	// last. It guards the batch from the agent's spool to every consumer
+	// (broker, bridge, Kafka); a batch whose checksum does not match is
+	// corrupt and goes to the dead-letter topic. Batches of agents built
+	// before it have none: readers accept them unless told to require one.
+	// A reader rejects a batch carrying this field more than once or with a
+	// wire type other than fixed32.
+	Checksum uint32 `protobuf:"fixed32,10,opt,name=checksum,proto3" json:"checksum,omitempty"`
 	// Set when the batch is part of a condition-triggered capture window
 	// rather than the live stream.
 	Capture       *Capture `protobuf:"bytes,11,opt,name=capture,proto3" json:"capture,omitempty"`
@@ -256,6 +266,13 @@ func (x *Batch) GetCoded() []byte {
 		return x.Coded
 	}
 	return nil
+}
+
+func (x *Batch) GetChecksum() uint32 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
 }
 
 func (x *Batch) GetCapture() *Capture {
@@ -1811,7 +1828,7 @@ var File_fleet_telemetry_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\"fleet/telemetry/v1/telemetry.proto\x12\x12fleet.telemetry.v1\"\x88\x03\n" +
+	"\"fleet/telemetry/v1/telemetry.proto\x12\x12fleet.telemetry.v1\"\xa4\x03\n" +
 	"\x05Batch\x12\x1d\n" +
 	"\n" +
 	"vehicle_id\x18\x01 \x01(\tR\tvehicleId\x12\x14\n" +
@@ -1822,7 +1839,9 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\vcompression\x18\x06 \x01(\x0e2\x1f.fleet.telemetry.v1.CompressionR\vcompression\x12+\n" +
 	"\x11uncompressed_size\x18\a \x01(\rR\x10uncompressedSize\x12\x12\n" +
 	"\x04body\x18\b \x01(\fR\x04body\x12\x14\n" +
-	"\x05coded\x18\t \x01(\fR\x05coded\x125\n" +
+	"\x05coded\x18\t \x01(\fR\x05coded\x12\x1a\n" +
+	"\bchecksum\x18\n" +
+	" \x01(\aR\bchecksum\x125\n" +
 	"\acapture\x18\v \x01(\v2\x1b.fleet.telemetry.v1.CaptureR\acapture\"\x8c\x01\n" +
 	"\aCapture\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
