@@ -217,3 +217,14 @@ func (ci *classIndex) visit(g geometry, sp span, fn func(*entry)) {
 		}
 	}
 }
+
+// cellLen returns how many entries the cell key holds.
+func (ci *classIndex) cellLen(key int64) int {
+	st := &ci.stripes[stripeOf(key)]
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if c := st.cells[key]; c != nil {
+		return len(c.items)
+	}
+	return 0
+}

@@ -62,8 +62,9 @@ func (s *Store) Nearby(q Query) []Neighbor {
 	h := &candHeap{limit: q.Limit}
 	r := q.RadiusM
 	if q.Limit > 0 {
-		r = min(r, s.geo.cellDeg*degToRad*EarthRadiusM)
+		r = min(r, s.startRadius(q, classes))
 	}
+	from := pointFrom(q.Lat, q.Lon)
 	var radius float64
 	visit := func(e *entry) {
 		if e.t < fresh {
@@ -74,7 +75,7 @@ func (s *Store) Nearby(q Query) []Neighbor {
 		if math.Abs(e.lat-q.Lat)*degToRad*EarthRadiusM > radius*(1+1e-9)+1e-6 {
 			return
 		}
-		d := DistanceM(q.Lat, q.Lon, e.lat, e.lon)
+		d := from.distanceTo(e.lat, e.lon)
 		if d > radius {
 			return
 		}
@@ -100,13 +101,31 @@ func (s *Store) Nearby(q Query) []Neighbor {
 	return s.resolve(q, h.items, fresh)
 }
 
+// startRadius guesses the radius that holds q.Limit vehicles from how many
+// the query point's cell holds, with a margin; a cell's height when it
+// holds none.
+func (s *Store) startRadius(q Query, classes []*classIndex) float64 {
+	cellM := s.geo.cellDeg * degToRad * EarthRadiusM
+	key := s.geo.keyOf(q.Lat, q.Lon)
+	n := 0
+	for _, ci := range classes {
+		n += ci.cellLen(key)
+	}
+	if n == 0 {
+		return cellM
+	}
+	area := cellM * cellM * max(math.Cos(q.Lat*degToRad), 0.01)
+	r := 1.5 * math.Sqrt(float64(q.Limit)*area/(math.Pi*float64(n)))
+	return min(max(r, cellM/16), 4*cellM)
+}
+
 // resolve reads the full state of the candidates. One that moved or
 // changed status since its cell was read is judged again on its current
 // state.
 func (s *Store) resolve(q Query, cs []cand, fresh int64) []Neighbor {
 	out := make([]Neighbor, 0, len(cs))
 	for _, c := range cs {
-		sh := s.shardOf(c.v.id)
+		sh := s.shardOfRec(c.v)
 		sh.mu.RLock()
 		gone, moved := c.v.gone, c.v.fix.Time != c.t
 		v := c.v.vehicle(&s.statuses)
@@ -219,7 +238,7 @@ func (s *Store) InBox(b BBox, want []string, withStale bool, limit int) ([]Vehic
 		})
 		for _, r := range stale {
 			if len(want) > 0 {
-				sh := s.shardOf(r.id)
+				sh := s.shardOfRec(r)
 				sh.mu.RLock()
 				ok := statusIn(s.statuses.name(r.status), want)
 				sh.mu.RUnlock()
@@ -235,7 +254,7 @@ func (s *Store) InBox(b BBox, want []string, withStale bool, limit int) ([]Vehic
 	}
 	out := make([]Vehicle, 0, len(found))
 	for _, r := range found {
-		sh := s.shardOf(r.id)
+		sh := s.shardOfRec(r)
 		sh.mu.RLock()
 		gone, v := r.gone, r.vehicle(&s.statuses)
 		sh.mu.RUnlock()

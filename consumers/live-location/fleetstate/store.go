@@ -182,8 +182,9 @@ const nShards = 256
 type vshard struct {
 	mu    sync.RWMutex
 	m     map[string]*vrec
-	dirty []*vrec // changed by telemetry since TakeChanged, when Options.Publish
-	_     [64 - 24 - 8 - 24]byte
+	dirty   []*vrec // changed by telemetry since TakeChanged, when Options.Publish
+	changes atomic.Uint64
+	_       [64 - 24 - 8 - 24 - 8]byte
 }
 
 // Store is the live fleet state. The zero value is not usable; call New.
@@ -217,9 +218,9 @@ func New(opts Options) *Store {
 // Options returns the store's options, defaults filled in.
 func (s *Store) Options() Options { return s.opts }
 
-func (s *Store) shardOf(id string) *vshard {
-	return &s.shards[maphash.String(s.seed, id)%nShards]
-}
+func (s *Store) shardIndex(id string) uint8 { return uint8(maphash.String(s.seed, id) % nShards) }
+
+func (s *Store) shardOf(id string) *vshard { return &s.shards[s.shardIndex(id)] }
 
 // ApplyBatch folds a decoded telemetry batch into the vehicle's state: the
 // batch's newest valid fix if it is newer than the known one, and its newest
@@ -268,12 +269,13 @@ func (s *Store) ApplyBatch(b *wire.Batch) Result {
 		return res
 	}
 
-	sh := s.shardOf(b.VehicleID)
+	si := s.shardIndex(b.VehicleID)
+	sh := &s.shards[si]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	r, known := sh.m[b.VehicleID]
 	if !known {
-		r = &vrec{id: b.VehicleID, class: notIndexed}
+		r = &vrec{id: b.VehicleID, class: notIndexed, shard: si}
 	}
 	ch := s.begin(r, !known)
 	if fix != nil {
@@ -332,12 +334,13 @@ func (s *Store) ApplyPosition(p Position) Result {
 			hasStatus = false
 		}
 	}
-	sh := s.shardOf(p.ID)
+	si := s.shardIndex(p.ID)
+	sh := &s.shards[si]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	r, known := sh.m[p.ID]
 	if !known {
-		r = &vrec{id: p.ID, class: notIndexed}
+		r = &vrec{id: p.ID, class: notIndexed, shard: si}
 	}
 	ch := s.begin(r, !known)
 	if !r.hasFix || p.Fix.Time > r.fix.Time {
@@ -391,6 +394,15 @@ func (s *Store) Get(id string) (Vehicle, bool) {
 		return Vehicle{}, false
 	}
 	return r.vehicle(&s.statuses), true
+}
+
+// Changes returns how many changes the store has applied since New.
+func (s *Store) Changes() uint64 {
+	var n uint64
+	for i := range s.shards {
+		n += s.shards[i].changes.Load()
+	}
+	return n
 }
 
 // Len returns the number of vehicles known.

@@ -47,7 +47,8 @@ type track struct {
 type trackStore struct {
 	max, points int
 	mu          sync.Mutex
-	lru         *list.List // *vrec, most recently asked for first
+	lru         *list.List   // *vrec, most recently asked for first
+	n           atomic.Int64 // lru.Len(), for a lock-free look
 }
 
 func (ts *trackStore) init(max, points int) {
@@ -57,6 +58,9 @@ func (ts *trackStore) init(max, points int) {
 // admit gives r a track if there is room (or, when evict, by taking the
 // least recently asked for one's). The shard lock of r must be held.
 func (ts *trackStore) admit(r *vrec, evict bool) bool {
+	if !evict && ts.n.Load() >= int64(ts.max) {
+		return false // full: no lock taken on the update path
+	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if ts.lru.Len() >= ts.max {
@@ -67,9 +71,11 @@ func (ts *trackStore) admit(r *vrec, evict bool) bool {
 		// The victim is under another shard's lock: it lets go of its
 		// track on its next record or sweep.
 		victim.track.dropped.Store(true)
+		ts.n.Store(int64(ts.lru.Len()))
 	}
 	r.track = &track{points: make([]TrackPoint, 0, min(ts.points, 8))}
 	r.track.elem = ts.lru.PushFront(r)
+	ts.n.Store(int64(ts.lru.Len()))
 	return true
 }
 
@@ -82,6 +88,7 @@ func (ts *trackStore) drop(r *vrec) {
 	if !r.track.dropped.Load() {
 		ts.lru.Remove(r.track.elem)
 		r.track.dropped.Store(true)
+		ts.n.Store(int64(ts.lru.Len()))
 	}
 	ts.mu.Unlock()
 	r.track = nil

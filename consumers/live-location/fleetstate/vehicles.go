@@ -21,6 +21,7 @@ type vrec struct {
 	slot       int32  // index in the cell's items, when indexed
 	class      int32  // class index it is filed in, or notIndexed
 	status     uint16 // interned status
+	shard      uint8  // index of its shard
 	hasFix     bool
 	dirty      bool // queued in its shard's dirty list
 	gone       bool // removed from the store
@@ -31,6 +32,8 @@ const notIndexed = -1
 // staleClass is the class of vehicles whose fix is older than StaleAfter,
 // whatever their status; a status s is class s+1.
 const staleClass = 0
+
+func (s *Store) shardOfRec(r *vrec) *vshard { return &s.shards[r.shard] }
 
 func (r *vrec) lastHeard() int64 { return max(r.fix.Time, r.statusTime) }
 
@@ -71,6 +74,7 @@ func (s *Store) begin(r *vrec, isNew bool) pending {
 // publisher and tells the subscribers. The shard lock must be held and r
 // must be in the shard's map.
 func (s *Store) commit(sh *vshard, r *vrec, p pending, origin Origin, now time.Time) {
+	sh.changes.Add(1)
 	s.refile(r, s.classOf(r, now))
 	stale := r.class == staleClass || r.class == notIndexed
 	if p.counted {
