@@ -180,8 +180,8 @@ type Position struct {
 const nShards = 256
 
 type vshard struct {
-	mu    sync.RWMutex
-	m     map[string]*vrec
+	mu      sync.RWMutex
+	m       map[string]*vrec
 	dirty   []*vrec // changed by telemetry since TakeChanged, when Options.Publish
 	changes atomic.Uint64
 	_       [64 - 24 - 8 - 24 - 8]byte

@@ -231,4 +231,3 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 	t.Logf("screenshot: %s", out)
 }
-
