@@ -35,13 +35,14 @@ TESTFLAGS ?=
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST) | head -9
 
-# Built, then exec'd rather than `go run`: go run exits 1 on Ctrl-C whatever
-# the program does, and the stack's clean shutdown should end make with 0.
+# Built, then exec'd rather than `go run` (go run exits 1 on Ctrl-C whatever
+# the program does); --foreground makes the program the terminal's
+# foreground group, so Ctrl-C does not kill make too: a clean stop exits 0.
 .PHONY: run
 run:
 	@mkdir -p bin
 	$(GO) build -o bin/embedded ./compose/embedded
-	exec bin/embedded $(ARGS)
+	exec bin/embedded --foreground $(ARGS)
 
 .PHONY: build
 build:

@@ -59,6 +59,8 @@ type Config struct {
 	IMUHz    int
 	FileAge  time.Duration
 	MapTiles string
+
+	Foreground bool // main's business: see --foreground
 }
 
 // RegisterFlags declares the stack's flags.
@@ -78,6 +80,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Speedup, "speedup", 1, "simulated seconds per wall-clock second")
 	fs.IntVar(&c.IMUHz, "imu-hz", 10, "simulated accelerometer rate in Hz (0: none)")
 	fs.DurationVar(&c.FileAge, "file-age", 20*time.Second, "how often the sink writes Parquet files")
+	fs.BoolVar(&c.Foreground, "foreground", false, "take the terminal's foreground process group, so that Ctrl-C reaches this program alone (make run sets it: make then exits 0 after a clean stop)")
 	fs.StringVar(&c.MapTiles, "map-tiles", "", "raster tile URL template ({z}, {x}, {y}) for the dashboard's map, if your browser reaches a tile server (empty: a plain canvas)")
 }
 
