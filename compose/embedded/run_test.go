@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,13 +113,14 @@ func TestMakeRunStopsCleanly(t *testing.T) {
 	out := &lockedBuffer{}
 	go func() { _, _ = io.Copy(out, master) }()
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	exited := make(chan struct{})
+	go func() { done <- cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		select {
-		case <-done:
+		case <-exited:
 		default:
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
+			killSession(cmd.Process.Pid)
+			<-exited
 		}
 	})
 
@@ -152,8 +154,28 @@ func TestMakeRunStopsCleanly(t *testing.T) {
 	case <-time.After(90 * time.Second):
 		t.Fatalf("make run still running 90s after Ctrl-C:\n%s", tail(out.String(), 30))
 	}
+	t.Logf("terminal:\n%s", tail(out.String(), 8))
 	if !strings.Contains(out.String(), `msg=stopped component=live-location err=<nil>`) {
 		t.Fatalf("no clean stop of live-location logged:\n%s", tail(out.String(), 30))
+	}
+}
+
+// killSession kills every process of the session sid: make's group and
+// the stack's, which took a group of its own.
+func killSession(sid int) {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp session ...
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		fields := strings.Fields(rest)
+		if len(fields) > 3 && fields[3] == strconv.Itoa(sid) {
+			pid, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Dir(f), "/proc/"), "/"))
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 }
 
