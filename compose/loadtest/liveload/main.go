@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -53,10 +54,19 @@ func main() {
 	only := flag.String("only", "", "run only this measurement: memory, inproc, updates, http")
 	flag.StringVar(&queryStatus, "status", "available", "the status the queries ask for (available: half the fleet; charging: 0.5%)")
 	flag.Float64Var(&cellDeg, "cell-deg", fleetstate.DefaultCellDeg, "the store's grid cell size in degrees")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	d := time.Duration(*seconds * float64(time.Second))
 	if err := run(*n, d, *httpQPS, *httpUpdates, *inprocUpdates, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "liveload:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
