@@ -222,6 +222,19 @@ func (s *Store) shardIndex(id string) uint8 { return uint8(maphash.String(s.seed
 
 func (s *Store) shardOf(id string) *vshard { return &s.shards[s.shardIndex(id)] }
 
+// lockVehicle write-locks id's shard and returns its record, or a new one
+// (not yet in the shard's map) when the vehicle is unknown.
+func (s *Store) lockVehicle(id string) (*vshard, *vrec, bool) {
+	si := s.shardIndex(id)
+	sh := &s.shards[si]
+	sh.mu.Lock()
+	r, known := sh.m[id]
+	if !known {
+		r = &vrec{id: id, class: notIndexed, shard: si}
+	}
+	return sh, r, known
+}
+
 // ApplyBatch folds a decoded telemetry batch into the vehicle's state: the
 // batch's newest valid fix if it is newer than the known one, and its newest
 // status reading if newer than the known status. The batch's fixes and
@@ -269,14 +282,8 @@ func (s *Store) ApplyBatch(b *wire.Batch) Result {
 		return res
 	}
 
-	si := s.shardIndex(b.VehicleID)
-	sh := &s.shards[si]
-	sh.mu.Lock()
+	sh, r, known := s.lockVehicle(b.VehicleID)
 	defer sh.mu.Unlock()
-	r, known := sh.m[b.VehicleID]
-	if !known {
-		r = &vrec{id: b.VehicleID, class: notIndexed, shard: si}
-	}
 	ch := s.begin(r, !known)
 	if fix != nil {
 		for i := range b.Fixes {
@@ -334,14 +341,8 @@ func (s *Store) ApplyPosition(p Position) Result {
 			hasStatus = false
 		}
 	}
-	si := s.shardIndex(p.ID)
-	sh := &s.shards[si]
-	sh.mu.Lock()
+	sh, r, known := s.lockVehicle(p.ID)
 	defer sh.mu.Unlock()
-	r, known := sh.m[p.ID]
-	if !known {
-		r = &vrec{id: p.ID, class: notIndexed, shard: si}
-	}
 	ch := s.begin(r, !known)
 	if !r.hasFix || p.Fix.Time > r.fix.Time {
 		r.hasFix, r.fix, r.epoch, r.seq = true, p.Fix, p.Epoch, p.Seq

@@ -271,7 +271,7 @@ func (a *API) track(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) vehicles(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	bbox, err := bboxParam(q, "bbox")
+	box, err := boxParam(q, "bbox")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -293,10 +293,6 @@ func (a *API) vehicles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	box := world
-	if bbox != nil {
-		box = *bbox
-	}
 	start := time.Now()
 	vs, total := a.store.InBox(box, statuses, withStale, limit)
 	a.observe("box", start)
@@ -312,7 +308,7 @@ var world = fleetstate.BBox{MinLon: -180, MinLat: -90, MaxLon: 180, MaxLat: 90}
 
 func (a *API) clusters(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	bbox, err := bboxParam(q, "bbox")
+	box, err := boxParam(q, "bbox")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -321,10 +317,6 @@ func (a *API) clusters(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, err)
 		return
-	}
-	box := world
-	if bbox != nil {
-		box = *bbox
 	}
 	start := time.Now()
 	cs := a.store.Aggregate(box, nx, ny)

@@ -175,3 +175,12 @@ func binsParam(q url.Values, name string) (int, int, error) {
 	}
 	return nx, ny, nil
 }
+
+// boxParam is bboxParam with the whole world when the box is not given.
+func boxParam(q url.Values, name string) (fleetstate.BBox, error) {
+	b, err := bboxParam(q, name)
+	if err != nil || b == nil {
+		return world, err
+	}
+	return *b, nil
+}

@@ -29,7 +29,7 @@ const (
 // event and snapshot, as if it had reconnected.
 func (a *API) stream(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	bbox, err := bboxParam(q, "bbox")
+	box, err := boxParam(q, "bbox")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -48,10 +48,6 @@ func (a *API) stream(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, err)
 		return
-	}
-	box := world
-	if bbox != nil {
-		box = *bbox
 	}
 	st := &streamer{a: a, w: w, rc: http.NewResponseController(w), box: box, snapshot: snapshot, max: maxVehicles, nx: nx, ny: ny}
 	defer st.stop()

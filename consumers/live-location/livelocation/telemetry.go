@@ -48,11 +48,10 @@ func (o *ownership) count() int {
 // catchUp tracks, per partition, the end offset to reach and the offset
 // consumption is at. It is safe for concurrent use.
 type catchUp struct {
-	mu       sync.Mutex
-	target   map[int32]int64
-	next     map[int32]int64 // offset after the last record consumed
-	started  bool            // the first assignment (or listing) happened
-	reported bool
+	mu      sync.Mutex
+	target  map[int32]int64
+	next    map[int32]int64 // offset after the last record consumed
+	started bool            // the first assignment (or listing) happened
 }
 
 func newCatchUp() *catchUp {
