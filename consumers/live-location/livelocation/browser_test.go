@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,4 +231,25 @@ func TestDashboardInABrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", out)
+
+	// A crowd: past what the page follows one by one, it shows the
+	// server's clusters, and the counts stay right.
+	rng := rand.New(rand.NewPCG(1, 2))
+	var crowd []*kgo.Record
+	for i := range 3000 {
+		c := car{id: fmt.Sprintf("crowd-%04d", i), lat: 52.47 + rng.Float64()*0.1, lon: 13.35 + rng.Float64()*0.12, status: []string{"available", "busy", "offline"}[i%3]}
+		crowd = append(crowd, telemetry(c.id, encodeBatch(t, c, 1, time.Now())))
+	}
+	produce(t, prod, crowd...)
+	step(t, ctx, chromedp.Evaluate[any](`fleet.setView(52.52, 13.41, 11), null`))
+	waitJS(t, ctx, "counts of the crowd", `(() => { const e = document.querySelector('#chips .chip[data-status="(all)"]'); return !!e && +e.dataset.count === 3008; })()`)
+	waitJS(t, ctx, "clusters mode", `(() => { const s = fleet.state(); return s.mode === "clusters" && s.clusters > 0 && s.vehicles === 0 && s.total === 3008; })()`)
+	waitJS(t, ctx, "no list of thousands", `/zoom in/.test(document.getElementById("list").textContent)`)
+	png = step(t, ctx, chromedp.FullScreenshot(100))
+	if err := os.WriteFile(filepath.Join(t.ArtifactDir(), "dashboard-clusters.png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Zoomed in on a street, it follows the vehicles there again.
+	step(t, ctx, chromedp.Evaluate[any](`fleet.setView(52.5219, 13.4132, 17), null`))
+	waitJS(t, ctx, "vehicles mode when zoomed in", `(() => { const s = fleet.state(); return s.mode === "vehicles" && s.vehicles > 0 && s.vehicles < 200; })()`)
 }
