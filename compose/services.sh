@@ -19,6 +19,11 @@
 # a service that is already running is stopped first. Logs stay in
 # .cache/run/SERVICE/ until the next start.
 #
+# FLEET_SERVICES_RUN_DIR moves .cache/run (a test's own stack beside the
+# shared one); FLEET_SERVICES_KEEP_DATA=1 makes start and restart keep the
+# named services' data (a broker restart under load, say): Mosquitto runs
+# with persistence, so its sessions and retained messages survive.
+#
 # Use: compose/services.sh install && compose/services.sh start &&
 #      eval "$(compose/services.sh env)" && go test ./...
 set -euo pipefail
@@ -26,7 +31,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMPOSE=$REPO/compose
 CACHE=$REPO/.cache
-RUN=$CACHE/run
+RUN=${FLEET_SERVICES_RUN_DIR:-$CACHE/run}
+KEEP_DATA=${FLEET_SERVICES_KEEP_DATA:-}
 
 # Pins. Kafka: the newest 4.x release on Maven Central (compose/kafka/pom.xml
 # takes it as -Dkafka.version). MinIO has no semver tags, so the Go proxy
@@ -72,10 +78,10 @@ die() { say "error: $*"; exit 1; }
 # lock serialises install/start/stop of this checkout. Children must not
 # inherit fd 9 (launch closes it), or a daemon would hold the lock forever.
 lock() {
-	mkdir -p "$CACHE"
-	exec 9>"$CACHE/services.lock"
+	mkdir -p "$CACHE" "$(dirname "$RUN")"
+	exec 9>"$RUN.lock"
 	if ! flock -w 300 9; then
-		die "another compose/services.sh is still running (lock $CACHE/services.lock)"
+		die "another compose/services.sh is still running (lock $RUN.lock)"
 	fi
 }
 
@@ -308,13 +314,18 @@ cmd_install() {
 
 launch_mosquitto() {
 	local dir=$RUN/mosquitto
+	mkdir -p "$dir/data"
 	cat >"$dir/mosquitto.conf" <<EOF
 # Written by compose/services.sh; rewritten on every start.
 per_listener_settings false
 listener $MQTT_PORT $HOST
 protocol mqtt
 allow_anonymous true
-persistence false
+# Sessions and retained messages survive a restart (saved at shutdown and
+# every autosave_interval seconds).
+persistence true
+persistence_location $dir/data/
+autosave_interval 60
 # Stay root: the Debian default drops to user mosquitto, which cannot write here.
 user root
 # Tests publish in bursts: generous limits, so QoS 1 traffic is neither throttled nor dropped.
@@ -357,6 +368,7 @@ healthy_minio() {
 launch_kafka() {
 	local dir=$RUN/kafka cid
 	mkdir -p "$dir/data" "$dir/logs"
+	rm -f "$dir/logs/server.log" # health waits for this start's "Kafka Server started"
 	cat >"$dir/server.properties" <<EOF
 # Written by compose/services.sh; rewritten on every start.
 # One combined broker+controller KRaft node, one replica of everything.
@@ -388,7 +400,9 @@ num.recovery.threads.per.data.dir=1
 EOF
 	# Kafka wants a base64url UUID (22 characters) as the cluster id.
 	cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
-	if ! java -Xmx256m -cp "$KAFKA_LIBS/*" \
+	if [[ -f $dir/data/meta.properties ]]; then
+		: # kept data (FLEET_SERVICES_KEEP_DATA): already formatted
+	elif ! java -Xmx256m -cp "$KAFKA_LIBS/*" \
 		-Dlog4j2.configurationFile="$COMPOSE/kafka/log4j2.xml" -Dkafka.logs.dir="$dir/format" \
 		kafka.tools.StorageTool format --standalone --cluster-id "$cid" \
 		--config "$dir/server.properties" >"$dir/format.log" 2>&1 9>&-; then
@@ -451,14 +465,14 @@ cmd_start() {
 			stop_one "$svc"
 		fi
 	done
-	if [[ $# -eq 0 ]]; then
+	if [[ $# -eq 0 && -z $KEEP_DATA ]]; then
 		rm -rf "$RUN"
 	fi
 	for svc in "${SEL[@]}"; do
 		check_ports "$svc"
 	done
 	for svc in "${SEL[@]}"; do
-		rm -rf "${RUN:?}/$svc"
+		[[ -n $KEEP_DATA ]] || rm -rf "${RUN:?}/$svc"
 		mkdir -p "$RUN/$svc"
 	done
 	# Launch all, then wait: Kafka's JVM start overlaps the others.

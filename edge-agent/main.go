@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
-	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -33,28 +31,12 @@ func main() {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mqttconn.UseLogger(logger)
-		a, err := agent.New(cfg, agent.Deps{Logger: logger, Registerer: reg, Gatherer: reg})
-		if err != nil {
+		a, err := agent.New(cfg, agent.Deps{Logger: logger, Registerer: reg, Gatherer: reg, OwnProcess: true})
+		if err != nil || cfg.CheckConfig {
+			if err == nil {
+				fmt.Println("edge-agent: configuration OK")
+			}
 			return err
-		}
-		if cfg.CheckConfig {
-			fmt.Println("edge-agent: configuration OK")
-			return nil
-		}
-		if err := agent.ApplyTimerSlack(cfg.TimerSlack, logger); err != nil {
-			logger.Warn("timer slack not applied", "err", err)
-		}
-		if limit := cfg.MemoryLimit(); limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-			debug.SetMemoryLimit(limit)
-		}
-		procs := cfg.Procs()
-		if os.Getenv("GOMAXPROCS") == "" {
-			runtime.GOMAXPROCS(procs)
-		} else {
-			procs = runtime.GOMAXPROCS(0)
-		}
-		if err := agent.ApplyCPUs(cfg.CPUs, procs, logger); err != nil {
-			logger.Warn("CPUs not pinned", "err", err)
 		}
 		return a.Run(ctx)
 	})

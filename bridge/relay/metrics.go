@@ -6,38 +6,64 @@ import (
 )
 
 type metrics struct {
-	messages       *prometheus.CounterVec
-	catalogs       *prometheus.CounterVec
-	readings       prometheus.Counter
-	bytes          prometheus.Counter
-	inflight       prometheus.Gauge
-	produceSeconds prometheus.Histogram
-	acksPublished  prometheus.Counter
-	connected      prometheus.Gauge
-	connects       prometheus.Counter
+	messages        *prometheus.CounterVec
+	dlq             *prometheus.CounterVec
+	catalogs        *prometheus.CounterVec
+	retries         prometheus.Counter
+	unchecked       prometheus.Counter
+	timeFlagged     *prometheus.CounterVec
+	readings        prometheus.Counter
+	bytes           prometheus.Counter
+	inflight        prometheus.Gauge
+	inflightBytes   prometheus.Gauge
+	backpressure    prometheus.Counter
+	produceSeconds  prometheus.Histogram
+	relaySeconds    prometheus.Histogram
+	acksPublished   prometheus.Counter
+	batchesAcked    prometheus.Counter
+	connects        prometheus.Counter
+	connectionsLost prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, connected func() float64) *metrics {
 	f := promauto.With(reg)
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleet_bridge_mqtt_connected",
+		Help: "MQTT connections up and subscribed (of --mqtt-connections)."}, connected)
+	latency := prometheus.ExponentialBuckets(0.0005, 2, 16)
 	return &metrics{
 		messages: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_messages_total",
-			Help: "MQTT messages handled, by result: produced, dlq, failed (left for redelivery)."}, []string{"result"}),
+			Help: "MQTT messages settled, by result: produced (in Kafka), dlq (in the dead-letter topic), abandoned (acknowledged to the broker but left for the agent to re-send)."}, []string{"result"}),
+		dlq: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_dlq_total",
+			Help: "Payloads sent to the dead-letter topic, by reason."}, []string{"reason"}),
 		catalogs: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_catalogs_total",
-			Help: "Catalog messages handled, by result: registered, dlq, failed (left for redelivery)."}, []string{"result"}),
+			Help: "Catalog messages handled, by result: registered, dlq, abandoned."}, []string{"result"}),
+		retries: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_produce_retries_total",
+			Help: "Produce attempts that failed retriably and were made again."}),
+		unchecked: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_unchecked_batches_total",
+			Help: "Batches produced without an end-to-end checksum (agents older than it): zero once a fleet has upgraded."}),
+		timeFlagged: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_time_flagged_total",
+			Help: "Batches whose times lie beyond --max-future or --max-past, by direction."}, []string{"direction"}),
 		readings: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_readings_total",
 			Help: "Readings and fixes in batches produced to Kafka."}),
 		bytes: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_bytes_total",
 			Help: "Payload bytes produced to Kafka."}),
 		inflight: f.NewGauge(prometheus.GaugeOpts{Name: "fleet_bridge_inflight",
-			Help: "MQTT messages received and not yet confirmed by Kafka."}),
+			Help: "MQTT messages received and not yet settled."}),
+		inflightBytes: f.NewGauge(prometheus.GaugeOpts{Name: "fleet_bridge_inflight_bytes",
+			Help: "Payload bytes of the messages in flight."}),
+		backpressure: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_backpressure_seconds_total",
+			Help: "Time MQTT readers spent waiting for in-flight room."}),
 		produceSeconds: f.NewHistogram(prometheus.HistogramOpts{Name: "fleet_bridge_produce_seconds",
-			Help:    "Time from MQTT receipt to Kafka acknowledgement.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			Help: "Kafka produce latency: from handing a record to the producer to Kafka's acknowledgement.", Buckets: latency}),
+		relaySeconds: f.NewHistogram(prometheus.HistogramOpts{Name: "fleet_bridge_mqtt_to_kafka_seconds",
+			Help: "From receiving a batch over MQTT to Kafka holding it (checks, catalog waits and retries included).", Buckets: latency}),
 		acksPublished: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_acks_published_total",
 			Help: "End-to-end ack messages published to vehicles."}),
-		connected: f.NewGauge(prometheus.GaugeOpts{Name: "fleet_bridge_mqtt_connected",
-			Help: "1 while connected to the MQTT broker."}),
+		batchesAcked: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_acked_batches_total",
+			Help: "Batches listed in end-to-end acks."}),
 		connects: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_mqtt_connects_total",
 			Help: "Successful MQTT (re)connections."}),
+		connectionsLost: f.NewCounter(prometheus.CounterOpts{Name: "fleet_bridge_mqtt_connections_lost_total",
+			Help: "MQTT connections that ended."}),
 	}
 }

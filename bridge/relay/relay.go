@@ -1,58 +1,102 @@
 // Package relay moves telemetry batches from MQTT to Kafka without losing
-// any: it takes vehicles' batches from an MQTT shared subscription, validates
+// any: it takes vehicles' batches from an MQTT shared subscription, checks
 // each one, produces it to Kafka keyed by vehicle ID (idempotent producer,
-// acks=all, Kafka's murmur2 partitioning), and acknowledges the MQTT message
-// only once Kafka holds the record. It then tells each vehicle, on
+// acks=all, Kafka's murmur2 partitioning), and tells each vehicle, on
 // fleet/v1/{vehicle_id}/ack, which (epoch, seq) ranges Kafka holds, so the
-// agent can free its spool.
+// agent can free its spool. The end-to-end ack is the only promise the
+// bridge makes; the agent re-sends whatever is not acked in time.
 //
-// A payload that fails validation (too large, undecodable, or carrying a
-// vehicle ID other than its topic's) goes to the dead-letter topic with an
-// `error` header and is then acknowledged. A batch Kafka did not take is not
-// acknowledged, so the broker delivers it again.
+// # Flow and backpressure
+//
+// A replica keeps --mqtt-connections connections, each a member of the
+// shared subscription with a clean session (a replica that dies leaves no
+// session hoarding its share of the traffic). A connection's reader checks
+// each message (wire.Check: checksum, limits, structure, catalog, vehicle
+// ID against the topic, timestamps) without building its readings, and
+// hands it to the producer without waiting. At most --max-inflight
+// messages (--max-inflight-bytes) are in flight; past that the readers
+// stop reading and the broker holds the rest.
+//
+// Each message is settled on its own, in whatever order Kafka answers, and
+// acknowledged to the broker (PUBACK) as soon as it is settled: produced,
+// dead-lettered, or abandoned. A message is never left unacknowledged, as
+// that would hold one of the broker's in-flight slots for the connection's
+// lifetime. A produce that fails retriably is made again after a backoff
+// (100 ms doubling to 5 s), for as long as the bridge runs: the message
+// keeps its in-flight room, and nothing else waits for it. A batch whose
+// catalog the replica has not read yet waits for the catalog topic off the
+// reader (up to --catalog-wait); if the catalog topic cannot be read it is
+// abandoned: acknowledged to the broker, not to the vehicle, whose agent
+// then re-sends it.
+//
+// # What goes to the dead-letter topic
+//
+// A payload that fails its checks goes to the DLQ with headers `error`
+// (what is wrong) and `reason`, one of: corrupt (checksum mismatch),
+// no_checksum (with --require-checksum), too_large, malformed,
+// unsupported, unknown_catalog, vehicle_mismatch (payload vehicle ID not
+// the topic's), bad_topic, time (with --time-policy dlq), kafka_rejected
+// (Kafka refused the record for good, e.g. over the topic's
+// max.message.bytes) and catalog_invalid. The MQTT message is acknowledged
+// once the DLQ holds it.
+//
+// # Order
+//
+// Kafka keeps records of one partition in the order they were produced;
+// all of a vehicle's batches go to one partition (its key). The bridge
+// does not keep a vehicle's batches in their MQTT order: with one replica
+// and one connection two batches of a vehicle can still reach Kafka out
+// of order when the first needs a retry or waits for its catalog; with
+// several connections or replicas the broker spreads a vehicle's messages
+// over them one message at a time, so they race. An agent's re-sent batch
+// lands after batches sent later, and the at-least-once hops leave
+// duplicates. What a consumer may rely on is each batch's identity
+// (vehicle_id, epoch, seq): order by seq within an epoch, drop a batch
+// whose identity it has seen. The consumers in this repository do exactly
+// that and nothing more.
 //
 // Vehicles register signal catalogs on fleet/v1/{vehicle_id}/catalog (see
-// wire.Catalog); the bridge checks each, stores it in the compacted catalog
-// topic keyed by its id, and lists it in the vehicle's next ack, after which
-// the vehicle's batches may refer to it. Batches that do are validated
-// against the catalog topic (internal/catalogstore).
+// wire.Catalog); the bridge checks each, stores it in the compacted
+// catalog topic keyed by its id, and lists it in the vehicle's next ack.
 //
 // Metrics (namespace fleet_bridge):
 //
-//	fleet_bridge_messages_total{result="produced|dlq|failed"}  MQTT messages handled (batches and catalogs)
-//	fleet_bridge_catalogs_total{result="registered|dlq|failed"} MQTT catalog messages handled
-//	fleet_bridge_readings_total                               readings in produced batches
-//	fleet_bridge_bytes_total                                  payload bytes produced
-//	fleet_bridge_inflight                                     messages awaiting Kafka
-//	fleet_bridge_produce_seconds                              MQTT receipt to Kafka ack
-//	fleet_bridge_acks_published_total                         end-to-end ack messages sent
-//	fleet_bridge_mqtt_connected                               1 while connected to the broker
-//	fleet_bridge_mqtt_connects_total                          successful (re)connections
+//	fleet_bridge_messages_total{result="produced|dlq|abandoned"} MQTT messages settled
+//	fleet_bridge_dlq_total{reason}                    payloads dead-lettered, by reason
+//	fleet_bridge_catalogs_total{result}               catalog messages handled
+//	fleet_bridge_produce_retries_total                produce attempts made again
+//	fleet_bridge_unchecked_batches_total              batches without a checksum (old agents)
+//	fleet_bridge_time_flagged_total{direction}        batches with times beyond the bounds
+//	fleet_bridge_readings_total, fleet_bridge_bytes_total  what was produced
+//	fleet_bridge_inflight, fleet_bridge_inflight_bytes     messages and bytes in flight
+//	fleet_bridge_backpressure_seconds_total          readers' waits for in-flight room
+//	fleet_bridge_produce_seconds                      Kafka produce latency
+//	fleet_bridge_mqtt_to_kafka_seconds                MQTT receipt to Kafka acknowledgement
+//	fleet_bridge_acks_published_total, fleet_bridge_acked_batches_total  end-to-end acks
+//	fleet_bridge_mqtt_connected, fleet_bridge_mqtt_connects_total, fleet_bridge_mqtt_connections_lost_total
 //
 // plus the franz-go client metrics under fleet_kafka_*.
 package relay
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"slices"
+	"net/http"
+	"net/http/pprof"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
-	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
+	"github.com/fleetpipe/fleetpipe/internal/mqttlite"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
@@ -67,139 +111,208 @@ type Deps struct {
 // Bridge relays batches from MQTT to Kafka. Build it with New, run it with
 // Run; a Bridge runs once.
 type Bridge struct {
-	cfg    Config
-	logger *slog.Logger
-	m      *metrics
-	kafka  *kgo.Client
-	mqtt   mqtt.Client
-	admin  *admin.Server
-	// catalogs resolves the catalogs batches refer to.
+	cfg      Config
+	logger   *slog.Logger
+	m        *metrics
+	kafka    *kgo.Client // the producer, made by Run
+	setup    *kgo.Client // topic set-up and health
+	kopts    []kgo.Opt
+	conns    []*mqttlite.Client
+	admin    *admin.Server
 	catalogs *catalogstore.Store
+	lim      wire.Limits
+	bridgeID []byte
 
-	order    ackQueue
-	e2e      vehicleAcks
-	inflight sync.WaitGroup
-	// produceCtx is cancelled when shutdown gives up waiting for Kafka.
+	limit *limiter
+	acks  *ackBook
+	// checks bounds the wire.Check calls running at once (readers and
+	// catalog waits), and with them the memory checking can take.
+	checks chan struct{}
+	// readCtx ends when the bridge starts draining: readers waiting for
+	// room give up. produceCtx ends when draining gives up on Kafka.
+	readCtx       context.Context
+	stopReading   context.CancelFunc
 	produceCtx    context.Context
 	produceCancel context.CancelFunc
-	connected     atomic.Bool
-	// draining, set under drainMu when Run starts waiting for inflight,
-	// makes onMessage leave later messages unacknowledged for redelivery,
-	// so inflight.Add never races inflight.Wait.
-	drainMu  sync.Mutex
-	draining bool
+	aborted       atomic.Bool
+	retries       sync.WaitGroup
+	// topicLimit is the telemetry topic's max.message.bytes (0: unknown):
+	// a record over it is dead-lettered before it is produced, as Kafka
+	// would refuse the whole record batch it travelled in, neighbours and
+	// all. limitRead is when it was last read (unix nanos).
+	topicLimit atomic.Int64
+	limitRead  atomic.Int64
+	batchMax   int // the producer's largest record batch
 }
 
-// New builds the bridge: the Kafka producer, the MQTT client and the admin
-// server (whose port is bound here). Nothing connects until Run.
+// New builds the bridge: the Kafka producer, the MQTT clients and the
+// admin server (whose port is bound here). Nothing connects until Run.
 func New(cfg Config, deps Deps) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Bridge{cfg: cfg, logger: deps.Logger, m: newMetrics(deps.Registerer)}
+	b := &Bridge{cfg: cfg, logger: deps.Logger, lim: cfg.limits(), bridgeID: []byte(cfg.BridgeID),
+		limit: newLimiter(cfg.MaxInflight, cfg.MaxInflightBytes), acks: newAckBook(cfg.AckBatches),
+		checks: make(chan struct{}, cfg.Connections+1)}
+	b.m = newMetrics(deps.Registerer, b.connectedCount)
+	b.readCtx, b.stopReading = context.WithCancel(context.Background())
 	b.produceCtx, b.produceCancel = context.WithCancel(context.Background())
 
-	kopts, err := cfg.Kafka.Opts(deps.Logger, deps.Registerer)
+	// The producer is made in Run, once the topics' limits are known; this
+	// client sets the topics up and answers /readyz.
+	setupOpts, err := cfg.Kafka.Opts(deps.Logger, nil)
 	if err != nil {
 		return nil, err
 	}
-	kopts = append(kopts,
-		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, as Kafka's own clients
-		kgo.ProducerLinger(cfg.Linger),
-		kgo.ProducerBatchCompression(kgo.NoCompression()), // payloads are zstd already
-		kgo.ProducerBatchMaxBytes(int32(max(cfg.MaxBatchBytes*2, 1<<20))),
-	)
-	if b.kafka, err = kgo.NewClient(kopts...); err != nil {
+	if b.kopts, err = cfg.Kafka.Opts(deps.Logger, deps.Registerer); err != nil {
+		return nil, err
+	}
+	if b.setup, err = kgo.NewClient(setupOpts...); err != nil {
 		return nil, fmt.Errorf("bridge: kafka client: %w", err)
 	}
-
-	mopts, err := cfg.MQTT.ClientOptions()
+	fail := func(err error) (*Bridge, error) {
+		b.setup.Close()
+		if b.catalogs != nil {
+			b.catalogs.Close()
+		}
+		return nil, err
+	}
+	tlsConfig, err := cfg.MQTT.TLSConfig()
 	if err != nil {
-		b.kafka.Close()
-		return nil, err
+		return fail(err)
 	}
-	mopts.SetAutoAckDisabled(true) // ack only after Kafka holds the batch
-	mopts.SetOrderMatters(true)    // handler sees messages in arrival order
-	mopts.SetOnConnectHandler(b.onConnect)
-	mopts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-		b.connected.Store(false)
-		b.m.connected.Set(0)
-		b.logger.Warn("mqtt connection lost", "err", err)
-	})
-	b.mqtt = mqtt.NewClient(mopts)
-
+	for i := range cfg.Connections {
+		c, err := mqttlite.New(mqttlite.Config{
+			URL: cfg.MQTT.URL, ClientID: cfg.MQTT.ClientID + "-" + strconv.Itoa(i), Username: cfg.MQTT.Username, Password: cfg.MQTT.Password,
+			TLS: tlsConfig, CleanSession: true, KeepAlive: cfg.MQTT.KeepAlive, ConnectTimeout: cfg.MQTT.ConnectTimeout,
+			Subscriptions: []mqttlite.Subscription{
+				{Filter: topics.SharedTelemetryFilter(cfg.ShareGroup), QoS: 1},
+				{Filter: topics.SharedCatalogFilter(cfg.ShareGroup), QoS: 1},
+			},
+			MaxPayloadBytes: cfg.MaxBatchBytes,
+			OnMessage:       b.onMessage,
+			OnConnect: func() {
+				b.m.connects.Inc()
+				b.logger.Info("subscribed", "connection", i)
+			},
+			OnLost: func(err error) { b.m.connectionsLost.Inc() },
+		}, mqttlite.Deps{Logger: deps.Logger})
+		if err != nil {
+			return fail(err)
+		}
+		b.conns = append(b.conns, c)
+	}
 	if b.catalogs, err = catalogstore.New(cfg.Kafka, cfg.CatalogTopic, deps.Logger); err != nil {
-		b.kafka.Close()
-		return nil, err
+		return fail(err)
 	}
-
 	b.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer})
 	if err != nil {
-		b.kafka.Close()
-		b.catalogs.Close()
-		return nil, err
+		return fail(err)
+	}
+	if cfg.Pprof {
+		b.admin.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		b.admin.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		b.admin.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+		b.admin.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 	}
 	b.admin.AddReadyCheck("mqtt", func(context.Context) error {
-		if !b.connected.Load() {
-			return errors.New("not connected to the MQTT broker")
+		if b.connectedCount() == 0 {
+			return errors.New("no connection to the MQTT broker")
 		}
 		return nil
 	})
-	b.admin.AddReadyCheck("kafka", func(ctx context.Context) error { return b.kafka.Ping(ctx) })
+	b.admin.AddReadyCheck("kafka", func(ctx context.Context) error { return b.setup.Ping(ctx) })
 	return b, nil
+}
+
+func (b *Bridge) connectedCount() float64 {
+	n := 0
+	for _, c := range b.conns {
+		if c.Connected() {
+			n++
+		}
+	}
+	return float64(n)
 }
 
 // AdminURL is the URL of the metrics and health endpoints.
 func (b *Bridge) AdminURL() string { return b.admin.URL() }
 
-// Run relays until ctx is cancelled. It then stops taking messages, waits
-// up to the drain timeout for in-flight batches to reach Kafka (acking them
-// over MQTT and to the vehicles), and disconnects.
+// Inflight is the number of messages received and not yet settled.
+func (b *Bridge) Inflight() int {
+	n, _ := b.limit.load()
+	return n
+}
+
+// Run relays until ctx is cancelled. It then unsubscribes, waits up to the
+// drain timeout for in-flight batches to settle (acknowledging them to the
+// broker and the vehicles), and disconnects. Batches still in flight after
+// the timeout are left to the agents to re-send.
 func (b *Bridge) Run(ctx context.Context) error {
-	defer b.kafka.Close()
+	defer b.setup.Close()
 	defer b.catalogs.Close()
 	if b.cfg.CreateTopics {
 		if err := b.createTopics(ctx); err != nil {
 			return err
 		}
 	}
+	batchMax, err := b.checkTopics(ctx)
+	if err != nil {
+		return err
+	}
+	b.batchMax = batchMax
+	b.kafka, err = kgo.NewClient(append(b.kopts,
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, as Kafka's own clients
+		kgo.ProducerLinger(b.cfg.Linger),
+		kgo.ProducerBatchCompression(kgo.NoCompression()), // payloads are compact already
+		// Kafka refuses a whole record batch over the topic's
+		// max.message.bytes: never build one.
+		kgo.ProducerBatchMaxBytes(int32(b.batchMax)),
+		kgo.MaxBufferedRecords(b.cfg.MaxInflight+1024), // the limiter is the bound: Produce never blocks
+		kgo.RecordDeliveryTimeout(b.cfg.ProduceTimeout),
+	)...)
+	if err != nil {
+		return fmt.Errorf("bridge: kafka producer: %w", err)
+	}
+	defer b.kafka.Close()
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()
 	g, gctx := errgroup.WithContext(adminCtx)
 	g.Go(func() error { return b.admin.Run(gctx) })
 
-	b.logger.Info("bridge starting", "mqtt", b.cfg.MQTT.URL, "kafka", b.cfg.Kafka.Brokers.String(),
+	b.logger.Info("bridge starting", "mqtt", b.cfg.MQTT.URL, "connections", len(b.conns), "kafka", b.cfg.Kafka.Brokers.String(),
 		"topic", b.cfg.Topic, "subscription", topics.SharedTelemetryFilter(b.cfg.ShareGroup), "admin", b.admin.URL())
-	b.mqtt.Connect() // retries in the background until connected or Disconnect
-
+	mqttCtx, stopMQTT := context.WithCancel(context.Background())
+	defer stopMQTT()
+	var clients sync.WaitGroup
+	for _, c := range b.conns {
+		clients.Go(func() { _ = c.Run(mqttCtx) })
+	}
 	ackCtx, stopAcks := context.WithCancel(context.Background())
 	ackDone := make(chan struct{})
 	go func() { defer close(ackDone); b.publishAcksEvery(ackCtx) }()
 
 	<-ctx.Done()
 	b.logger.Info("bridge draining")
-	if b.mqtt.IsConnectionOpen() {
-		t := b.mqtt.Unsubscribe(topics.SharedTelemetryFilter(b.cfg.ShareGroup), topics.SharedCatalogFilter(b.cfg.ShareGroup))
-		t.WaitTimeout(2 * time.Second)
+	for _, c := range b.conns {
+		_ = c.Unsubscribe(topics.SharedTelemetryFilter(b.cfg.ShareGroup), topics.SharedCatalogFilter(b.cfg.ShareGroup))
 	}
-	b.drainMu.Lock()
-	b.draining = true
-	b.drainMu.Unlock()
-	if !waitTimeout(&b.inflight, b.cfg.DrainTimeout) {
-		b.logger.Warn("drain timed out; unacknowledged batches will be redelivered by the broker")
+	b.limit.close()
+	b.stopReading()
+	if !b.limit.waitEmpty(b.cfg.DrainTimeout) {
+		n, _ := b.limit.load()
+		b.logger.Warn("drain timed out; the agents re-send what is still in flight", "inflight", n)
+		b.aborted.Store(true)
 		b.produceCancel()
-		b.inflight.Wait()
+		b.limit.waitEmpty(5 * time.Second)
 	}
+	b.retries.Wait()
 	stopAcks()
 	<-ackDone
-	// The last ones: wait for their PUBACKs, or Disconnect may close the
-	// connection before paho has written them.
-	deadline := time.Now().Add(2 * time.Second)
-	for _, t := range b.publishAcks() {
-		t.WaitTimeout(time.Until(deadline))
-	}
-	b.mqtt.Disconnect(500)
+	b.publishLastAcks()
+	stopMQTT()
+	clients.Wait()
 	b.produceCancel()
 	stopAdmin()
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
@@ -209,275 +322,73 @@ func (b *Bridge) Run(ctx context.Context) error {
 	return nil
 }
 
-func (b *Bridge) createTopics(ctx context.Context) error {
-	compact := "compact"
-	specs := []kafkaio.TopicSpec{
-		{Name: b.cfg.Topic, Partitions: int32(b.cfg.Partitions), Replication: int16(b.cfg.Replication)},
-		{Name: b.cfg.DLQTopic, Partitions: int32(b.cfg.Partitions), Replication: int16(b.cfg.Replication)},
-		// Catalogs are few and small: one partition, kept forever by key.
-		{Name: b.cfg.CatalogTopic, Partitions: 1, Replication: int16(b.cfg.Replication), Configs: map[string]*string{"cleanup.policy": &compact}},
-	}
-	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 10*time.Second) {
-		err := kafkaio.EnsureTopics(ctx, b.kafka, specs...)
-		if err == nil {
-			// The topic may have existed before, made by hand or by a
-			// broker that auto-creates topics: say loudly if it would
-			// forget catalogs that old batches need.
-			if cerr := kafkaio.CheckCompacted(ctx, b.kafka, b.cfg.CatalogTopic); cerr != nil {
-				b.logger.Error("catalog topic misconfigured: batches referring to expired catalogs become undecodable", "err", cerr)
-			}
-			return nil
-		}
-		b.logger.Warn("cannot create topics yet; retrying", "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-	}
-}
-
-func (b *Bridge) onConnect(c mqtt.Client) {
-	b.connected.Store(true)
-	b.m.connected.Set(1)
-	b.m.connects.Inc()
-	filters := map[string]byte{topics.SharedTelemetryFilter(b.cfg.ShareGroup): 1, topics.SharedCatalogFilter(b.cfg.ShareGroup): 1}
-	t := c.SubscribeMultiple(filters, b.route)
-	go func() {
-		if t.WaitTimeout(10*time.Second) && t.Error() == nil {
-			b.logger.Info("subscribed", "filters", slices.Sorted(maps.Keys(filters)))
-			return
-		}
-		b.logger.Error("subscribe failed", "filters", slices.Sorted(maps.Keys(filters)), "err", t.Error())
-	}()
-}
-
-// route hands a message to the handler of its topic.
-func (b *Bridge) route(c mqtt.Client, msg mqtt.Message) {
-	if _, ok := topics.VehicleFromCatalog(msg.Topic()); ok {
-		b.onCatalog(msg)
-		return
-	}
-	b.onMessage(c, msg)
-}
-
-// begin registers a message as in flight and returns the function that
-// completes it (acking it over MQTT, in arrival order, if ack), or false if
-// the bridge is draining and the message must be left for redelivery.
-func (b *Bridge) begin(msg mqtt.Message) (finish func(ack bool), ok bool) {
-	b.drainMu.Lock()
-	if b.draining {
-		b.drainMu.Unlock()
-		return nil, false
-	}
-	b.inflight.Add(1)
-	b.drainMu.Unlock()
-	slot := b.order.push(msg)
-	b.m.inflight.Inc()
-	return func(ack bool) {
-		b.order.complete(slot, ack)
-		b.m.inflight.Dec()
-		b.inflight.Done()
-	}, true
-}
-
-// recordHeaders are the headers of every record the bridge produces for an
-// MQTT message of topic received at received.
-func (b *Bridge) recordHeaders(topic string, received time.Time) []kgo.RecordHeader {
-	return []kgo.RecordHeader{
-		{Key: kafkaio.HeaderSourceTopic, Value: []byte(topic)},
-		{Key: kafkaio.HeaderReceivedAt, Value: []byte(received.UTC().Format(time.RFC3339Nano))},
-		{Key: kafkaio.HeaderBridgeID, Value: []byte(b.cfg.BridgeID)},
-	}
-}
-
-// onCatalog registers a vehicle's catalog: checked, stored in the catalog
-// topic under its id, then acked to the vehicle.
-func (b *Bridge) onCatalog(msg mqtt.Message) {
-	finish, ok := b.begin(msg)
-	if !ok {
-		return
-	}
-	vehicleID, _ := topics.VehicleFromCatalog(msg.Topic())
-	payload := msg.Payload()
-	headers := b.recordHeaders(msg.Topic(), time.Now())
-	cat, err := wire.ParseCatalog(payload, wire.Limits{MaxBodyBytes: b.cfg.MaxBatchBytes})
-	if err == nil && !wire.ValidVehicleID(vehicleID) {
-		err = fmt.Errorf("vehicle id %q in the topic is not valid", vehicleID)
-	}
-	if err != nil {
-		b.m.catalogs.WithLabelValues("dlq").Inc()
-		b.deadLetter([]byte(vehicleID), payload, headers, fmt.Errorf("catalog: %w", err), finish)
-		return
-	}
-	id := cat.ID()
-	if _, known := b.catalogs.Catalog(id); known {
-		// Kafka holds it already (another car of the model registered it,
-		// or this one before a restart): ack without a new record.
-		b.m.catalogs.WithLabelValues("registered").Inc()
-		b.e2e.addCatalog(vehicleID, id)
-		finish(true)
-		return
-	}
-	rec := &kgo.Record{Topic: b.cfg.CatalogTopic, Key: []byte(hex.EncodeToString(id)), Value: payload, Headers: headers}
-	b.kafka.Produce(b.produceCtx, rec, func(_ *kgo.Record, err error) {
-		if err != nil {
-			b.m.catalogs.WithLabelValues("failed").Inc()
-			b.logger.Warn("catalog not produced; leaving it unacknowledged for redelivery", "vehicle", vehicleID, "err", err)
-			finish(false)
-			return
-		}
-		b.m.catalogs.WithLabelValues("registered").Inc()
-		b.logger.Info("catalog registered", "vehicle", vehicleID, "catalog", hex.EncodeToString(id), "signals", cat.Len())
-		b.e2e.addCatalog(vehicleID, id)
-		finish(true)
-	})
-}
-
-// onMessage is called by paho for each message, one at a time in arrival
-// order. It must not block for long: the produce is asynchronous.
-func (b *Bridge) onMessage(_ mqtt.Client, msg mqtt.Message) {
-	finish, ok := b.begin(msg)
-	if !ok {
-		return // not acknowledged: the broker delivers it again
-	}
-	received := time.Now()
-
-	payload := msg.Payload()
-	vehicleID, ok := topics.VehicleFromTelemetry(msg.Topic())
-	headers := b.recordHeaders(msg.Topic(), received)
-	if !ok {
-		b.deadLetter(nil, payload, headers, fmt.Errorf("topic %q is not fleet/v1/{vehicle_id}/telemetry", msg.Topic()), finish)
-		return
-	}
-	lim := wire.Limits{MaxBatchBytes: b.cfg.MaxBatchBytes, Catalogs: b.catalogs}
-	batch, err := wire.Decode(payload, lim)
-	if errors.Is(err, wire.ErrUnknownCatalog) {
-		// A catalog registered through another replica, or just now: read
-		// the catalog topic, off paho's goroutine (the ack order is kept
-		// by the slot taken above).
-		go func() {
-			ctx, cancel := context.WithTimeout(b.produceCtx, catalogWait)
-			defer cancel()
-			batch, err := b.catalogs.Decode(ctx, payload, lim)
-			b.relay(vehicleID, payload, headers, batch, err, received, finish)
-		}()
-		return
-	}
-	b.relay(vehicleID, payload, headers, batch, err, received, finish)
-}
-
-// catalogWait bounds the catch-up with the catalog topic for one batch.
-const catalogWait = 30 * time.Second
-
-// relay produces a decoded batch, or dead-letters one that failed
-// validation. A batch that could not be checked (the catalog topic out of
-// reach) is left unacknowledged for redelivery.
-func (b *Bridge) relay(vehicleID string, payload []byte, headers []kgo.RecordHeader, batch *wire.Batch, err error,
-	received time.Time, finish func(bool)) {
-	if err != nil && !wire.IsInvalid(err) {
-		b.m.messages.WithLabelValues("failed").Inc()
-		b.logger.Warn("batch not checked; leaving it unacknowledged for redelivery", "vehicle", vehicleID, "err", err)
-		finish(false)
-		return
-	}
-	if err != nil {
-		b.deadLetter([]byte(vehicleID), payload, headers, err, finish)
-		return
-	}
-	if batch.VehicleID != vehicleID {
-		b.deadLetter([]byte(vehicleID), payload, headers,
-			fmt.Errorf("payload vehicle_id %q does not match topic vehicle %q", batch.VehicleID, vehicleID), finish)
-		return
-	}
-	readings := len(batch.Readings) + len(batch.Fixes)
-	rec := &kgo.Record{Topic: b.cfg.Topic, Key: []byte(vehicleID), Value: payload, Headers: headers}
-	b.kafka.Produce(b.produceCtx, rec, func(_ *kgo.Record, err error) {
-		if err != nil {
-			if permanent(err) {
-				b.deadLetter([]byte(vehicleID), payload, headers, fmt.Errorf("kafka refused the batch: %w", err), finish)
-				return
-			}
-			b.m.messages.WithLabelValues("failed").Inc()
-			b.logger.Warn("batch not produced; leaving it unacknowledged for redelivery", "batch", batch.Identity, "err", err)
-			finish(false)
-			return
-		}
-		b.m.messages.WithLabelValues("produced").Inc()
-		b.m.readings.Add(float64(readings))
-		b.m.bytes.Add(float64(len(payload)))
-		b.m.produceSeconds.Observe(time.Since(received).Seconds())
-		b.e2e.add(batch.Identity)
-		finish(true)
-	})
-}
-
-// permanent reports whether a produce error will not go away by retrying
-// the same record (franz-go has already retried the retriable ones).
-func permanent(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, kgo.ErrClientClosed) ||
-		errors.Is(err, kgo.ErrRecordTimeout) || errors.Is(err, kgo.ErrRecordRetries) {
-		return false
-	}
-	var ke *kerr.Error
-	return errors.As(err, &ke) && !ke.Retriable
-}
-
-// deadLetter sends a rejected payload to the DLQ, acknowledging the MQTT
-// message once Kafka holds it.
-func (b *Bridge) deadLetter(key, payload []byte, headers []kgo.RecordHeader, reason error, finish func(bool)) {
-	b.logger.Warn("rejecting payload to the DLQ", "key", string(key), "bytes", len(payload), "reason", reason)
-	if len(payload) > b.cfg.MaxBatchBytes {
-		payload = payload[:b.cfg.MaxBatchBytes] // keep the DLQ record producible; the error says it was cut
-		reason = fmt.Errorf("%w (payload truncated to %d bytes)", reason, b.cfg.MaxBatchBytes)
-	}
-	hs := append(append([]kgo.RecordHeader(nil), headers...), kgo.RecordHeader{Key: kafkaio.HeaderError, Value: []byte(reason.Error())})
-	rec := &kgo.Record{Topic: b.cfg.DLQTopic, Key: key, Value: payload, Headers: hs}
-	b.kafka.Produce(b.produceCtx, rec, func(_ *kgo.Record, err error) {
-		if err != nil {
-			b.m.messages.WithLabelValues("failed").Inc()
-			b.logger.Error("DLQ produce failed; leaving the message unacknowledged", "err", err)
-			finish(false)
-			return
-		}
-		b.m.messages.WithLabelValues("dlq").Inc()
-		finish(true)
-	})
-}
-
+// publishAcksEvery sends the acks that are due: every quarter of the ack
+// interval those whose news is older than the interval, and at once those
+// with AckBatches batches waiting.
 func (b *Bridge) publishAcksEvery(ctx context.Context) {
-	t := time.NewTicker(b.cfg.AckInterval)
-	defer t.Stop()
+	tick := time.NewTicker(max(b.cfg.AckInterval/4, time.Millisecond))
+	defer tick.Stop()
+	due := map[string]struct{}{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			b.publishAcks()
+		case v := <-b.acks.due:
+			due[v] = struct{}{}
+			// Gather what else is due right now, then send.
+			for len(due) < 1024 {
+				select {
+				case v := <-b.acks.due:
+					due[v] = struct{}{}
+					continue
+				default:
+				}
+				break
+			}
+			b.publishAcks(time.Now().Add(-b.cfg.AckInterval), due, false)
+			clear(due)
+		case now := <-tick.C:
+			b.publishAcks(now.Add(-b.cfg.AckInterval), nil, false)
 		}
 	}
 }
 
-// publishAcks sends each vehicle the ranges Kafka took since the last call.
-// Acks are best effort: an agent that misses one re-sends the batch, and
-// the duplicate is dropped downstream by batch identity. It returns the
-// publish tokens for a caller that must know the broker has them.
-func (b *Bridge) publishAcks() []mqtt.Token {
-	var toks []mqtt.Token
-	for vehicleID, payload := range b.e2e.drain() {
-		toks = append(toks, b.mqtt.Publish(topics.Ack(vehicleID), 1, false, payload)) // paho delivers it; no need to wait
-		b.m.acksPublished.Inc()
+// publishAcks sends each vehicle with news older than cutoff (or named in
+// due, or any when all) the ranges Kafka took. Acks are best effort: an
+// agent that misses one re-sends the batch, and the duplicate is dropped
+// downstream by batch identity. With no connection up the news is kept.
+func (b *Bridge) publishAcks(cutoff time.Time, due map[string]struct{}, all bool) {
+	for _, a := range b.acks.take(cutoff, due, all) {
+		if !b.publishAck(a, byte(b.cfg.AckQoS), nil) {
+			b.acks.putBack(a.vehicle, a.news, time.Now())
+		}
 	}
-	return toks
 }
 
-func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
+// publishLastAcks sends every ack still waiting and waits (up to 2 s) for
+// the broker to acknowledge every publish: a broker may drop a publish
+// whose client is gone before it could answer.
+func (b *Bridge) publishLastAcks() {
+	b.publishAcks(time.Now(), nil, true)
+	deadline := time.Now().Add(2 * time.Second)
+	for _, c := range b.conns {
+		if !c.WaitAcked(time.Until(deadline)) {
+			b.logger.Warn("the broker did not confirm the last acks; the agents re-send those batches")
+			return
+		}
 	}
+}
+
+func (b *Bridge) publishAck(a vehicleAck, qos byte, done func(error)) bool {
+	topic := topics.Ack(a.vehicle)
+	start := b.acks.home(a.vehicle, len(b.conns))
+	for i := range b.conns {
+		c := b.conns[(start+i)%len(b.conns)]
+		if c.Publish(topic, qos, a.payload, done) == nil {
+			b.m.acksPublished.Inc()
+			b.m.batchesAcked.Add(float64(a.batches))
+			return true
+		}
+	}
+	return false
 }

@@ -632,14 +632,31 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 		t.Fatal("garbage decodes")
 	}
 
+	flipped := batch(t, "veh-flipped", 1, 1)
+	flipped[len(flipped)/2] ^= 0x10
+	// An amplification payload: a small batch whose body claims to
+	// decompress to far more than any real one.
+	env := &pb.Batch{}
+	if err := proto.Unmarshal(batch(t, "veh-bomb", 1, 1), env); err != nil {
+		t.Fatal(err)
+	}
+	env.Compression, env.UncompressedSize = pb.Compression_COMPRESSION_ZSTD, 1<<30
+	bomb, err := wire.Seal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	cases := map[string]struct {
 		payload   []byte
 		value     []byte // what the DLQ record holds
 		wantError []string
+		reason    string
 	}{
-		"veh-garbage": {garbage, garbage, []string{"malformed"}},
-		"veh-big":     {oversized, oversized[:cfg.MaxBatchBytes], []string{"too large", fmt.Sprint(len(oversized)), "truncated"}},
-		"veh-honest":  {batch(t, "veh-liar", 1, 1), nil, []string{`"veh-liar"`, `"veh-honest"`, "does not match"}},
+		"veh-garbage": {garbage, garbage, []string{"malformed"}, ReasonMalformed},
+		"veh-big":     {oversized, oversized[:cfg.MaxBatchBytes], []string{"too large", fmt.Sprint(len(oversized)), "truncated"}, ReasonTooLarge},
+		"veh-honest":  {batch(t, "veh-liar", 1, 1), nil, []string{`"veh-liar"`, `"veh-honest"`, "does not match"}, ReasonVehicleMismatch},
+		"veh-flipped": {flipped, nil, []string{"checksum"}, ReasonCorrupt},
+		"veh-bomb":    {bomb, nil, []string{"too large", "claims"}, ReasonTooLarge},
 	}
 	car := e.client("car")
 	for vehicle, c := range cases {
@@ -676,6 +693,12 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 				t.Errorf("%s: error header %q does not say %q", r.Key, reason, w)
 			}
 		}
+		if got, _ := header(r, kafkaio.HeaderReason); got != c.reason {
+			t.Errorf("%s: reason header %q, want %q", r.Key, got, c.reason)
+		}
+		if v := metricValue(t, br.AdminURL(), `fleet_bridge_dlq_total{reason="`+c.reason+`"}`); v == "" || v == "0" {
+			t.Errorf("%s: fleet_bridge_dlq_total{reason=%q} = %q", r.Key, c.reason, v)
+		}
 		if src, _ := header(r, kafkaio.HeaderSourceTopic); src != topics.Telemetry(string(r.Key)) {
 			t.Errorf("%s: source_topic header %q", r.Key, src)
 		}
@@ -701,11 +724,11 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 	if n := e.endOffsets(topics.KafkaTelemetry); n != 0 {
 		t.Errorf("%d records in the telemetry topic; want none", n)
 	}
-	if n := e.endOffsets(topics.KafkaDLQ); n != 3 {
-		t.Errorf("%d records in the DLQ; want 3 (nothing redelivered)", n)
+	if n := e.endOffsets(topics.KafkaDLQ); n != 5 {
+		t.Errorf("%d records in the DLQ; want 5 (nothing redelivered)", n)
 	}
-	if v := metricValue(t, br.AdminURL(), `fleet_bridge_messages_total{result="dlq"}`); v != "3" {
-		t.Errorf(`fleet_bridge_messages_total{result="dlq"} = %q, want 3`, v)
+	if v := metricValue(t, br.AdminURL(), `fleet_bridge_messages_total{result="dlq"}`); v != "5" {
+		t.Errorf(`fleet_bridge_messages_total{result="dlq"} = %q, want 5`, v)
 	}
 }
 
@@ -758,9 +781,12 @@ func TestReadyz(t *testing.T) {
 		if code, _, err := httpGet(br.AdminURL() + "/healthz"); err != nil || code != http.StatusOK {
 			t.Errorf("/healthz: %d %v", code, err)
 		}
-		if v := metricValue(t, br.AdminURL(), "fleet_bridge_mqtt_connected"); v != "1" {
-			t.Errorf("fleet_bridge_mqtt_connected = %q, want 1", v)
-		}
+		mqtttest.Eventually(t, "every connection up", func() error {
+			if v, want := metricValue(t, br.AdminURL(), "fleet_bridge_mqtt_connected"), fmt.Sprint(e.config().Connections); v != want {
+				return fmt.Errorf("fleet_bridge_mqtt_connected = %q, want %s", v, want)
+			}
+			return nil
+		})
 	})
 	t.Run("no broker", func(t *testing.T) {
 		e := newEnv(t)
@@ -893,34 +919,53 @@ func TestShutdownDrainsInFlightBatches(t *testing.T) {
 		}
 	}
 
-	// Whatever the first bridge had not taken is still the broker's: a
-	// bridge with the same session relays the rest, so nothing is lost.
+	// Whatever the first bridge did not ack, the agent sends again (here,
+	// the test does): a new bridge relays it, so nothing is lost.
 	br2 := e.startBridge(cfg)
 	br2.waitSubscribed(t)
+	resendUnacked(t, car, &log, want)
 	rs.until(t, "every batch in Kafka after a restart", func(tel, _ []*kgo.Record) error {
-		have := map[wire.Identity]bool{}
-		for _, r := range tel {
-			id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
-			if err != nil {
-				return err
-			}
-			have[id] = true
-		}
-		for id := range want {
-			if !have[id] {
-				return fmt.Errorf("%v missing (%d of %d there)", id, len(have), len(want))
-			}
-		}
-		return nil
+		return holdsAll(tel, want)
 	})
 	if err := br2.stop(); err != nil {
 		t.Fatalf("second Run: %v", err)
 	}
 }
 
-// TestUnreachableKafkaLosesNothing: a batch Kafka did not take is not
-// acknowledged, so the broker delivers it again, here to the restarted
-// bridge (same MQTT session) once Kafka is back.
+// resendUnacked publishes again, as an agent does after its ack timeout,
+// every batch of want not acked yet.
+func resendUnacked(t *testing.T, car mqtt.Client, log *ackLog, want map[wire.Identity]bool) {
+	t.Helper()
+	got, _ := log.acked()
+	for id := range want {
+		if got[id] == 0 {
+			publish(t, car, topics.Telemetry(id.VehicleID), batch(t, id.VehicleID, id.Epoch, id.Seq))
+		}
+	}
+}
+
+// holdsAll says which batch of want the records lack, if any.
+func holdsAll(tel []*kgo.Record, want map[wire.Identity]bool) error {
+	have := map[wire.Identity]bool{}
+	for _, r := range tel {
+		id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
+		if err != nil {
+			return err
+		}
+		have[id] = true
+	}
+	for id := range want {
+		if !have[id] {
+			return fmt.Errorf("%v missing (%d of %d there)", id, len(have), len(want))
+		}
+	}
+	return nil
+}
+
+// TestUnreachableKafkaLosesNothing: batches Kafka does not take stay in
+// flight (retried), are never acked to the vehicle, and are given up at
+// shutdown; the agent's re-send then brings them in through a bridge that
+// reaches Kafka.
 func TestUnreachableKafkaLosesNothing(t *testing.T) {
 	e := newEnv(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -957,23 +1002,11 @@ func TestUnreachableKafkaLosesNothing(t *testing.T) {
 		t.Fatalf("vehicle acked for %d batches Kafka never had", len(got))
 	}
 
-	e.startBridge(e.config()) // same MQTT client ID, so the same session
+	e.startBridge(e.config()).waitSubscribed(t)
+	resendUnacked(t, car, &log, want)
 	rs := &records{cl: e.consumer()}
-	rs.until(t, "the batches in Kafka after the restart", func(tel, _ []*kgo.Record) error {
-		have := map[wire.Identity]bool{}
-		for _, r := range tel {
-			id, err := wire.DecodeIdentity(r.Value, wire.Limits{})
-			if err != nil {
-				return err
-			}
-			have[id] = true
-		}
-		for id := range want {
-			if !have[id] {
-				return fmt.Errorf("%v missing (%d of %d there)", id, len(have), len(want))
-			}
-		}
-		return nil
+	rs.until(t, "the batches in Kafka after the re-send", func(tel, _ []*kgo.Record) error {
+		return holdsAll(tel, want)
 	})
 	mqtttest.Eventually(t, "acks for them", func() error {
 		got, _ := log.acked()

@@ -214,12 +214,13 @@ func expected(t *testing.T, agentArgs []string) sent {
 	if err := fs.Parse(agentArgs); err != nil {
 		t.Fatal(err)
 	}
-	sc, err := cfg.SimConfig()
+	simCfg := cfg.Source("sim").(*sim.SourceConfig)
+	sc, err := simCfg.Sim()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := sent{readings: map[readingKey]wire.Value{}, fixes: map[readingKey]wire.Fix{}, last: map[string]wire.Fix{}}
-	end := sc.Start.Add(cfg.SimDuration)
+	end := sc.Start.Add(simCfg.Duration)
 	for _, v := range sim.NewFleet(sc) {
 		for v.Now().Before(end) {
 			rs, fix := v.Step()

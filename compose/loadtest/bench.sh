@@ -14,8 +14,48 @@ go build -o bin/edge-agent ./edge-agent
 # The load first, on a quiet machine: the spool benchmarks leave gigabytes of
 # dirty page cache whose writeback slows every fsync for minutes after.
 load=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_LOAD_SECONDS:-60}" --rounds 3)
+# The same with ten capture rules (issue 13), long enough for some to fire.
+capload=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --rate 1000 --seconds "${AGENT_CAPTURE_SECONDS:-120}" --rounds 3 \
+	--capture-rules compose/loadtest/agentload/ten-rules.yaml)
+# The agent end to end on the real CAN logs: bytes Kafka holds per reading.
+replays=""
+for pair in "honda_civic_hatchback_ex_2017_can_generated.dbc civic_typer_2019_turnonanddrive.candump.log" \
+	"hyundai_kia_generic.dbc hyundai_kona_turnonlog.candump.log"; do
+	set -- $pair
+	for pace in false true; do
+		replays+=$(go run ./compose/loadtest/agentload --agent bin/edge-agent --replay-dbc "$FLEET_SHARED_DATA/$1" \
+			--replay-log "$FLEET_SHARED_DATA/$2" --realtime="$pace" 2>/dev/null)$'\n'
+	done
+done
+# The bridge on real Mosquitto and Kafka (issue 10): the broker's own QoS 1
+# ceiling and the bridge, same publishers, same run. Budget: <= 10 us bridge
+# CPU per message, and >= 90% of the ceiling.
+go build -o bin/bridge ./bridge
+compose/services.sh install >/dev/null
+trap 'compose/services.sh stop mosquitto kafka >/dev/null 2>&1 || true' EXIT
+compose/services.sh start mosquitto kafka >/dev/null
+eval "$(compose/services.sh env)"
+bridgeload=$(go run ./compose/loadtest/bridgeload --bridge bin/bridge --mqtt-url "$FLEET_TEST_MQTT_URL" \
+	--kafka-brokers "$FLEET_TEST_KAFKA_BROKERS" --seconds "${BRIDGE_LOAD_SECONDS:-20}" --rounds 2) || bridgeload="| bridgeload failed (see its output above) | |"
+compose/services.sh stop mosquitto kafka >/dev/null
+
 wire=$(go test -run '^$' -bench 'WireBytesPerReading' -benchtime 3x ./edge-agent/can ./edge-agent/sim)
-micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|CollectPerReading' -benchtime 2s ./edge-agent/can ./edge-agent/spool ./edge-agent/agent)
+micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|CollectPerReading|CapturePerReading' -benchtime 2s \
+	./edge-agent/can ./edge-agent/spool ./edge-agent/agent ./edge-agent/capture)
+
+# Replay throughput (issue 12; budget >= 1,000,000 readings/s to Parquet per
+# core): the real replay binary pinned to one CPU, reading real Kafka (and
+# writing MinIO), which this starts with fresh state and stops at exit.
+go build -o bin/replay ./consumers/replay
+compose/services.sh install >/dev/null
+trap 'compose/services.sh stop kafka minio >/dev/null 2>&1 || true' EXIT
+compose/services.sh start kafka minio >/dev/null
+replay_env=$(compose/services.sh env)
+eval "$replay_env"
+replay_rows=$(go run ./compose/loadtest/replayload --kafka-brokers "$FLEET_TEST_KAFKA_BROKERS" --replay bin/replay \
+	--batches "${REPLAY_BATCHES:-50000}" --targets "${REPLAY_TARGETS:-jsonl,topic}" \
+	--s3-endpoint "$FLEET_TEST_S3_ENDPOINT" --s3-access-key "$FLEET_TEST_S3_ACCESS_KEY" --s3-secret-key "$FLEET_TEST_S3_SECRET_KEY")
+compose/services.sh stop kafka minio >/dev/null 2>&1 || true
 
 {
 	echo "# Benchmark report"
@@ -52,6 +92,50 @@ micro=$(go test -run '^$' -bench 'DecodeCivic|SourceCivic|EncodeCivic|Append|Col
 	echo "| measure | value |"
 	echo "| --- | ---: |"
 	echo "$load"
+	echo
+	echo "## Edge agent end to end on a real log"
+	echo
+	echo "The edge-agent binary replaying a candump log (--source can, every decoded signal, 1 s"
+	echo "batches closed by the log's clock) to the cloud above until Kafka holds every batch; the"
+	echo "batches are read back from Kafka. As fast as possible the replay outruns the catalog's"
+	echo "registration, so its batches name their signals (and, before the link is up, split fixes"
+	echo "from signals); at the log's pace, as a car sends, nearly all refer to the catalog."
+	echo
+	echo "| log, pace | readings | batches | B/reading in Kafka | took |"
+	echo "| --- | ---: | ---: | ---: | ---: |"
+	printf '%s' "$replays"
+	echo
+	echo "## Edge agent at 1,000 readings/s with ten capture rules"
+	echo
+	echo "As above, with the ten rules of compose/loadtest/agentload/ten-rules.yaml (every signal 10 s"
+	echo "before and 5 s after each trigger). Budget: <= 25 MB RSS, <= 2 us CPU per reading."
+	echo
+	echo "| measure | value |"
+	echo "| --- | ---: |"
+	echo "$capload"
+	echo
+	echo "## Replay throughput (one core)"
+	echo
+	echo "The real replay binary pinned to one CPU (taskset) re-reads simulated history from real Kafka"
+	echo "(batches of one second of a car with a 100 Hz accelerometer: 206 readings and a fix, referring"
+	echo "to the registered catalog) into each target: --to-jsonl a file, --to-topic another topic"
+	echo "(transactions every 5 s). CPU is the replay process's user + system time. Budget: >= 1,000,000"
+	echo "readings/s to Parquet per core."
+	echo
+	echo "| target | records | readings | wall s | records/s | readings/s | CPU s | readings per CPU-s |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+	echo "$replay_rows"
+	echo "## Bridge on real Mosquitto and Kafka"
+	echo
+	echo "1,000 simulated vehicles publish 100-reading batches at QoS 1 through 4 connections as fast"
+	echo "as the broker takes them; first a plain shared subscriber acks each message at once (the"
+	echo "broker's ceiling), then the bridge relays them to Kafka. Medians of 2 rounds. CPU is the"
+	echo "bridge process's user+system time over the measured seconds. Budget: <= 10 us CPU per"
+	echo "message, >= 90% of the ceiling."
+	echo
+	echo "| measure | value |"
+	echo "| --- | ---: |"
+	echo "$bridgeload"
 	echo
 	echo "## Go micro-benchmarks"
 	echo

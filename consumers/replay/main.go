@@ -1,6 +1,7 @@
-// Command replay re-reads a slice of the telemetry topic (a time range or an
-// offset range, optionally one vehicle) and writes its readings as JSON
-// lines on stdout, without touching any consumer group. See package replay.
+// Command replay re-reads a slice of the telemetry topic (a time range or
+// offset ranges, optionally one vehicle and some signals) into JSON lines,
+// another topic or a Parquet backfill, without touching any consumer group;
+// `replay reset-group` moves a stopped group's offsets. See package replay.
 package main
 
 import (
@@ -13,9 +14,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == replay.ResetGroupCommand {
+		replay.ResetGroupMain(os.Args[2:])
+		return
+	}
 	var cfg replay.Config
 	cli.Main(replay.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
-		r, err := replay.New(cfg, replay.Deps{Logger: logger, Stdout: os.Stdout})
+		r, err := replay.New(cfg, replay.Deps{Logger: logger, Stdout: os.Stdout, Stderr: os.Stderr, Args: os.Args[1:]})
 		if err != nil {
 			return err
 		}

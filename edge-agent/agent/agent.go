@@ -6,14 +6,16 @@
 // publishes it and frees it from the spool when the cloud's end-to-end ack
 // says Kafka holds it.
 //
-// Sources: "sim" runs a simulated fleet in one process, each car with its
-// own MQTT connection and spool (SPOOL-DIR/VEHICLE-ID); "can" (DBC-decoded
-// SocketCAN or a candump log) and "gps" (NMEA or gpsd) feed the one vehicle
-// --vehicle-id.
+// Sources are chosen by name from Registry (edge-agent/source): a fleet
+// source ("sim") runs a simulated fleet in one process, each car with its
+// own MQTT connection and spool (SPOOL-DIR/VEHICLE-ID); the others ("can",
+// "gps") feed the one vehicle --vehicle-id. Batches close by the readings'
+// own clock, so a recording replays into the same batches at any speed;
+// a live source's batches also close on the wall clock.
 //
 // Metrics (besides the uplink's, spool's and sources' fleet_agent_* ones):
 //
-//	fleet_agent_readings_total                 readings and fixes collected
+//	fleet_agent_readings_total{kind}           readings and fixes collected
 //	fleet_agent_readings_dropped_total{reason} readings not spooled (spool_full, encode)
 //	fleet_agent_batches_spooled_total{class}   batches appended to the spool
 //	fleet_agent_vehicles                       vehicles running in this process
@@ -25,32 +27,30 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"slices"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/fleetpipe/fleetpipe/edge-agent/batcher"
-	"github.com/fleetpipe/fleetpipe/edge-agent/can"
-	"github.com/fleetpipe/fleetpipe/edge-agent/gps"
-	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
-	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
+	"github.com/fleetpipe/fleetpipe/edge-agent/capture"
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/edge-agent/uplink"
 	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
 // Version is the agent's version, sent in every batch and status message.
-const Version = "0.2.0"
+const Version = "0.3.0"
 
 // Deps are the agent's dependencies.
 type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// OwnProcess says the agent is the process (the edge-agent binary),
+	// not one part of a bigger one: Run then tunes the runtime (timer
+	// slack, GOMEMLIMIT, GOMAXPROCS, CPU pinning) as Config says.
+	OwnProcess bool
 }
 
 type metrics struct {
@@ -59,42 +59,66 @@ type metrics struct {
 	spooled  *prometheus.CounterVec
 }
 
-// Agent runs the configured vehicles.
+// Agent runs the configured vehicles. Run runs once.
 type Agent struct {
-	cfg     Config
-	sim     sim.Config
-	logger  *slog.Logger
-	reg     prometheus.Registerer
-	upm     *uplink.Metrics
-	m       metrics
-	admin   *admin.Server
-	collect can.CollectConfig
+	cfg    Config
+	deps   Deps
+	logger *slog.Logger
+	upm    *uplink.Metrics
+	m      metrics
+	admin  *admin.Server
+	// sources of the one vehicle (built by New, so bad files fail at
+	// start-up); nil for a fleet, whose vehicles' sources Run builds.
+	sources []source.Source
+	signals []wire.SignalSpec // of the selected sources, in --source order
+	catalog *wire.Catalog     // nil: batches always name their signals
+	decoder string            // the decoder tag batches carry
+
+	// capture holds the capture rules in force (nil without
+	// --capture-rules); each vehicle's collector compiles them.
+	capture  *captureRules
+	captureM *capture.Metrics
 }
 
-// New checks the configuration (loading the collection config) and binds
-// the metrics port.
+// New checks the configuration, builds the sources (loading their files:
+// a DBC, a collection config) and binds the metrics port.
 func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, logger: deps.Logger, reg: deps.Registerer}
-	if cfg.has("sim") {
-		sc, err := cfg.SimConfig()
+	a := &Agent{cfg: cfg, deps: deps, logger: deps.Logger}
+	for _, name := range cfg.Sources {
+		s, err := cfg.SourceConfigs[name].Signals()
+		if err != nil {
+			return nil, fmt.Errorf("--source %s: %w", name, err)
+		}
+		a.signals = append(a.signals, s...)
+	}
+	if cfg.Catalog && len(a.signals) > 0 {
+		cat, err := wire.NewCatalog(a.signals)
 		if err != nil {
 			return nil, err
 		}
-		a.sim = sc
+		a.catalog = cat
 	}
-	if cfg.has("can") {
-		if cfg.CANCollect != "" {
-			cc, err := can.LoadCollectConfig(cfg.CANCollect)
-			if err != nil {
-				return nil, fmt.Errorf("--can-collect: %w", err)
-			}
-			a.collect = cc
+	if cfg.CaptureRules != "" {
+		rules, err := a.loadCaptureRules()
+		if err != nil {
+			return nil, err
 		}
-		if _, err := can.LoadDBC(cfg.CAN.DBC); err != nil {
-			return nil, fmt.Errorf("--can-dbc: %w", err)
+		a.capture = &captureRules{cfg: rules}
+	}
+	fleet, isFleet := cfg.fleet()
+	if isFleet {
+		a.decoder = fleet.Decoder()
+	} else {
+		a.decoder = "agent:" + cfg.Sources.String()
+		for _, name := range cfg.Sources {
+			src, err := cfg.SourceConfigs[name].New(a.sourceDeps())
+			if err != nil {
+				return nil, fmt.Errorf("--source %s: %w", name, err)
+			}
+			a.sources = append(a.sources, src)
 		}
 	}
 	if cfg.CheckConfig {
@@ -102,6 +126,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	f := promauto.With(deps.Registerer)
 	a.upm = uplink.NewMetrics(deps.Registerer)
+	if a.capture != nil {
+		a.captureM = capture.NewMetrics(deps.Registerer)
+	}
 	a.m = metrics{
 		readings: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_readings_total",
 			Help: "Readings and fixes collected from the sources."}, []string{"kind"}),
@@ -110,11 +137,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		spooled: f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_agent_batches_spooled_total",
 			Help: "Batches appended to the spool, by class."}, []string{"class"}),
 	}
-	n := 1
-	if cfg.has("sim") {
-		n = a.sim.Vehicles
-	}
-	f.NewGauge(prometheus.GaugeOpts{Name: "fleet_agent_vehicles", Help: "Vehicles running in this process."}).Set(float64(n))
+	f.NewGauge(prometheus.GaugeOpts{Name: "fleet_agent_vehicles", Help: "Vehicles running in this process."}).Set(float64(cfg.vehicles()))
 	if cfg.Listen != "" {
 		var err error
 		if a.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer}); err != nil {
@@ -124,84 +147,38 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// vehicle is one car's spool, uplink and batching.
-type vehicle struct {
-	id      string
-	spool   *spool.Spool
-	uplink  *uplink.Uplink
-	catalog *wire.Catalog // nil: batches always name their signals
-	// catalogAcked reports whether the cloud holds the catalog, so
-	// batches may refer to it (the uplink's CatalogRegistered).
-	catalogAcked func() bool
-	// linkUp reports whether the uplink is connected (its Connected).
-	linkUp func() bool
+// sourceDeps are what every source gets. With capture rules, sources
+// also emit the readings their sampling keeps out of the live stream:
+// windows hold every signal at full rate.
+func (a *Agent) sourceDeps() source.Deps {
+	return source.Deps{Logger: a.logger, Registerer: a.deps.Registerer, Unsampled: a.cfg.CaptureRules != ""}
 }
 
-// catalog is the signal catalog of the configured sources, or nil.
-func (a *Agent) catalog() (*wire.Catalog, error) {
-	switch {
-	case !a.cfg.Catalog:
-		return nil, nil
-	case a.cfg.has("sim"):
-		return sim.Catalog()
-	case a.cfg.has("can"):
-		d, err := can.LoadDBC(a.cfg.CAN.DBC)
-		if err != nil {
-			return nil, fmt.Errorf("--can-dbc: %w", err)
+// live reports whether any selected source reads a live input, so that
+// batches also close on the wall clock.
+func (a *Agent) live() bool {
+	for _, name := range a.cfg.Sources {
+		if a.cfg.SourceConfigs[name].Input().Clock == source.Live {
+			return true
 		}
-		return d.Catalog()
 	}
-	return nil, nil // GPS only: fixes need no catalog
+	return false
 }
 
-func (a *Agent) openVehicle(id, dir string, cat *wire.Catalog) (*vehicle, error) {
-	sc := a.cfg.Spool
-	sc.Dir = dir
-	sp, err := spool.Open(sc, spool.Deps{Logger: a.logger.With("vehicle", id), Registerer: a.reg})
-	if err != nil {
-		return nil, fmt.Errorf("%s: spool: %w", id, err)
-	}
-	mc := a.cfg.MQTT
-	if a.cfg.has("sim") || mc.ClientID == "" || mc.ClientID == defaultClientID {
-		mc.ClientID = id
-	}
-	uc := uplink.Config{
-		VehicleID: id, AgentVersion: Version, MQTT: mc, AckTimeout: a.cfg.AckTimeout,
-		MaxInflight: a.cfg.MaxInflight, BacklogRate: a.cfg.BacklogRate,
-		ReconnectMin: a.cfg.ReconnectMin, ReconnectMax: a.cfg.ReconnectMax,
-	}
-	if cat != nil {
-		uc.Catalog, uc.CatalogID = cat.Bytes(), cat.ID()
-	}
-	u, err := uplink.New(uc, sp, uplink.Deps{Logger: a.logger, Metrics: a.upm})
-	if err != nil {
-		sp.Close()
-		return nil, err
-	}
-	if st := sp.Stats(); st.Records > 0 || st.Recovery.CorruptRecords > 0 {
-		a.logger.Info("spool recovered", "vehicle", id, "epoch", fmt.Sprintf("%016x", st.Epoch), "pending_batches", st.Records,
-			"corrupt_records", st.Recovery.CorruptRecords, "new_epoch", st.Recovery.NewEpoch)
-	}
-	return &vehicle{id: id, spool: sp, uplink: u, catalog: cat, catalogAcked: u.CatalogRegistered, linkUp: u.Connected}, nil
-}
-
-// Run collects and sends until ctx is cancelled or, with ExitWhenDone, until
-// the simulation has run its duration and every batch is acked. Spooled
-// batches survive an exit and are sent by the next run.
+// Run collects and sends until ctx is cancelled or, with ExitWhenDone,
+// until the sources have ended and every batch is acked. Spooled batches
+// survive an exit and are sent by the next run. With Deps.OwnProcess it
+// first tunes the runtime.
 func (a *Agent) Run(ctx context.Context) error {
-	var ids []string
-	var simCars []*sim.Vehicle
-	if a.cfg.has("sim") {
-		simCars = sim.NewFleet(a.sim)
-		for _, v := range simCars {
-			ids = append(ids, v.ID)
-		}
-	} else {
-		ids = []string{a.cfg.VehicleID}
+	if a.deps.OwnProcess {
+		a.tuneProcess()
+		stop := a.reloadOnHangup()
+		defer stop()
 	}
-	cat, err := a.catalog()
-	if err != nil {
-		return err
+	ids := []string{a.cfg.VehicleID}
+	fleet, isFleet := a.cfg.fleet()
+	if isFleet {
+		ids = fleet.Vehicles()
 	}
 	vehicles := make([]*vehicle, len(ids))
 	defer func() {
@@ -211,12 +188,20 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}()
+	sources := make([][]source.Source, len(ids))
 	for i, id := range ids {
 		dir := a.cfg.Spool.Dir
-		if a.cfg.has("sim") {
+		if isFleet {
 			dir = filepath.Join(dir, id)
+			src, err := fleet.NewVehicle(i, a.sourceDeps())
+			if err != nil {
+				return err
+			}
+			sources[i] = []source.Source{src}
+		} else {
+			sources[i] = a.sources
 		}
-		v, err := a.openVehicle(id, dir, cat)
+		v, err := a.openVehicle(id, dir)
 		if err != nil {
 			return err
 		}
@@ -236,14 +221,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	collect, cctx := errgroup.WithContext(ctx)
+	live := a.live()
 	for i, v := range vehicles {
-		if simCars != nil {
-			collect.Go(func() error { return a.driveSim(cctx, simCars[i], v) })
-		} else {
-			collect.Go(func() error { return a.runSources(cctx, v) })
-		}
+		collect.Go(func() error { return a.runVehicle(cctx, v, sources[i], live) })
 	}
-	err = collect.Wait()
+	err := collect.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		stopUplinks()
 		_ = ups.Wait()
@@ -277,244 +259,4 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.logger.Info("edge agent stopped; every batch acknowledged")
 	return nil
-}
-
-// collector batches one vehicle's items and spools each closed batch.
-type collector struct {
-	a          *Agent
-	v          *vehicle
-	b          *batcher.Batcher
-	high, bulk []wire.Reading // reused between batches
-}
-
-func (a *Agent) newCollector(v *vehicle) *collector {
-	return &collector{a: a, v: v, b: batcher.New(batcher.Config{MaxAge: a.cfg.BatchMaxAge, MaxReadings: a.cfg.BatchMaxReadings})}
-}
-
-func (c *collector) add(rs []wire.Reading, fixes []wire.Fix, now time.Time) error {
-	c.a.m.readings.WithLabelValues("reading").Add(float64(len(rs)))
-	c.a.m.readings.WithLabelValues("fix").Add(float64(len(fixes)))
-	c.b.Add(rs, fixes...)
-	if c.b.Due(now) {
-		return c.flush()
-	}
-	return nil
-}
-
-// mixedBacklog is how many unacked batches the spool may hold for a flush
-// to still be one batch.
-const mixedBacklog = 16
-
-// flush spools what the batcher holds.
-//
-// While the link is up and the spool holds no backlog, that is one batch,
-// high class if it has fixes or priority signals: one append, one fsync,
-// one publish and one ack a flush. Otherwise (an outage is filling the
-// spool, and a full spool drops bulk before high) the fixes and priority
-// signals go in a high-class batch and the rest in a bulk one, so that the
-// high-rate signals are dropped first. A batch spooled whole just before an
-// outage keeps its readings as long as its fixes.
-func (c *collector) flush() error {
-	rs, fixes, _, ok := c.b.Take()
-	if !ok {
-		return nil
-	}
-	defer c.b.Recycle(rs, fixes) // wire.Encode keeps no reference
-	if c.v.linkUp() && c.v.spool.Records() <= mixedBacklog {
-		class := spool.Bulk
-		if len(fixes) > 0 || slices.ContainsFunc(rs, c.priority) {
-			class = spool.High
-		}
-		return c.spool(rs, fixes, class)
-	}
-	high, bulk := c.high[:0], c.bulk[:0]
-	for _, r := range rs {
-		if c.priority(r) {
-			high = append(high, r)
-		} else {
-			bulk = append(bulk, r)
-		}
-	}
-	defer func() { clear(high); clear(bulk); c.high, c.bulk = high[:0], bulk[:0] }()
-	if len(high) > 0 || len(fixes) > 0 {
-		if err := c.spool(high, fixes, spool.High); err != nil {
-			return err
-		}
-	}
-	if len(bulk) > 0 {
-		return c.spool(bulk, nil, spool.Bulk)
-	}
-	return nil
-}
-
-// priority reports whether r is of a priority signal (--priority-signals).
-func (c *collector) priority(r wire.Reading) bool {
-	return slices.Contains(c.a.cfg.PrioritySignals, r.Signal)
-}
-
-// earliest is the time of the first item, the base time of a batch.
-func earliest(rs []wire.Reading, fixes []wire.Fix) int64 {
-	var t int64
-	first := true
-	for _, r := range rs {
-		if first || r.Time < t {
-			t, first = r.Time, false
-		}
-	}
-	for _, f := range fixes {
-		if first || f.Time < t {
-			t, first = f.Time, false
-		}
-	}
-	return t
-}
-
-func (c *collector) spool(rs []wire.Reading, fixes []wire.Fix, class spool.Class) error {
-	n := len(rs) + len(fixes)
-	base := earliest(rs, fixes)
-	seq, err := c.v.spool.Reserve()
-	if err != nil {
-		return fmt.Errorf("%s: spool: %w", c.v.id, err)
-	}
-	decoder := sim.Decoder
-	if !c.a.cfg.has("sim") {
-		decoder = "agent:" + c.a.cfg.Sources.String()
-	}
-	batch := &wire.Batch{
-		Identity: wire.Identity{VehicleID: c.v.id, Epoch: c.v.spool.Epoch(), Seq: seq},
-		BaseTime: base, AgentVersion: Version, Decoder: decoder, Readings: rs, Fixes: fixes,
-	}
-	opt := wire.EncodeOptions{TickNanos: c.a.cfg.TickNanos}
-	if c.v.catalog != nil && c.v.catalogAcked() {
-		opt.Catalog = c.v.catalog // signals outside it make Encode name them all
-	}
-	payload, err := wire.Encode(batch, opt)
-	if err != nil {
-		c.a.m.dropped.WithLabelValues("encode").Add(float64(n))
-		c.a.logger.Error("batch not encodable; dropped", "batch", batch.Identity, "err", err)
-		return nil
-	}
-	err = c.v.spool.Append(seq, payload, spool.Meta{Class: class, Readings: uint32(n), Time: time.Unix(0, base)})
-	if errors.Is(err, spool.ErrSpoolFull) {
-		c.a.m.dropped.WithLabelValues("spool_full").Add(float64(n))
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("%s: spool append: %w", c.v.id, err)
-	}
-	c.a.m.spooled.WithLabelValues(class.String()).Inc()
-	c.v.uplink.Live(seq)
-	return nil
-}
-
-// driveSim steps one simulated car, paced by the speed-up.
-func (a *Agent) driveSim(ctx context.Context, car *sim.Vehicle, v *vehicle) error {
-	c := a.newCollector(v)
-	end := a.sim.Start.Add(a.cfg.SimDuration)
-	wallStart := time.Now()
-	var rs []wire.Reading // reused: the batcher copies what it keeps
-	for step := 1; a.cfg.SimDuration == 0 || car.Now().Before(end); step++ {
-		var fix wire.Fix
-		rs, fix = car.AppendStep(rs[:0])
-		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
-			return err
-		}
-		if a.cfg.SimSpeedup > 0 {
-			next := wallStart.Add(time.Duration(float64(step) * float64(time.Second) / a.cfg.SimSpeedup))
-			select {
-			case <-ctx.Done():
-				return c.flush()
-			case <-time.After(time.Until(next)):
-			}
-		} else if ctx.Err() != nil {
-			return c.flush()
-		}
-	}
-	return c.flush()
-}
-
-// item is what a live source hands the collector.
-type item struct {
-	readings []wire.Reading
-	fixes    []wire.Fix
-}
-
-// runSources runs the vehicle's CAN and GPS sources into one collector,
-// closing batches by age on the wall clock.
-func (a *Agent) runSources(ctx context.Context, v *vehicle) error {
-	items := make(chan item, 256)
-	var wg sync.WaitGroup
-	srcCtx, stopSources := context.WithCancel(ctx)
-	defer stopSources()
-	errc := make(chan error, 2)
-	if a.cfg.has("can") {
-		cc := a.cfg.CAN
-		cc.Collect = a.collect
-		src, err := can.New(cc, can.Deps{Logger: a.logger, Registerer: a.reg})
-		if err != nil {
-			return err
-		}
-		wg.Go(func() {
-			errc <- src.Run(srcCtx, func(rs []wire.Reading) {
-				select {
-				case items <- item{readings: rs}:
-				case <-srcCtx.Done():
-				}
-			})
-		})
-	}
-	if a.cfg.has("gps") {
-		src, err := gps.New(a.cfg.GPS, gps.Deps{Logger: a.logger, Registerer: a.reg})
-		if err != nil {
-			return err
-		}
-		wg.Go(func() {
-			errc <- src.Run(srcCtx, func(f wire.Fix) {
-				select {
-				case items <- item{fixes: []wire.Fix{f}}:
-				case <-srcCtx.Done():
-				}
-			})
-		})
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-
-	c := a.newCollector(v)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case it := <-items:
-			if err := c.add(it.readings, it.fixes, time.Now()); err != nil {
-				return err
-			}
-		case <-tick.C:
-			if c.b.Due(time.Now()) {
-				if err := c.flush(); err != nil {
-					return err
-				}
-			}
-		case err := <-errc:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				return err
-			}
-		case <-done:
-			// Finite sources (a log replay) ended: spool what is left.
-			for {
-				select {
-				case it := <-items:
-					if err := c.add(it.readings, it.fixes, time.Now()); err != nil {
-						return err
-					}
-					continue
-				default:
-				}
-				break
-			}
-			return c.flush()
-		case <-ctx.Done():
-			return c.flush()
-		}
-	}
 }

@@ -23,6 +23,8 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/can"
+	"github.com/fleetpipe/fleetpipe/edge-agent/gps"
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/cli/clitest"
@@ -94,6 +96,13 @@ func (a *acker) onBatch(_ mqtt.Client, msg mqtt.Message) {
 	a.client.Publish(topics.Ack(b.VehicleID), 1, false, data) // no waiting inside a paho handler
 }
 
+// payload is the bytes of a batch as it arrived.
+func (a *acker) payload(id wire.Identity) []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.raw[id]
+}
+
 func (a *acker) snapshot() (map[wire.Identity]*wire.Batch, []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -104,17 +113,22 @@ func (a *acker) snapshot() (map[wire.Identity]*wire.Batch, []string) {
 	return out, append([]string(nil), a.bad...)
 }
 
+// simOf, canOf and gpsOf are the configurations of the source kinds.
+func simOf(cfg Config) *sim.SourceConfig { return cfg.Source("sim").(*sim.SourceConfig) }
+func canOf(cfg Config) *can.SourceConfig { return cfg.Source("can").(*can.SourceConfig) }
+func gpsOf(cfg Config) *gps.Config       { return cfg.Source("gps").(*gps.Config) }
+
 // testConfig is a small fleet simulated as fast as possible, spooling
 // under a fresh folder.
 func testConfig(t *testing.T, url string) Config {
 	cfg := DefaultConfig()
 	cfg.Spool.Dir = t.TempDir()
 	cfg.MQTT.URL = url
-	cfg.SimVehicles = 3
-	cfg.SimSeed = 42
-	cfg.SimStart = "2025-06-02T07:30:00Z"
-	cfg.SimSpeedup = 0
-	cfg.SimDuration = 30 * time.Second
+	simOf(cfg).NumVehicles = 3
+	simOf(cfg).Seed = 42
+	simOf(cfg).Start = "2025-06-02T07:30:00Z"
+	simOf(cfg).Speedup = 0
+	simOf(cfg).Duration = 30 * time.Second
 	cfg.ExitWhenDone = true
 	cfg.AckTimeout = 2 * time.Second
 	cfg.DrainTimeout = waitLimit
@@ -177,17 +191,17 @@ func TestDeliversEveryReadingOnce(t *testing.T) {
 	}
 
 	// Regenerate the simulation, as a test of the cloud side would.
-	sc, err := cfg.SimConfig()
+	sc, err := simOf(cfg).Sim()
 	if err != nil {
 		t.Fatal(err)
 	}
-	end := sc.Start.Add(cfg.SimDuration)
+	end := sc.Start.Add(simOf(cfg).Duration)
 	byVehicle := map[string][]*wire.Batch{}
 	for _, b := range got {
 		byVehicle[b.VehicleID] = append(byVehicle[b.VehicleID], b)
 	}
-	if len(byVehicle) != cfg.SimVehicles {
-		t.Fatalf("batches from %d vehicles, want %d", len(byVehicle), cfg.SimVehicles)
+	if len(byVehicle) != simOf(cfg).NumVehicles {
+		t.Fatalf("batches from %d vehicles, want %d", len(byVehicle), simOf(cfg).NumVehicles)
 	}
 	epochs := map[uint64]bool{}
 	for _, v := range sim.NewFleet(sc) {
@@ -255,7 +269,7 @@ func TestDeliversEveryReadingOnce(t *testing.T) {
 			}
 		}
 	}
-	if len(epochs) != cfg.SimVehicles {
+	if len(epochs) != simOf(cfg).NumVehicles {
 		t.Errorf("epochs %v; want one per vehicle (each has its own spool)", epochs)
 	}
 	for e := range epochs {
@@ -270,8 +284,8 @@ func TestDeliversEveryReadingOnce(t *testing.T) {
 func TestFailsWhenTheCloudNeverAcks(t *testing.T) {
 	broker := mqtttest.StartBroker(t)
 	cfg := testConfig(t, broker.URL())
-	cfg.SimVehicles = 1
-	cfg.SimDuration = 5 * time.Second
+	simOf(cfg).NumVehicles = 1
+	simOf(cfg).Duration = 5 * time.Second
 	cfg.DrainTimeout = 500 * time.Millisecond
 	err := runAgent(t, context.Background(), cfg)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not acknowledged") {
@@ -299,9 +313,9 @@ func TestStopsOnCancel(t *testing.T) {
 	broker := mqtttest.StartBroker(t)
 	cloud := startAcker(t, broker.URL())
 	cfg := testConfig(t, broker.URL())
-	cfg.SimDuration = 0
+	simOf(cfg).Duration = 0
 	cfg.ExitWhenDone = false
-	cfg.SimSpeedup = 100
+	simOf(cfg).Speedup = 100
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -342,10 +356,10 @@ func configDir() string { return filepath.Join(testenv.RepoRoot(), "testdata", "
 func TestConfigFiles(t *testing.T) {
 	clitest.ConfigFiles(t, agentProgram, configDir(), func() *Config { return &Config{} },
 		func(t *testing.T, cfg *Config) {
-			if !cfg.has("sim") {
+			if _, fleet := cfg.fleet(); !fleet {
 				return
 			}
-			if _, err := cfg.SimConfig(); err != nil {
+			if _, err := simOf(*cfg).Sim(); err != nil {
 				t.Fatalf("good config has no simulator configuration: %v", err)
 			}
 		}, 2, 6)
@@ -359,12 +373,12 @@ func TestConfigFileValues(t *testing.T) {
 	if _, err := cli.Parse(agentProgram, &cfg, []string{"--config", file, "--sim-vehicles", "7"}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MQTT.URL != "ssl://mqtt.fleet.example:8883" || cfg.SimSpeedup != 10 || cfg.SimDuration != 10*time.Minute ||
+	if cfg.MQTT.URL != "ssl://mqtt.fleet.example:8883" || simOf(cfg).Speedup != 10 || simOf(cfg).Duration != 10*time.Minute ||
 		!cfg.ExitWhenDone || cfg.BatchMaxAge != 5*time.Second || cfg.BatchMaxReadings != 2000 || cfg.TickNanos != 1_000_000 ||
 		cfg.AckTimeout != 30*time.Second || cfg.MQTT.ConnectTimeout != 25*time.Second || cfg.Listen != "" || cfg.DrainTimeout != 5*time.Minute {
 		t.Errorf("config %+v", cfg)
 	}
-	sc, err := cfg.SimConfig()
+	sc, err := simOf(cfg).Sim()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,7 +456,7 @@ func TestShippedExampleConfig(t *testing.T) {
 		t.Fatalf("the shipped example config is rejected: %v", err)
 	}
 	if cfg.VehicleID != "car-0001" || cfg.Spool.Fsync != "always" || cfg.BatchMaxAge != time.Second ||
-		cfg.CAN.Interface != "can0" || cfg.GPS.Path != "/dev/ttyUSB0" || cfg.BacklogRate != 20 {
+		canOf(cfg).Interface != "can0" || gpsOf(cfg).Path != "/dev/ttyUSB0" || cfg.BacklogRate != 20 {
 		t.Errorf("example config read as %+v", cfg)
 	}
 }
@@ -454,7 +468,7 @@ func TestProcs(t *testing.T) {
 		t.Errorf("one car: GOMAXPROCS %d, want 1", got)
 	}
 	fleet := DefaultConfig()
-	fleet.SimVehicles = 50
+	simOf(fleet).NumVehicles = 50
 	if got, want := fleet.Procs(), min(50, runtime.NumCPU()); got != want {
 		t.Errorf("50 simulated cars: GOMAXPROCS %d, want %d", got, want)
 	}

@@ -2,11 +2,14 @@ package agent
 
 import (
 	"log/slog"
+	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
+	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -16,23 +19,31 @@ import (
 // batches naming their signals (before the cloud acks the catalog) and
 // referring to the catalog (after). The uplink is not running; its queue
 // just fills.
+//
+// "catalog+10rules" adds the ten capture rules make bench runs the agent
+// with (compose/loadtest/agentload/ten-rules.yaml): their evaluation, their
+// buffers and the windows they send.
 func BenchmarkCollectPerReading(b *testing.B) {
 	for _, acked := range []bool{false, true} {
 		name := "names"
 		if acked {
 			name = "catalog"
 		}
-		b.Run(name, func(b *testing.B) { benchmarkCollect(b, acked) })
+		b.Run(name, func(b *testing.B) { benchmarkCollect(b, acked, "") })
 	}
+	b.Run("catalog+10rules", func(b *testing.B) {
+		benchmarkCollect(b, true, filepath.Join(testenv.RepoRoot(), "compose", "loadtest", "agentload", "ten-rules.yaml"))
+	})
 }
 
-func benchmarkCollect(b *testing.B, catalogAcked bool) {
+func benchmarkCollect(b *testing.B, catalogAcked bool, rules string) {
 	cfg := DefaultConfig()
+	cfg.CaptureRules = rules
 	cfg.Spool.Dir = b.TempDir()
 	cfg.Spool.Fsync = "never"
-	cfg.SimIMUHz = 496
+	simOf(cfg).IMUHz = 496
 	cfg.Listen = ""
-	cfg.SimStart = "2026-01-05T08:00:00Z"
+	simOf(cfg).Start = "2026-01-05T08:00:00Z"
 	reg := prometheus.NewRegistry()
 	a, err := New(cfg, Deps{Logger: slog.New(slog.DiscardHandler), Registerer: reg, Gatherer: reg})
 	if err != nil {
@@ -42,15 +53,23 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := a.openVehicle("bench-0001", b.TempDir(), cat)
+	a.catalog = cat
+	v, err := a.openVehicle("bench-0001", b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	v.catalogAcked = func() bool { return catalogAcked }
 	v.linkUp = func() bool { return true }
 	defer v.spool.Close()
-	car := sim.NewVehicle(a.sim, 0)
-	c := a.newCollector(v)
+	sc, err := simOf(cfg).Sim()
+	if err != nil {
+		b.Fatal(err)
+	}
+	car := sim.NewVehicle(sc, 0)
+	c, err := a.newCollector(v, false)
+	if err != nil {
+		b.Fatal(err)
+	}
 	readings := 0
 	var rs []wire.Reading // reused, as driveSim does
 	b.ReportAllocs()
@@ -59,7 +78,7 @@ func benchmarkCollect(b *testing.B, catalogAcked bool) {
 		var fix wire.Fix
 		rs, fix = car.AppendStep(rs[:0])
 		readings += len(rs) + 1
-		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+		if err := c.add(source.Items{Readings: rs, Fixes: []wire.Fix{fix}, Clock: car.Now().UnixNano()}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,17 +2,12 @@ package agent
 
 import (
 	"flag"
-	"fmt"
-	"os"
 	"runtime"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/fleetpipe/fleetpipe/edge-agent/can"
-	"github.com/fleetpipe/fleetpipe/edge-agent/gps"
-	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/edge-agent/capture"
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
@@ -23,15 +18,16 @@ import (
 type Config struct {
 	MQTT mqttconn.Config
 
-	// Sources lists where readings come from: "sim" (a simulated fleet,
-	// each car its own MQTT client and spool), or any of "can" and "gps"
-	// for the one vehicle named by VehicleID.
+	// Sources lists where readings come from, by name in Registry: a fleet
+	// source ("sim", each simulated car its own MQTT client and spool)
+	// alone, or any of the others ("can", "gps") for the one vehicle named
+	// by VehicleID.
 	Sources   cli.StringList
 	VehicleID string
-
-	CAN        can.Config
-	CANCollect string // YAML collection config file
-	GPS        gps.Config
+	// SourceConfigs holds every registered kind's configuration, by name
+	// (its flags are registered whether it is selected or not); only the
+	// selected ones are validated and run.
+	SourceConfigs map[string]source.Config
 
 	Spool spool.Config
 	// PrioritySignals are the signals that, with the fixes, go in a
@@ -50,15 +46,6 @@ type Config struct {
 	// CheckConfig validates the configuration (loading the DBC and the
 	// collection config) and exits.
 	CheckConfig bool
-
-	SimVehicles int
-	SimSeed     uint64
-	SimStart    string // RFC 3339; empty: now
-	SimSpeedup  float64
-	SimDuration time.Duration // of simulated time; 0: run until stopped
-	SimIMUHz    int
-	SimCenter   string // "lat,lon"
-	SimIDPrefix string
 
 	BatchMaxAge      time.Duration
 	BatchMaxReadings int
@@ -79,11 +66,21 @@ type Config struct {
 	MaxProcs int
 	// Listen serves the agent's /metrics locally.
 	Listen string
-	// ExitWhenDone makes a finite simulation exit once every batch is
-	// acked end to end (or DrainTimeout passes, which is an error).
+	// CaptureRules is the YAML file of condition-triggered capture rules
+	// (edge-agent/capture); empty: none. SIGHUP reloads it.
+	CaptureRules string
+	// ExitWhenDone makes the agent exit once its sources have ended (a
+	// finite simulation, a replayed log) and every batch is acked end to
+	// end (or DrainTimeout passes, which is an error).
 	ExitWhenDone bool
 	DrainTimeout time.Duration
 }
+
+// Source returns the configuration of the registered source kind name
+// (nil if there is none), for callers that set it in code:
+//
+//	cfg.Source("sim").(*sim.SourceConfig).NumVehicles = 20
+func (c Config) Source(name string) source.Config { return c.SourceConfigs[name] }
 
 // defaultClientID stands for "the vehicle's ID" as the MQTT client ID.
 const defaultClientID = "(vehicle id)"
@@ -99,14 +96,13 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.MQTT.RegisterFlags(fs, "tcp://127.0.0.1:1883", defaultClientID)
 	c.Sources = cli.StringList{"sim"}
-	fs.Var(&c.Sources, "source", "comma-separated reading sources: sim (a simulated fleet), or can and/or gps for the vehicle --vehicle-id")
+	fs.Var(&c.Sources, "source", "comma-separated reading sources: "+Registry.Help()+
+		"; sim alone, the others for the one vehicle --vehicle-id")
 	fs.StringVar(&c.VehicleID, "vehicle-id", "", "this vehicle's ID (with --source can/gps); its MQTT client ID unless --mqtt-client-id is set")
-	fs.StringVar(&c.CAN.DBC, "can-dbc", "", "DBC file decoding the CAN bus")
-	fs.StringVar(&c.CAN.Interface, "can-interface", "", "live SocketCAN interface, e.g. can0")
-	fs.StringVar(&c.CAN.Candump, "can-candump", "", "candump -L log to replay instead of a live interface")
-	fs.BoolVar(&c.CAN.Realtime, "can-realtime", true, "replay --can-candump at the log's pace (false: as fast as possible)")
-	fs.StringVar(&c.CANCollect, "can-collect", "", "YAML collection config: which signals to keep and how (empty: every decoded signal of every frame)")
-	c.GPS.RegisterFlags(fs)
+	c.SourceConfigs = Registry.Configs()
+	for _, name := range Registry.Names() {
+		c.SourceConfigs[name].RegisterFlags(fs)
+	}
 	c.Spool.RegisterFlags(fs)
 	c.PrioritySignals = cli.StringList{"status"}
 	fs.Var(&c.PrioritySignals, "priority-signals", "comma-separated signals spooled with the fixes in the high class (dropped last when the spool is full)")
@@ -116,16 +112,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReconnectMin, "reconnect-min", time.Second, "first wait before reconnecting to the broker (jittered, doubling)")
 	fs.DurationVar(&c.ReconnectMax, "reconnect-max", time.Minute, "longest wait between reconnects")
 	fs.BoolVar(&c.CheckConfig, "check-config", false, "validate the configuration (DBC and collection config included) and exit")
-	d := sim.DefaultConfig()
-	fs.IntVar(&c.SimVehicles, "sim-vehicles", d.Vehicles, "number of simulated vehicles (each its own MQTT client)")
-	fs.Uint64Var(&c.SimSeed, "sim-seed", d.Seed, "simulator seed; the same seed and start give the same readings")
-	fs.StringVar(&c.SimStart, "sim-start", "", "simulated start time, RFC 3339 (default: now)")
-	fs.Float64Var(&c.SimSpeedup, "sim-speedup", 1, "simulated seconds per wall-clock second (0: as fast as possible)")
-	fs.DurationVar(&c.SimDuration, "sim-duration", 0, "simulated time to run, e.g. 10m (0: until stopped)")
-	fs.IntVar(&c.SimIMUHz, "sim-imu-hz", d.IMUHz, "simulated accelerometer rate in Hz (0: none)")
-	fs.StringVar(&c.SimCenter, "sim-center", fmt.Sprintf("%g,%g", d.CenterLat, d.CenterLon), "city centre of the simulation, lat,lon")
-	fs.StringVar(&c.SimIDPrefix, "sim-id-prefix", d.IDPrefix, "prefix of simulated vehicle IDs")
-	fs.DurationVar(&c.BatchMaxAge, "batch-max-age", time.Second, "close a batch when its oldest reading is this old")
+	fs.DurationVar(&c.BatchMaxAge, "batch-max-age", time.Second,
+		"close a batch before its readings span this much of their own clock (a recording's, when replayed); with a live source also this long after its first reading arrived")
 	fs.IntVar(&c.BatchMaxReadings, "batch-max-readings", 10000, "close a batch at this many readings")
 	fs.Int64Var(&c.TickNanos, "time-resolution-ns", 100_000, "time resolution of batches in nanoseconds")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", 10*time.Second, "re-send a batch not acknowledged end to end within this time")
@@ -138,7 +126,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TimerSlack, "timer-slack", 10*time.Millisecond,
 		"how late the kernel may fire the agent's timers, so the board sleeps longer between wake-ups (0: the kernel's default)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:9100", "address for the agent's /metrics and /healthz (empty: off)")
-	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "with --sim-duration: exit once every batch is acknowledged")
+	fs.StringVar(&c.CaptureRules, "capture-rules", "",
+		"YAML file of capture rules: the signals around a condition (a harsh brake, a DTC) at full rate, sent as marked batches; SIGHUP reloads it (empty: none)")
+	fs.BoolVar(&c.ExitWhenDone, "exit-when-done", false, "exit once the sources have ended (--sim-duration run, a log replayed) and every batch is acknowledged")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 2*time.Minute, "with --exit-when-done: how long to wait for the last acks")
 }
 
@@ -164,24 +154,6 @@ func (c Config) Validate() error {
 	}
 	if c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin {
 		return cli.FieldError("reconnect-max", "want 0 < --reconnect-min <= --reconnect-max")
-	}
-	if c.SimVehicles < 1 || c.SimVehicles > 100_000 {
-		return cli.FieldError("sim-vehicles", "%d: want 1 to 100000", c.SimVehicles)
-	}
-	if _, err := c.simStart(); err != nil {
-		return cli.FieldError("sim-start", "%v", err)
-	}
-	if c.SimSpeedup < 0 {
-		return cli.FieldError("sim-speedup", "%g is negative", c.SimSpeedup)
-	}
-	if c.SimDuration < 0 {
-		return cli.FieldError("sim-duration", "%v is negative", c.SimDuration)
-	}
-	if c.SimIMUHz < 0 || c.SimIMUHz > 1000 {
-		return cli.FieldError("sim-imu-hz", "%d: want 0 to 1000", c.SimIMUHz)
-	}
-	if _, _, err := c.simCenter(); err != nil {
-		return cli.FieldError("sim-center", "%v", err)
 	}
 	if c.BatchMaxAge <= 0 {
 		return cli.FieldError("batch-max-age", "must be positive")
@@ -209,8 +181,17 @@ func (c Config) Validate() error {
 	if c.MemoryLimitBytes != 0 && c.MemoryLimitBytes < 8<<20 {
 		return cli.FieldError("memory-limit-bytes", "%d: want 0 (none) or at least 8 MiB", c.MemoryLimitBytes)
 	}
-	if c.ExitWhenDone && c.SimDuration == 0 {
-		return cli.FieldError("exit-when-done", "needs --sim-duration")
+	if c.ExitWhenDone {
+		for _, name := range c.Sources {
+			if !c.SourceConfigs[name].Input().Finite {
+				return cli.FieldError("exit-when-done", "needs sources that end (a log replayed, --sim-duration), and --source %s does not", name)
+			}
+		}
+	}
+	if c.CaptureRules != "" {
+		if _, err := capture.LoadConfig(c.CaptureRules); err != nil {
+			return cli.FieldError("capture-rules", "%v", err)
+		}
 	}
 	if c.DrainTimeout <= 0 {
 		return cli.FieldError("drain-timeout", "must be positive")
@@ -218,70 +199,51 @@ func (c Config) Validate() error {
 	return nil
 }
 
-func (c Config) has(source string) bool { return slices.Contains(c.Sources, source) }
-
 func (c Config) validateSources() error {
 	if len(c.Sources) == 0 {
 		return cli.FieldError("source", "must name at least one source")
 	}
-	for _, s := range c.Sources {
-		switch s {
-		case "sim", "can", "gps":
-		default:
-			return cli.FieldError("source", "%q: want sim, can or gps", s)
+	seen := map[string]bool{}
+	for _, name := range c.Sources {
+		if _, ok := Registry.Lookup(name); !ok || c.SourceConfigs[name] == nil {
+			return cli.FieldError("source", "%q: want %s", name, strings.Join(Registry.Names(), ", "))
 		}
+		if seen[name] {
+			return cli.FieldError("source", "%q named twice", name)
+		}
+		seen[name] = true
 	}
-	if c.has("sim") {
+	if _, ok := c.fleet(); ok {
 		if len(c.Sources) > 1 {
-			return cli.FieldError("source", "sim runs a simulated fleet and does not mix with can or gps")
+			return cli.FieldError("source", "%s runs a simulated fleet and does not mix with other sources", c.Sources[0])
 		}
-		return nil
-	}
-	if err := wire.CheckVehicleID(c.VehicleID); err != nil {
+	} else if err := wire.CheckVehicleID(c.VehicleID); err != nil {
 		return cli.FieldError("vehicle-id", "%v", err)
 	}
-	if c.has("can") {
-		switch {
-		case c.CAN.DBC == "":
-			return cli.FieldError("can-dbc", "must be set with --source can")
-		case (c.CAN.Interface == "") == (c.CAN.Candump == ""):
-			return cli.FieldError("can-interface", "set exactly one of --can-interface and --can-candump")
-		}
-		for name, p := range map[string]string{"can-dbc": c.CAN.DBC, "can-candump": c.CAN.Candump, "can-collect": c.CANCollect} {
-			if p == "" {
-				continue
-			}
-			if _, err := os.Stat(p); err != nil {
-				return cli.FieldError(name, "%v", err)
-			}
-		}
-	}
-	if c.has("gps") {
-		if err := c.GPS.Validate(); err != nil {
+	for _, name := range c.Sources {
+		if err := c.SourceConfigs[name].Validate(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c Config) simStart() (time.Time, error) {
-	if c.SimStart == "" {
-		return time.Now().UTC().Truncate(time.Second), nil
+// fleet is the selected source that simulates a fleet, if any.
+func (c Config) fleet() (source.Fleet, bool) {
+	for _, name := range c.Sources {
+		if f, ok := c.SourceConfigs[name].(source.Fleet); ok {
+			return f, true
+		}
 	}
-	return time.Parse(time.RFC3339, c.SimStart)
+	return nil, false
 }
 
-func (c Config) simCenter() (float64, float64, error) {
-	a, b, ok := strings.Cut(c.SimCenter, ",")
-	if !ok {
-		return 0, 0, fmt.Errorf("%q: want lat,lon", c.SimCenter)
+// vehicles is how many vehicles the agent runs: a fleet source's, or one.
+func (c Config) vehicles() int {
+	if f, ok := c.fleet(); ok {
+		return max(1, len(f.Vehicles()))
 	}
-	lat, err1 := strconv.ParseFloat(strings.TrimSpace(a), 64)
-	lon, err2 := strconv.ParseFloat(strings.TrimSpace(b), 64)
-	if err1 != nil || err2 != nil || lat < -85 || lat > 85 || lon < -180 || lon > 180 {
-		return 0, 0, fmt.Errorf("%q: want lat,lon in degrees (|lat| <= 85)", c.SimCenter)
-	}
-	return lat, lon, nil
+	return 1
 }
 
 // MemoryLimit is the soft memory limit for the process: MemoryLimitBytes
@@ -290,11 +252,7 @@ func (c Config) simCenter() (float64, float64, error) {
 // the garbage collector lets the heap grow to twice that before it runs,
 // with one it runs earlier, and only as often as the limit needs.
 func (c Config) MemoryLimit() int64 {
-	n := int64(1)
-	if c.has("sim") {
-		n = int64(c.SimVehicles)
-	}
-	return c.MemoryLimitBytes * n
+	return c.MemoryLimitBytes * int64(c.vehicles())
 }
 
 // Procs is the GOMAXPROCS the agent runs with: MaxProcs, or one per
@@ -306,25 +264,5 @@ func (c Config) Procs() int {
 	if c.MaxProcs > 0 {
 		return c.MaxProcs
 	}
-	n := 1
-	if c.has("sim") {
-		n = c.SimVehicles
-	}
-	return max(1, min(n, runtime.NumCPU()))
-}
-
-// SimConfig is the simulator configuration the flags describe.
-func (c Config) SimConfig() (sim.Config, error) {
-	start, err := c.simStart()
-	if err != nil {
-		return sim.Config{}, err
-	}
-	lat, lon, err := c.simCenter()
-	if err != nil {
-		return sim.Config{}, err
-	}
-	s := sim.DefaultConfig()
-	s.Seed, s.Vehicles, s.Start, s.IMUHz, s.IDPrefix = c.SimSeed, c.SimVehicles, start, c.SimIMUHz, c.SimIDPrefix
-	s.CenterLat, s.CenterLon = lat, lon
-	return s, nil
+	return max(1, min(c.vehicles(), runtime.NumCPU()))
 }

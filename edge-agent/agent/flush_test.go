@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -20,24 +21,32 @@ func TestFlushSplitsOnlyWhileSpooling(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Spool.Dir = t.TempDir()
 	cfg.Spool.Fsync = "never"
-	cfg.SimStart = "2026-01-05T08:00:00Z"
+	simOf(cfg).Start = "2026-01-05T08:00:00Z"
 	reg := prometheus.NewRegistry()
 	a, err := New(cfg, Deps{Logger: mqtttest.Logger(t), Registerer: reg, Gatherer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := a.openVehicle("flush-0001", t.TempDir(), nil)
+	a.catalog = nil
+	v, err := a.openVehicle("flush-0001", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.spool.Close()
 	up := true
 	v.linkUp = func() bool { return up }
-	car := sim.NewVehicle(a.sim, 0)
-	c := a.newCollector(v)
+	sc, err := simOf(cfg).Sim()
+	if err != nil {
+		t.Fatal(err)
+	}
+	car := sim.NewVehicle(sc, 0)
+	c, err := a.newCollector(v, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	step := func() (readings int) {
 		rs, fix := car.AppendStep(nil)
-		if err := c.add(rs, []wire.Fix{fix}, car.Now()); err != nil {
+		if err := c.add(source.Items{Readings: rs, Fixes: []wire.Fix{fix}, Clock: car.Now().UnixNano()}); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.flush(); err != nil {

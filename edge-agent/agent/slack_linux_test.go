@@ -22,8 +22,12 @@ const slackChild = "FLEET_TEST_PROCESS_CHILD"
 // slackChildMain applies the slack (re-executing this binary) or pins the
 // CPUs, and prints what threads the runtime starts afterwards have.
 func slackChildMain() {
-	if os.Getenv(slackChild) == "cpus" {
+	switch os.Getenv(slackChild) {
+	case "cpus":
 		cpusChildMain()
+		return
+	case "hup":
+		hupChildMain()
 		return
 	}
 	if err := ApplyTimerSlack(20*time.Millisecond, slog.New(slog.DiscardHandler)); err != nil {

@@ -73,7 +73,7 @@ func BenchmarkSourceCivic(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		s := src()
-		if err := s.Run(context.Background(), func(rs []wire.Reading) { readings += len(rs) }); err != nil {
+		if err := s.Run(context.Background(), emitReadings(func(rs []wire.Reading) { readings += len(rs) })); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -8,9 +8,10 @@ import (
 	"math"
 	"os"
 	"path"
-	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fleetpipe/fleetpipe/internal/cli"
 )
 
 // Mode is how a collection rule samples a signal.
@@ -25,25 +26,8 @@ const (
 )
 
 // Duration is a time.Duration written in YAML as a Go duration string
-// ("100ms", "1s"). A bare number is rejected: it would silently mean
-// nanoseconds.
-type Duration time.Duration
-
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-		return fmt.Errorf("line %d: want a duration such as \"100ms\", got %q", n.Line, n.Value)
-	}
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML implements yaml.Marshaler.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+// ("100ms", "1s"); a bare number is rejected (see cli.Duration).
+type Duration = cli.Duration
 
 // Rule says how to collect the signals whose "MESSAGE.SIGNAL" name matches
 // Match.

@@ -71,12 +71,12 @@ func TestCollectExample(t *testing.T) {
 	}
 	times := map[string][]int64{}
 	values := map[string][]float64{}
-	if err := src.Run(context.Background(), func(rs []wire.Reading) {
+	if err := src.Run(context.Background(), emitReadings(func(rs []wire.Reading) {
 		for _, r := range rs {
 			times[r.Signal] = append(times[r.Signal], r.Time)
 			values[r.Signal] = append(values[r.Signal], r.Value.Float)
 		}
-	}); err != nil {
+	})); err != nil {
 		t.Fatal(err)
 	}
 	st := src.Stats()
@@ -143,12 +143,12 @@ func TestCollectModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	kept := map[string][]int{} // signal -> frame indices
-	if err := src.Run(context.Background(), func(rs []wire.Reading) {
+	if err := src.Run(context.Background(), emitReadings(func(rs []wire.Reading) {
 		for _, r := range rs {
 			i := int((r.Time - 1700000000e9) / 10e6)
 			kept[r.Signal] = append(kept[r.Signal], i)
 		}
-	}); err != nil {
+	})); err != nil {
 		t.Fatal(err)
 	}
 	all := make([]int, 21)

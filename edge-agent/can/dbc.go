@@ -250,6 +250,12 @@ func (d *Decoder) Signals() []*Signal { return d.signals }
 // non-integer signal's factor and offset: batches that refer to it carry a
 // signal's raw integers and nothing else.
 func (d *Decoder) Catalog() (*wire.Catalog, error) {
+	return wire.NewCatalog(d.SignalSpecs())
+}
+
+// SignalSpecs are the catalog entries of every signal of the DBC, in
+// Signals order (see Catalog).
+func (d *Decoder) SignalSpecs() []wire.SignalSpec {
 	specs := make([]wire.SignalSpec, 0, len(d.signals))
 	for _, s := range d.signals {
 		spec := wire.SignalSpec{Name: s.FullName, Unit: s.Unit, Kind: wire.KindInt}
@@ -269,7 +275,7 @@ func (d *Decoder) Catalog() (*wire.Catalog, error) {
 		}
 		specs = append(specs, spec)
 	}
-	return wire.NewCatalog(specs)
+	return specs
 }
 
 // Message returns the message for a CAN ID, or nil.

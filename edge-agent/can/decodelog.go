@@ -48,7 +48,7 @@ func writeJSONLines(ctx context.Context, src *Source, w io.Writer) error {
 		tsJSON []byte
 		quoted = make([]*[2][]byte, len(src.dec.Signals())) // per signal: JSON of name and unit
 	)
-	err := src.run(ctx, func(t int64, kept []Decoded) {
+	err := src.run(ctx, func(t int64, kept, _ []Decoded) {
 		if werr != nil {
 			return
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -69,11 +70,9 @@ func prefixErrors(prefix string, err error) error {
 	return fmt.Errorf("%s%w", prefix, err)
 }
 
-// Deps are the Source's dependencies; nil fields get no-op defaults.
-type Deps struct {
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-}
+// Deps are the Source's dependencies (source.Deps); nil fields get no-op
+// defaults.
+type Deps = source.Deps
 
 // Stats counts what a Source did. Frames seen = Decoded + the sum of
 // Skipped.
@@ -167,11 +166,12 @@ func (c *counters) stats() Stats {
 //
 // Run may be called once. Stats is safe to call concurrently with Run.
 type Source struct {
-	cfg    Config
-	dec    *Decoder
-	col    *collector
-	logger *slog.Logger
-	count  *counters
+	cfg       Config
+	dec       *Decoder
+	col       *collector
+	logger    *slog.Logger
+	count     *counters
+	unsampled bool // emit the values the collection config drops
 	// dial opens the SocketCAN interface; tests replace it.
 	dial func(ctx context.Context, iface string) (net.Conn, error)
 }
@@ -201,7 +201,7 @@ func newSource(cfg Config, dec *Decoder, deps Deps) (*Source, error) {
 	for _, w := range dec.Warnings() {
 		logger.Warn("dbc: " + w)
 	}
-	return &Source{cfg: cfg, dec: dec, col: col, logger: logger, count: newCounters(deps.Registerer),
+	return &Source{cfg: cfg, dec: dec, col: col, logger: logger, count: newCounters(deps.Registerer), unsampled: deps.Unsampled,
 		dial: func(ctx context.Context, iface string) (net.Conn, error) {
 			return socketcan.DialContext(ctx, "can", iface)
 		}}, nil
@@ -214,24 +214,31 @@ func (s *Source) Decoder() *Decoder { return s.dec }
 func (s *Source) Stats() Stats { return s.count.stats() }
 
 // Run reads frames until the log ends or ctx is cancelled (both return nil)
-// and calls emit, from Run's goroutine, with the readings each frame gives
-// (never with an empty slice; emit may keep the slice). Reading times are
+// and emits, from Run's goroutine, the readings each frame gives (never an
+// empty Items; the slices are reused once emit returns). Reading times are
 // the log's timestamps for a candump replay and the receive time for a live
-// interface. Bad log lines and undecodable frames are counted and skipped;
-// an error opening or reading the input is returned.
-func (s *Source) Run(ctx context.Context, emit func([]wire.Reading)) error {
-	return s.run(ctx, func(t int64, kept []Decoded) {
-		rs := make([]wire.Reading, len(kept))
-		for i, v := range kept {
-			rs[i] = v.Reading(t)
+// interface. With Deps.Unsampled the values the collection config drops
+// travel in Items.Unsampled. Bad log lines and undecodable frames are
+// counted and skipped; an error opening or reading the input is returned.
+func (s *Source) Run(ctx context.Context, emit source.Emit) error {
+	var kept, dropped []wire.Reading
+	return s.run(ctx, func(t int64, k, d []Decoded) {
+		kept, dropped = kept[:0], dropped[:0]
+		for _, v := range k {
+			kept = append(kept, v.Reading(t))
 		}
-		emit(rs)
+		for _, v := range d {
+			dropped = append(dropped, v.Reading(t))
+		}
+		emit(source.Items{Readings: kept, Unsampled: dropped})
 	})
 }
 
 // run is Run with the decoded values themselves (DecodeLog wants the raw
-// values too). kept is reused after sink returns.
-func (s *Source) run(ctx context.Context, sink func(t int64, kept []Decoded)) error {
+// values too): those the collection config keeps, and, with
+// Deps.Unsampled, those it drops. sink is called when either is not
+// empty; both are reused after it returns.
+func (s *Source) run(ctx context.Context, sink func(t int64, kept, dropped []Decoded)) error {
 	if s.cfg.Interface != "" {
 		return s.runLive(ctx, sink)
 	}
@@ -240,11 +247,11 @@ func (s *Source) run(ctx context.Context, sink func(t int64, kept []Decoded)) er
 
 // frameHandler decodes frames and applies the collection config.
 type frameHandler struct {
-	s             *Source
-	decoded, kept []Decoded
+	s                      *Source
+	decoded, kept, dropped []Decoded
 }
 
-func (h *frameHandler) handle(f ecan.Frame, t int64, sink func(int64, []Decoded)) {
+func (h *frameHandler) handle(f ecan.Frame, t int64, sink func(int64, []Decoded, []Decoded)) {
 	s := h.s
 	var res FrameResult
 	h.decoded, res = s.dec.Decode(f, h.decoded[:0])
@@ -252,7 +259,7 @@ func (h *frameHandler) handle(f ecan.Frame, t int64, sink func(int64, []Decoded)
 	if res != ResultDecoded {
 		return
 	}
-	h.kept = h.kept[:0]
+	h.kept, h.dropped = h.kept[:0], h.dropped[:0]
 	for _, v := range h.decoded {
 		if ok, reason := s.col.keep(v, t); ok {
 			h.kept = append(h.kept, v)
@@ -260,16 +267,21 @@ func (h *frameHandler) handle(f ecan.Frame, t int64, sink func(int64, []Decoded)
 			i := s.count.reasonIndex[reason]
 			s.count.dropped[i].Add(1)
 			s.count.droppedM[i].Inc()
+			if s.unsampled {
+				h.dropped = append(h.dropped, v)
+			}
 		}
 	}
 	if len(h.kept) > 0 {
 		s.count.readings.Add(uint64(len(h.kept)))
 		s.count.collectedM.Add(float64(len(h.kept)))
-		sink(t, h.kept)
+	}
+	if len(h.kept) > 0 || len(h.dropped) > 0 {
+		sink(t, h.kept, h.dropped)
 	}
 }
 
-func (s *Source) runLog(ctx context.Context, sink func(int64, []Decoded)) error {
+func (s *Source) runLog(ctx context.Context, sink func(int64, []Decoded, []Decoded)) error {
 	file, err := os.Open(s.cfg.Candump)
 	if err != nil {
 		return fmt.Errorf("candump: %w", err)
@@ -333,7 +345,7 @@ func (s *Source) runLog(ctx context.Context, sink func(int64, []Decoded)) error 
 
 // runLive reads a SocketCAN interface. Frames are timed when the agent
 // reads them (einride's receiver does not expose kernel timestamps).
-func (s *Source) runLive(ctx context.Context, sink func(int64, []Decoded)) error {
+func (s *Source) runLive(ctx context.Context, sink func(int64, []Decoded, []Decoded)) error {
 	conn, err := s.dial(ctx, s.cfg.Interface)
 	if err != nil {
 		if ctx.Err() != nil {

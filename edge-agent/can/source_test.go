@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
@@ -54,7 +56,7 @@ func TestSourceFixtureAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got [][]wire.Reading
-	if err := src.Run(context.Background(), func(rs []wire.Reading) { got = append(got, rs) }); err != nil {
+	if err := src.Run(context.Background(), emitReadings(func(rs []wire.Reading) { got = append(got, rs) })); err != nil {
 		t.Fatal(err)
 	}
 	// ENGINE twice (7 signals), STEERING.ANGLE once: the second frame
@@ -95,7 +97,7 @@ func TestSourceErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Run(context.Background(), func([]wire.Reading) {}); err == nil || !strings.Contains(err.Error(), "nonexistent.log") {
+	if err := src.Run(context.Background(), emitReadings(func([]wire.Reading) {})); err == nil || !strings.Contains(err.Error(), "nonexistent.log") {
 		t.Errorf("missing log: %v", err)
 	}
 	if _, err := DecodeLog(nil, fixture(fixtureDBC), fixture(fixtureLog), fixture("collect/mode_unknown.bad.yaml")); err == nil ||
@@ -122,7 +124,7 @@ func TestSourceRealtime(t *testing.T) {
 	done := make(chan error)
 	start := time.Now()
 	go func() {
-		done <- src.Run(ctx, func(rs []wire.Reading) { got <- rs[0] })
+		done <- src.Run(ctx, emitReadings(func(rs []wire.Reading) { got <- rs[0] }))
 	}()
 	for _, want := range []int64{1, 2} {
 		r := <-got
@@ -173,7 +175,7 @@ func checkLive(t *testing.T, src *Source, send func(context.Context, ecan.Frame)
 	got := make(chan []wire.Reading, 10)
 	done := make(chan error, 1)
 	before := time.Now().UnixNano()
-	go func() { done <- src.Run(ctx, func(rs []wire.Reading) { got <- rs }) }()
+	go func() { done <- src.Run(ctx, emitReadings(func(rs []wire.Reading) { got <- rs })) }()
 	steer, _ := ParseCandumpLine([]byte("(1) can0 200#FB2E3A59"))
 	ccvs, _ := ParseCandumpLine([]byte("(1) can0 18FEF100#FF0019200000AC41"))
 	unknown, _ := ParseCandumpLine([]byte("(1) can0 7FF#00"))
@@ -294,7 +296,7 @@ func TestRealPairs(t *testing.T) {
 			}
 			lo, hi := map[string]float64{}, map[string]float64{}
 			var first, last int64
-			if err := src.Run(context.Background(), func(rs []wire.Reading) {
+			if err := src.Run(context.Background(), emitReadings(func(rs []wire.Reading) {
 				if first == 0 {
 					first = rs[0].Time
 				}
@@ -311,7 +313,7 @@ func TestRealPairs(t *testing.T) {
 						hi[r.Signal] = v
 					}
 				}
-			}); err != nil {
+			})); err != nil {
 				t.Fatal(err)
 			}
 			st := src.Stats()
@@ -340,5 +342,15 @@ func TestRealPairs(t *testing.T) {
 				t.Errorf("readings from %d to %d", first, last)
 			}
 		})
+	}
+}
+
+// emitReadings adapts a test's callback to source.Emit: it gets each
+// Items' readings, copied (the source reuses them).
+func emitReadings(f func([]wire.Reading)) source.Emit {
+	return func(it source.Items) {
+		if len(it.Readings) > 0 {
+			f(slices.Clone(it.Readings))
+		}
 	}
 }

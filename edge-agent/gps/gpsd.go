@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -74,7 +75,8 @@ type gpsdMessage struct {
 }
 
 // Run reads fixes from gpsd until ctx is cancelled.
-func (g *GPSDSource) Run(ctx context.Context, emit func(wire.Fix)) error {
+func (g *GPSDSource) Run(ctx context.Context, out source.Emit) error {
+	emit := fixEmitter(out)
 	bo := backoff{min: g.cfg.ReconnectMin, max: g.cfg.ReconnectMax}
 	last := map[string]int64{} // device -> time of its last fix
 	for first := true; ; first = false {

@@ -84,7 +84,7 @@ func runGPSD(t *testing.T, addr, device string) (fixes <-chan wire.Fix, reg *pro
 	ch := make(chan wire.Fix, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(f wire.Fix) { ch <- f }) }()
+	go func() { done <- src.Run(ctx, emitFixes(func(f wire.Fix) { ch <- f })) }()
 	var stopped bool
 	stop = func() {
 		if stopped {

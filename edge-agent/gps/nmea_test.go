@@ -31,7 +31,7 @@ func runFile(t *testing.T, path string, edit func(*Config)) ([]wire.Fix, Stats, 
 		t.Fatal(err)
 	}
 	var fixes []wire.Fix
-	if err := src.Run(context.Background(), func(f wire.Fix) { fixes = append(fixes, f) }); err != nil {
+	if err := src.Run(context.Background(), emitFixes(func(f wire.Fix) { fixes = append(fixes, f) })); err != nil {
 		t.Fatal(err)
 	}
 	return fixes, src.(*NMEASource).Stats(), reg

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -36,8 +37,10 @@ func (s *NMEASource) Stats() Stats {
 	return s.dec.Stats()
 }
 
-// Run reads fixes until ctx is cancelled or, for a file, its end.
-func (s *NMEASource) Run(ctx context.Context, emit func(wire.Fix)) error {
+// Run reads fixes until ctx is cancelled or, for a file, its end, emitting
+// each as one Items.
+func (s *NMEASource) Run(ctx context.Context, out source.Emit) error {
+	emit := fixEmitter(out)
 	s.dec = NewDecoder(DecoderOptions{UERE: s.cfg.uere(), Metrics: s.m})
 	st, err := os.Stat(s.cfg.Path)
 	if err != nil {

@@ -9,25 +9,30 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
-// Source produces location fixes. Run calls emit, from Run's own goroutine,
-// once per fix in the order the receiver reported them (which is not always
-// time order: recordings are spliced, clocks jump), and returns nil when ctx
-// is cancelled or a finite input is exhausted; any other error is permanent.
-// Sources are not safe for concurrent Runs.
-type Source interface {
-	Run(ctx context.Context, emit func(wire.Fix)) error
-}
+// Source produces location fixes. Run emits, from Run's own goroutine,
+// one Items holding one fix for each fix, in the order the receiver
+// reported them (which is not always time order: recordings are spliced,
+// clocks jump), and returns nil when ctx is cancelled or a finite input is
+// exhausted; any other error is permanent. Sources are not safe for
+// concurrent Runs.
+type Source = source.Source
 
-// Deps are a source's dependencies. A nil Logger discards logs; a nil
-// Registerer leaves the metrics unregistered.
-type Deps struct {
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+// Deps are a source's dependencies (source.Deps). A nil Logger discards
+// logs; a nil Registerer leaves the metrics unregistered.
+type Deps = source.Deps
+
+// fixEmitter emits each fix as an Items of its own, from a buffer reused
+// for every fix.
+func fixEmitter(emit source.Emit) func(wire.Fix) {
+	var buf [1]wire.Fix
+	return func(f wire.Fix) {
+		buf[0] = f
+		emit(source.Items{Fixes: buf[:]})
+	}
 }
 
 // New validates cfg and returns the source it describes: an *NMEASource or

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fleetpipe/fleetpipe/edge-agent/source"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -62,7 +63,7 @@ func TestMissingFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Run(context.Background(), func(wire.Fix) {}); err == nil {
+	if err := src.Run(context.Background(), emitFixes(func(wire.Fix) {})); err == nil {
 		t.Fatal("Run on a missing file returned nil")
 	}
 }
@@ -77,7 +78,7 @@ func TestMetricsShared(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := src.Run(context.Background(), func(wire.Fix) {}); err != nil {
+		if err := src.Run(context.Background(), emitFixes(func(wire.Fix) {})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -114,7 +115,7 @@ func TestPacedReplayCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan wire.Fix, 10)
 	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(f wire.Fix) { got <- f }) }()
+	go func() { done <- src.Run(ctx, emitFixes(func(f wire.Fix) { got <- f })) }()
 	first := nextFix(t, got)
 	cancel()
 	select {
@@ -144,7 +145,7 @@ func runDevice(t *testing.T, path string, baud int) (<-chan wire.Fix, *prometheu
 	ch := make(chan wire.Fix, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(f wire.Fix) { ch <- f }) }()
+	go func() { done <- src.Run(ctx, emitFixes(func(f wire.Fix) { ch <- f })) }()
 	var stopped bool
 	stop := func() {
 		if stopped {
@@ -215,4 +216,13 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// emitFixes adapts a test's callback to source.Emit: it gets each fix.
+func emitFixes(f func(wire.Fix)) source.Emit {
+	return func(it source.Items) {
+		for _, fix := range it.Fixes {
+			f(fix)
+		}
+	}
 }

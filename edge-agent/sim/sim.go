@@ -43,7 +43,11 @@ func DefaultConfig() Config {
 // Catalog is the signal catalog of every signal a simulated car reports,
 // for batches to refer to once the cloud has registered it.
 func Catalog() (*wire.Catalog, error) {
-	return wire.NewCatalog([]wire.SignalSpec{
+	return wire.NewCatalog(signalSpecs())
+}
+
+func signalSpecs() []wire.SignalSpec {
+	return []wire.SignalSpec{
 		{Name: "imu.accel_x", Unit: "m/s2", Kind: wire.KindDouble},
 		{Name: "imu.accel_y", Unit: "m/s2", Kind: wire.KindDouble},
 		{Name: "vehicle.speed", Unit: "km/h", Kind: wire.KindDouble},
@@ -52,7 +56,7 @@ func Catalog() (*wire.Catalog, error) {
 		{Name: "odometer", Unit: "m", Kind: wire.KindInt},
 		{Name: "door.open", Kind: wire.KindBool},
 		{Name: "status", Kind: wire.KindString},
-	})
+	}
 }
 
 // Decoder is the decoder tag simulated batches carry.
@@ -98,7 +102,7 @@ func NewVehicle(cfg Config, i int) *Vehicle {
 		blocks = 1
 	}
 	v := &Vehicle{
-		ID:  fmt.Sprintf("%s%04d", cfg.IDPrefix, i+1),
+		ID:  vehicleID(cfg, i),
 		cfg: cfg,
 		rng: rng,
 		now: cfg.Start,
@@ -117,6 +121,9 @@ func NewVehicle(cfg Config, i int) *Vehicle {
 	v.statusFor = 60 + rng.IntN(600)
 	return v
 }
+
+// vehicleID names car i of the fleet.
+func vehicleID(cfg Config, i int) string { return fmt.Sprintf("%s%04d", cfg.IDPrefix, i+1) }
 
 func streetLimit(rng *rand.Rand) float64 {
 	return []float64{30, 40, 50, 50, 60}[rng.IntN(5)] / 3.6

@@ -4,12 +4,12 @@ package spool
 // CRC-32C (Castagnoli).
 //
 // Segment file NNNNNNNNNNNNNNNNNNNN.seg (20-digit index, one sequence of
-// indexes shared by both classes):
+// indexes shared by all classes):
 //
 //	header, 40 bytes
 //	  0  magic "FPSG"
 //	  4  format version (1)
-//	  5  class (0 bulk, 1 high)
+//	  5  class (0 bulk, 1 high, 2 capture)
 //	  6  2 bytes zero
 //	  8  epoch
 //	 16  segment index (equals the file name)
@@ -96,7 +96,7 @@ func (h segHeader) encode() []byte {
 
 func parseSegHeader(b []byte) (segHeader, error) {
 	if len(b) < segHeaderSize || [4]byte(b[:4]) != segMagic || b[4] != formatVersion ||
-		le.Uint32(b[36:]) != crc32.Checksum(b[:36], castagnoli) || b[5] > byte(High) {
+		le.Uint32(b[36:]) != crc32.Checksum(b[:36], castagnoli) || b[5] >= numClasses {
 		return segHeader{}, errBadHeader
 	}
 	return segHeader{class: Class(b[5]), epoch: le.Uint64(b[8:]), index: le.Uint64(b[16:]), floor: le.Uint64(b[24:])}, nil
@@ -140,7 +140,7 @@ func recordCRC(b []byte) uint32 {
 // unless b starts with a whole record whose seq is above after and whose
 // checksum matches. It never reads past b and never allocates.
 func parseRecord(b []byte, after uint64) (recInfo, bool) {
-	if len(b) < recHeaderSize || b[0] != recMagic || b[1] > byte(High) || b[2] != 0 || b[3] != 0 ||
+	if len(b) < recHeaderSize || b[0] != recMagic || b[1] >= numClasses || b[2] != 0 || b[3] != 0 ||
 		le.Uint64(b[12:]) <= after || le.Uint64(b[12:]) > MaxSeq {
 		return recInfo{}, false
 	}

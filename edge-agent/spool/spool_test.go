@@ -282,7 +282,7 @@ func (m *dropModel) ack(seqs ...uint64) {
 }
 
 // check returns the dropped seqs of each class, oldest first.
-func (m *dropModel) check(reason string) (dropped [2][]uint64) {
+func (m *dropModel) check(reason string) (dropped [numClasses][]uint64) {
 	m.t.Helper()
 	live := map[uint64]bool{}
 	for _, q := range pendingSeqs(m.t, m.s) {
@@ -621,5 +621,38 @@ func TestAckSyncRidesOnAppends(t *testing.T) {
 			t.Fatal("acks not synced within 10 s without appends")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCaptureClassIsDroppedLast: a full spool under drop-oldest evicts
+// bulk, then high records, and capture windows only when nothing else is
+// left; capture records survive a restart in their class.
+func TestCaptureClassIsDroppedLast(t *testing.T) {
+	m := newDropModel(t, Config{SegmentBytes: segHeaderSize + 1000, MaxBytes: 5 * (segHeaderSize + 1000)}, nil)
+	var captures []uint64
+	for i := range 200 {
+		c := []Class{Bulk, High, Bulk, Capture, Bulk, High, Bulk, High, Bulk, High}[i%10] // 20 capture records fit
+		seq, err := m.add(c, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c == Capture {
+			captures = append(captures, seq)
+		}
+	}
+	d := m.check(ReasonFull)
+	if len(d[Bulk]) == 0 || len(d[High]) == 0 || len(d[Capture]) != 0 {
+		t.Fatalf("dropped %d bulk, %d high, %d capture records; want bulk and high only", len(d[Bulk]), len(d[High]), len(d[Capture]))
+	}
+	m.s.Close()
+	s := mustOpen(t, m.cfg, Deps{})
+	defer s.Close()
+	if got := pendingSeqs(t, s, Capture); !slices.Equal(got, captures) {
+		t.Fatalf("after a restart the capture class holds %v, want %v", got, captures)
+	}
+	for rec, err := range s.Pending(0, Capture) {
+		if err != nil || rec.Meta.Class != Capture {
+			t.Fatalf("record %d of class %v, %v", rec.Seq, rec.Meta.Class, err)
+		}
 	}
 }

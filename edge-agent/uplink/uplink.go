@@ -10,9 +10,10 @@
 // Live first: a batch handed to Live goes out at once (after a reconnect,
 // the newest ones first), so the cloud's live map is current within a
 // batch of reconnecting. Everything else still in the spool — the backlog
-// of an outage, or of a reboot — drains behind, oldest first, at
-// BacklogRate batches per second, with at most MaxInflight batches
-// awaiting their ack. Duplicates that re-sending creates are dropped
+// of an outage, or of a reboot — drains behind at BacklogRate batches per
+// second, with at most MaxInflight batches awaiting their ack: first the
+// windows of high-priority capture rules (the spool's capture class), then
+// the rest, each oldest first. Duplicates that re-sending creates are dropped
 // downstream by batch identity.
 //
 // The connection is kept up with jittered exponential backoff between
@@ -36,6 +37,7 @@ import (
 	"iter"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +48,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/edge-agent/spool"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
@@ -131,7 +134,9 @@ type Uplink struct {
 	up       bool
 	inflight map[uint64]inflight
 	liveQ    []uint64 // newest last
-	cursor   uint64   // next backlog seq to consider
+	// cursors are, per backlog lane (capture windows, then the rest), the
+	// next seq to consider.
+	cursors  [len(backlogLanes)]uint64
 	tokens   float64
 	lastTick time.Time
 	// idle is set when a whole backlog scan found nothing to send; the spool
@@ -276,7 +281,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.up = up
 			if up {
 				u.conn++
-				u.cursor = 0
+				u.cursors = [len(backlogLanes)]uint64{}
 				u.idle = false
 				u.catalogSentAt = time.Time{}
 				u.sendCatalog(time.Now())
@@ -430,10 +435,35 @@ func (u *Uplink) notify(up bool) {
 	}
 }
 
-func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
+// MaxAckBytes bounds an ack's payload. An ack lists merged ranges of
+// seqs (about 20 bytes each) and catalog ids: a few hundred bytes in
+// practice; anything near this limit is not from the bridge.
+const MaxAckBytes = 64 << 10
+
+// decodeAck parses an ack for vehicle from bytes off the network: the size
+// is checked before parsing, and the ack must name the vehicle. Ranges
+// whose last seq precedes their first and catalog ids of the wrong length
+// are left out: they can free nothing.
+func decodeAck(payload []byte, vehicle string) (*pb.Ack, error) {
+	if len(payload) > MaxAckBytes {
+		return nil, fmt.Errorf("ack of %d bytes, limit %d", len(payload), MaxAckBytes)
+	}
 	ack := &pb.Ack{}
-	if err := proto.Unmarshal(msg.Payload(), ack); err != nil || ack.GetVehicleId() != u.cfg.VehicleID {
-		u.logger.Warn("ignoring malformed ack", "err", err, "vehicle_id", ack.GetVehicleId())
+	if err := proto.Unmarshal(payload, ack); err != nil {
+		return nil, fmt.Errorf("ack: %w", err)
+	}
+	if ack.GetVehicleId() != vehicle {
+		return nil, fmt.Errorf("ack for vehicle %.64q, not %s", ack.GetVehicleId(), vehicle)
+	}
+	ack.Ranges = slices.DeleteFunc(ack.Ranges, func(r *pb.SeqRange) bool { return r.GetLast() < r.GetFirst() })
+	ack.Catalogs = slices.DeleteFunc(ack.Catalogs, func(id []byte) bool { return len(id) != wire.CatalogIDLen })
+	return ack, nil
+}
+
+func (u *Uplink) onAck(_ mqtt.Client, msg mqtt.Message) {
+	ack, err := decodeAck(msg.Payload(), u.cfg.VehicleID)
+	if err != nil {
+		u.logger.Warn("ignoring malformed ack", "err", err)
 		return
 	}
 	select {
@@ -463,7 +493,7 @@ func (u *Uplink) applyAck(ack *pb.Ack) {
 	epoch := u.store.Epoch()
 	freed := 0
 	for _, r := range ack.GetRanges() {
-		if r.GetEpoch() != epoch || r.GetLast() < r.GetFirst() {
+		if r.GetEpoch() != epoch {
 			continue // an older spool's batches: nothing here to free
 		}
 		n, err := u.store.AckRange(r.GetFirst(), r.GetLast())
@@ -508,22 +538,43 @@ func (u *Uplink) sendLive() {
 	}
 }
 
-// sendBacklog publishes the oldest unacked batches not in flight, within
-// the backlog rate and the in-flight bound.
+// backlogLanes are the spool classes the backlog drains, lane by lane:
+// the windows of high-priority capture rules first, then everything else
+// (fixes and events, signals, normal-priority windows), oldest first.
+var backlogLanes = [...][]spool.Class{{spool.Capture}, {spool.High, spool.Bulk}}
+
+// sendBacklog publishes the oldest unacked batches not in flight, capture
+// windows first, within the backlog rate and the in-flight bound.
 func (u *Uplink) sendBacklog(now time.Time) {
 	u.tokens = min(u.tokens+now.Sub(u.lastTick).Seconds()*u.cfg.BacklogRate, max(u.cfg.BacklogRate, 1))
 	u.lastTick = now
 	if !u.up || !u.connected.Load() || u.idle {
 		return
 	}
+	for lane := range backlogLanes {
+		if !u.sendLane(lane) {
+			return // out of tokens or room in flight
+		}
+	}
+	u.idle = true // a whole pass over every lane found nothing to send
+}
+
+// sendLane publishes the lane's oldest batches not in flight while tokens
+// and room in flight last, wrapping once to the lane's start (expired
+// batches go again). It reports whether the lane has nothing more to
+// send, so the next lane may go.
+func (u *Uplink) sendLane(lane int) bool {
 	wrapped := false
-	for u.tokens >= 1 && len(u.inflight) < u.cfg.MaxInflight {
+	for {
+		if u.tokens < 1 || len(u.inflight) >= u.cfg.MaxInflight {
+			return false
+		}
 		sent := false
-		for rec, err := range u.store.Pending(u.cursor) {
+		for rec, err := range u.store.Pending(u.cursors[lane], backlogLanes[lane]...) {
 			if err != nil {
 				continue
 			}
-			u.cursor = rec.Seq + 1
+			u.cursors[lane] = rec.Seq + 1
 			if _, ok := u.inflight[rec.Seq]; ok {
 				continue
 			}
@@ -533,11 +584,11 @@ func (u *Uplink) sendBacklog(now time.Time) {
 			break
 		}
 		if !sent {
-			if wrapped || u.cursor == 0 {
-				u.idle = true
-				return
+			if wrapped || u.cursors[lane] == 0 {
+				u.cursors[lane] = 0
+				return true
 			}
-			u.cursor, wrapped = 0, true // start over: expired batches go again
+			u.cursors[lane], wrapped = 0, true // start over: expired batches go again
 		}
 	}
 }

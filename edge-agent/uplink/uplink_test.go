@@ -172,6 +172,12 @@ func openSpool(t *testing.T, dir string) *spool.Spool {
 // appends it, as the agent does.
 func spoolBatch(t *testing.T, sp *spool.Spool, vehicle string) wire.Identity {
 	t.Helper()
+	return spoolBatchOf(t, sp, vehicle, spool.Bulk)
+}
+
+// spoolBatchOf is spoolBatch in a given spool class.
+func spoolBatchOf(t *testing.T, sp *spool.Spool, vehicle string, class spool.Class) wire.Identity {
+	t.Helper()
 	seq, err := sp.Reserve()
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +188,7 @@ func spoolBatch(t *testing.T, sp *spool.Spool, vehicle string) wire.Identity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sp.Append(seq, data, spool.Meta{Class: spool.Bulk, Readings: 1, Time: time.Now()}); err != nil {
+	if err := sp.Append(seq, data, spool.Meta{Class: class, Readings: 1, Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -296,6 +302,50 @@ func TestLiveFirstWhileTheBacklogDrains(t *testing.T) {
 	for _, id := range append(backlog, live) {
 		if a.count(id) == 0 {
 			t.Errorf("%v never arrived", id)
+		}
+	}
+}
+
+// TestCaptureWindowsGoBeforeTheBacklog: after an outage, the batches of
+// high-priority capture windows go before the older backlog.
+func TestCaptureWindowsGoBeforeTheBacklog(t *testing.T) {
+	b := mqtttest.StartBroker(t)
+	a := startAcker(t, b.URL(), true)
+	sp := openSpool(t, t.TempDir())
+	var backlog, captures []wire.Identity
+	for i := range 10 {
+		class := spool.Bulk
+		if i%3 == 0 {
+			class = spool.High
+		}
+		backlog = append(backlog, spoolBatchOf(t, sp, "veh-1", class))
+	}
+	for range 3 {
+		captures = append(captures, spoolBatchOf(t, sp, "veh-1", spool.Capture))
+	}
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second, BacklogRate: 5}, sp)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if err := u.WaitAcked(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	order := append([]wire.Identity(nil), a.order...)
+	a.mu.Unlock()
+	pos := map[wire.Identity]int{}
+	for i, id := range order {
+		if _, ok := pos[id]; !ok {
+			pos[id] = i
+		}
+	}
+	for _, c := range captures {
+		if pos[c] > pos[backlog[0]] {
+			t.Errorf("capture batch %v arrived after the oldest backlog batch (order %v)", c, order)
+		}
+	}
+	for i := 1; i < len(backlog); i++ {
+		if pos[backlog[i]] < pos[backlog[i-1]] {
+			t.Errorf("backlog out of order: %v before %v", backlog[i], backlog[i-1])
 		}
 	}
 }

@@ -85,20 +85,31 @@ func (s *Store) Len() int {
 // wire.ErrUnknownCatalog only when the catalog is not in the topic; an
 // error from the catch-up itself means the batch could not be checked.
 func (s *Store) Decode(ctx context.Context, data []byte, lim wire.Limits) (*wire.Batch, error) {
+	return withCatalogs(ctx, s, data, lim, wire.Decode)
+}
+
+// Check is wire.Check with the store's catalogs, catching up as Decode
+// does.
+func (s *Store) Check(ctx context.Context, data []byte, lim wire.Limits) (wire.Summary, error) {
+	return withCatalogs(ctx, s, data, lim, wire.Check)
+}
+
+func withCatalogs[T any](ctx context.Context, s *Store, data []byte, lim wire.Limits, read func([]byte, wire.Limits) (T, error)) (T, error) {
 	lim.Catalogs = s
-	b, err := wire.Decode(data, lim)
+	v, err := read(data, lim)
 	if !errors.Is(err, wire.ErrUnknownCatalog) {
-		return b, err
+		return v, err
 	}
 	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
 		cerr := s.CatchUp(ctx)
 		if cerr == nil {
-			return wire.Decode(data, lim)
+			return read(data, lim)
 		}
 		s.logger.Warn("catalogs: cannot read the catalog topic yet; retrying", "err", cerr, "in", delay)
 		select {
 		case <-ctx.Done():
-			return nil, cerr
+			var zero T
+			return zero, cerr
 		case <-time.After(delay):
 		}
 	}

@@ -2,8 +2,9 @@
 // one-process embedded stack and for fast tests. It speaks real MQTT over
 // TCP, so clients use the same paho code paths as against Mosquitto.
 //
-// The broker allows every client (no authentication): it is for loopback
-// use only.
+// By default the broker allows every client (no authentication), for
+// tests on loopback; with Config.FleetACL it enforces the fleet's rule
+// (acl.go): each vehicle publishes and reads only its own topics.
 package embedmqtt
 
 import (
@@ -20,6 +21,11 @@ import (
 // Config says where the broker listens.
 type Config struct {
 	Addr string // e.g. "127.0.0.1:1883"; "127.0.0.1:0" picks a free port
+	// FleetACL enforces the fleet's rule: vehicles act only under their
+	// own vehicle ID; the Services accounts (username -> password) have
+	// the bridge's rights.
+	FleetACL bool
+	Services map[string]string
 }
 
 // Deps are the broker's dependencies.
@@ -44,7 +50,11 @@ func New(cfg Config, deps Deps) (*Broker, error) {
 	caps.ReceiveMaximum = 1024
 	logger := deps.Logger.With("component", "mochi-mqtt")
 	s := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: logger})
-	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
+	var hook mqtt.Hook = new(auth.AllowHook)
+	if cfg.FleetACL {
+		hook = &fleetACL{services: cfg.Services}
+	}
+	if err := s.AddHook(hook, nil); err != nil {
 		ln.Close()
 		return nil, err
 	}

@@ -198,4 +198,6 @@ const (
 	HeaderReceivedAt  = "received_at"  // RFC 3339 (nanoseconds) time the bridge received it
 	HeaderBridgeID    = "bridge_id"    // which bridge replica produced it
 	HeaderError       = "error"        // DLQ only: why the batch was rejected
+	HeaderReason      = "reason"       // DLQ only: the reason's code (corrupt, too_large, ...)
+	HeaderTimeFlag    = "time_flag"    // telemetry: "future" or "past" when the batch's times are implausible
 )

@@ -126,6 +126,16 @@ func (c Config) ClientOptions() (*mqtt.ClientOptions, error) {
 	return o, nil
 }
 
+// TLSConfig is the TLS configuration ClientOptions uses (CA, client
+// certificate), or nil when no TLS file is set, for clients other than
+// paho.
+func (c Config) TLSConfig() (*tls.Config, error) {
+	if c.CAFile == "" && c.CertFile == "" {
+		return nil, nil
+	}
+	return c.tlsConfig()
+}
+
 func (c Config) tlsConfig() (*tls.Config, error) {
 	t := &tls.Config{MinVersion: tls.VersionTLS12}
 	if c.CAFile != "" {

@@ -10,7 +10,7 @@ import (
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
 )
 
-func sampleCatalog(t *testing.T) *Catalog {
+func sampleCatalog(t testing.TB) *Catalog {
 	t.Helper()
 	c, err := NewCatalog([]SignalSpec{
 		{Name: "speed", Unit: "km/h", Kind: KindDouble}, {Name: "rpm", Unit: "rpm", Kind: KindInt},

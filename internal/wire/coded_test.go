@@ -509,7 +509,10 @@ func TestDecodeRejectsMixedLayouts(t *testing.T) {
 		f(env, body)
 		env.Body, _ = proto.Marshal(body)
 		env.UncompressedSize = uint32(len(env.Body))
-		out, _ := proto.Marshal(env)
+		out, err := Seal(env)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return out
 	}
 	for name, data := range map[string][]byte{

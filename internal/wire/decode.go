@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
@@ -14,86 +15,159 @@ func malformed(format string, args ...any) error {
 }
 
 // DecodeIdentity parses only the envelope of a batch: its identity and
-// producer, without decompressing the body. It applies lim.MaxBatchBytes.
+// producer, without decompressing the body. It applies lim.MaxBatchBytes
+// and verifies the checksum (which covers the body too).
 func DecodeIdentity(data []byte, lim Limits) (Identity, error) {
-	env, err := parseEnvelope(data, lim.withDefaults())
+	env, _, err := parseEnvelope(data, lim.withDefaults())
 	if err != nil {
 		return Identity{}, err
 	}
 	return Identity{VehicleID: env.GetVehicleId(), Epoch: env.GetEpoch(), Seq: env.GetSeq()}, nil
 }
 
-func parseEnvelope(data []byte, lim Limits) (*pb.Batch, error) {
+// parseEnvelope checks the size and the checksum, then parses the
+// envelope; it reports whether a checksum was verified.
+func parseEnvelope(data []byte, lim Limits) (*pb.Batch, bool, error) {
 	if len(data) > lim.MaxBatchBytes {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBatchBytes)
+		return nil, false, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBatchBytes)
+	}
+	checked, err := verifyChecksum(data)
+	if err != nil {
+		return nil, checked, err
+	}
+	if !checked && lim.RequireChecksum {
+		return nil, false, ErrNoChecksum
 	}
 	env := &pb.Batch{}
 	if err := proto.Unmarshal(data, env); err != nil {
-		return nil, malformed("envelope: %v", err)
+		return nil, checked, malformed("envelope: %v", err)
 	}
 	if err := CheckVehicleID(env.GetVehicleId()); err != nil {
-		return nil, malformed("%v", err)
+		return nil, checked, malformed("%v", err)
 	}
-	return env, nil
+	return env, checked, nil
 }
 
 // Decode parses and validates an untrusted batch. Errors wrap ErrTooLarge,
-// ErrMalformed or ErrUnsupported.
+// ErrMalformed, ErrUnsupported, ErrCorrupt, ErrNoChecksum or
+// ErrUnknownCatalog.
 func Decode(data []byte, lim Limits) (*Batch, error) {
-	lim = lim.withDefaults()
-	env, err := parseEnvelope(data, lim)
-	if err != nil {
-		return nil, err
-	}
-	version := env.GetProducer().GetSchemaVersion()
-	if version != 1 && version != SchemaVersion {
-		return nil, fmt.Errorf("%w: schema version %d (this build reads 1 and %d)", ErrUnsupported, version, SchemaVersion)
-	}
-	if version == 1 && len(env.GetCoded()) > 0 {
-		return nil, malformed("a coded section in a schema version 1 batch")
-	}
-	if int(env.GetUncompressedSize()) > lim.MaxBodyBytes {
-		return nil, fmt.Errorf("%w: body claims %d bytes, limit %d", ErrTooLarge, env.GetUncompressedSize(), lim.MaxBodyBytes)
-	}
-	raw := env.GetBody()
-	switch env.GetCompression() {
-	case pb.Compression_COMPRESSION_NONE:
-	case pb.Compression_COMPRESSION_ZSTD:
-		dec, err := decoder()
-		if err != nil {
-			return nil, fmt.Errorf("wire: zstd: %w", err)
-		}
-		// The claimed size was checked against the limit above; the shared
-		// decoder's max-memory option stops a body that lies about it, and
-		// any length other than the claimed one is refused below.
-		raw, err = dec.DecodeAll(raw, make([]byte, 0, env.GetUncompressedSize()))
-		if err != nil {
-			return nil, malformed("zstd body: %v", err)
-		}
-	default:
-		return nil, fmt.Errorf("%w: compression %d", ErrUnsupported, env.GetCompression())
-	}
-	if len(raw) != int(env.GetUncompressedSize()) {
-		return nil, malformed("body is %d bytes, envelope says %d", len(raw), env.GetUncompressedSize())
-	}
-	body := &pb.Body{}
-	if err := proto.Unmarshal(raw, body); err != nil {
-		return nil, malformed("body: %v", err)
-	}
-	b := &Batch{
-		Identity:      Identity{VehicleID: env.GetVehicleId(), Epoch: env.GetEpoch(), Seq: env.GetSeq()},
-		BaseTime:      env.GetBaseTimeUnixNano(),
-		AgentVersion:  env.GetProducer().GetAgentVersion(),
-		SchemaVersion: env.GetProducer().GetSchemaVersion(),
-		Decoder:       env.GetProducer().GetDecoder(),
-	}
-	if err := decodeBody(b, body, env.GetCoded(), version, lim); err != nil {
+	b := &Batch{}
+	if _, err := decode(data, lim, b); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-func decodeBody(b *Batch, body *pb.Body, coded []byte, version uint32, lim Limits) error {
+// Summary is what Check tells of a valid batch.
+type Summary struct {
+	Identity
+	BaseTime      int64
+	SchemaVersion uint32
+	Checked       bool // it carried a checksum, and it matched
+	Readings      int  // readings, fixes not included
+	Fixes         int
+	// MinTime and MaxTime bound the times of the batch's readings and
+	// fixes (both BaseTime when it has none).
+	MinTime, MaxTime int64
+}
+
+// Check validates an untrusted batch exactly as Decode does — it accepts
+// what Decode accepts and fails with the same errors — without building
+// its readings: what it allocates is bounded by the body and the coded
+// section's columns, not by per-reading values (for the bridge, which
+// needs a batch's identity and validity, not its readings).
+func Check(data []byte, lim Limits) (Summary, error) {
+	return decode(data, lim, nil)
+}
+
+// decode validates data and, when b is not nil, fills b.
+func decode(data []byte, lim Limits, b *Batch) (Summary, error) {
+	var sum Summary
+	lim = lim.withDefaults()
+	env, checked, err := parseEnvelope(data, lim)
+	if err != nil {
+		return sum, err
+	}
+	version := env.GetProducer().GetSchemaVersion()
+	if version != 1 && version != SchemaVersion {
+		return sum, fmt.Errorf("%w: schema version %d (this build reads 1 and %d)", ErrUnsupported, version, SchemaVersion)
+	}
+	if version == 1 && len(env.GetCoded()) > 0 {
+		return sum, malformed("a coded section in a schema version 1 batch")
+	}
+	size := int(env.GetUncompressedSize())
+	if size > lim.MaxBodyBytes {
+		return sum, fmt.Errorf("%w: body claims %d bytes, limit %d", ErrTooLarge, size, lim.MaxBodyBytes)
+	}
+	raw := env.GetBody()
+	switch env.GetCompression() {
+	case pb.Compression_COMPRESSION_NONE:
+	case pb.Compression_COMPRESSION_ZSTD:
+		if lim.MaxBodyRatio > 0 && size > BodyRatioFloor && size/lim.MaxBodyRatio > len(raw) {
+			return sum, fmt.Errorf("%w: a body of %d bytes claims %d once decompressed, over %d times its size", ErrTooLarge, len(raw), size, lim.MaxBodyRatio)
+		}
+		var h zstd.Header
+		if err := h.Decode(raw); err == nil && h.HasFCS && h.FrameContentSize != uint64(size) {
+			return sum, malformed("zstd frame says %d bytes, envelope says %d", h.FrameContentSize, size)
+		}
+		dec, err := decoder()
+		if err != nil {
+			return sum, fmt.Errorf("wire: zstd: %w", err)
+		}
+		// The claimed size was checked against the limit above; the shared
+		// decoder's max-memory option stops a body that lies about it, and
+		// any length other than the claimed one is refused below.
+		raw, err = dec.DecodeAll(raw, make([]byte, 0, size))
+		if err != nil {
+			return sum, malformed("zstd body: %v", err)
+		}
+	default:
+		return sum, fmt.Errorf("%w: compression %d", ErrUnsupported, env.GetCompression())
+	}
+	if len(raw) != size {
+		return sum, malformed("body is %d bytes, envelope says %d", len(raw), size)
+	}
+	body := &pb.Body{}
+	if err := proto.Unmarshal(raw, body); err != nil {
+		return sum, malformed("body: %v", err)
+	}
+	sum = Summary{
+		Identity:      Identity{VehicleID: env.GetVehicleId(), Epoch: env.GetEpoch(), Seq: env.GetSeq()},
+		BaseTime:      env.GetBaseTimeUnixNano(),
+		SchemaVersion: version,
+		Checked:       checked,
+	}
+	var capture *Capture
+	if c := env.GetCapture(); c != nil {
+		capture = &Capture{ID: c.GetId(), Rule: c.GetRule(), TriggerTime: c.GetTriggerTimeUnixNano(), Part: c.GetPart(), Final: c.GetFinal()}
+		if err := capture.check(); err != nil {
+			return sum, malformed("%v", err)
+		}
+	}
+	if lim.MaxReadingsPerByte > 0 {
+		lim.MaxReadings = min(lim.MaxReadings, lim.MaxReadingsPerByte*len(data))
+	}
+	if b != nil {
+		*b = Batch{
+			Identity:      sum.Identity,
+			BaseTime:      sum.BaseTime,
+			AgentVersion:  env.GetProducer().GetAgentVersion(),
+			SchemaVersion: version,
+			Decoder:       env.GetProducer().GetDecoder(),
+			Checked:       checked,
+			Capture:       capture,
+		}
+	}
+	if err := decodeBody(&sum, b, body, env.GetCoded(), version, lim); err != nil {
+		return sum, err
+	}
+	return sum, nil
+}
+
+// decodeBody validates the body and coded section, filling sum and, when b
+// is not nil, b's readings and fixes.
+func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uint32, lim Limits) error {
 	tick := body.GetTickNanos()
 	if tick == 0 || tick > uint64(math.MaxInt64) {
 		return malformed("tick_nanos %d", tick)
@@ -120,9 +194,9 @@ func decodeBody(b *Batch, body *pb.Body, coded []byte, version uint32, lim Limit
 	var codedCols []decodedCol
 	var err error
 	if version == 1 {
-		times, err = decodeTimes(body, b.BaseTime, int64(tick), lim)
+		times, err = decodeTimes(body, sum.BaseTime, int64(tick), lim)
 	} else {
-		times, codedCols, err = decodeSection(body, coded, infos, b.BaseTime, int64(tick), lim)
+		times, codedCols, err = decodeSection(body, coded, infos, sum.BaseTime, int64(tick), lim)
 	}
 	if err != nil {
 		return err
@@ -152,16 +226,56 @@ func decodeBody(b *Batch, body *pb.Body, coded []byte, version uint32, lim Limit
 	if total > lim.MaxReadings {
 		return fmt.Errorf("%w: %d readings, limit %d", ErrTooLarge, total, lim.MaxReadings)
 	}
-	b.Readings = make([]Reading, 0, total)
+	sum.MinTime, sum.MaxTime = sum.BaseTime, sum.BaseTime
+	first := true
+	span := func(ts []int64) {
+		for _, t := range ts {
+			if first || t < sum.MinTime {
+				sum.MinTime = t
+			}
+			if first || t > sum.MaxTime {
+				sum.MaxTime = t
+			}
+			first = false
+		}
+	}
+	for _, ts := range times {
+		span(ts)
+	}
+	sum.Readings = total
+	var fixTimes []int64
+	if loc := body.GetLocations(); loc != nil {
+		sum.Readings -= len(loc.GetTimeDeltaOfDelta())
+		fixTimes, err = checkFixes(loc, sum.BaseTime, int64(tick))
+		if err != nil {
+			return malformed("locations: %v", err)
+		}
+		sum.Fixes = len(fixTimes)
+		span(fixTimes)
+	}
+	var readings []Reading
+	if b != nil {
+		readings = make([]Reading, 0, total)
+	}
+	emit := func(r Reading) {
+		if b != nil {
+			readings = append(readings, r)
+		}
+	}
+	var vals []Value
 	for i, c := range body.GetColumns() {
 		sig := signals[c.GetSignal()]
 		ts := times[c.GetTime()]
-		vals, err := decodeValues(c, sig.GetType(), len(ts))
-		if err != nil {
+		if b != nil {
+			vals = make([]Value, len(ts))
+		}
+		if err := decodeValues(c, sig.GetType(), len(ts), vals); err != nil {
 			return malformed("column %d (%s): %v", i, sig.GetName(), err)
 		}
-		for j, t := range ts {
-			b.Readings = append(b.Readings, Reading{Signal: sig.GetName(), Unit: sig.GetUnit(), Time: t, Value: vals[j]})
+		if b != nil {
+			for j, t := range ts {
+				emit(Reading{Signal: sig.GetName(), Unit: sig.GetUnit(), Time: t, Value: vals[j]})
+			}
 		}
 	}
 	deltas := p.GetDelta()
@@ -179,7 +293,7 @@ func decodeBody(b *Batch, body *pb.Body, coded []byte, version uint32, lim Limit
 				return malformed("packed column %d (%s): %v", i, sig.GetName(), err)
 			}
 			r.Time = t
-			b.Readings = append(b.Readings, r)
+			emit(r)
 		}
 	}
 	for i, c := range codedCols {
@@ -191,15 +305,14 @@ func decodeBody(b *Batch, body *pb.Body, coded []byte, version uint32, lim Limit
 				return malformed("coded column %d (%s): %v", i, sig.GetName(), err)
 			}
 			r.Time = ts[j]
-			b.Readings = append(b.Readings, r)
+			emit(r)
 		}
 	}
-	if loc := body.GetLocations(); loc != nil {
-		fixes, err := decodeFixes(loc, b.BaseTime, int64(tick))
-		if err != nil {
-			return malformed("locations: %v", err)
+	if b != nil {
+		b.Readings = readings
+		if loc := body.GetLocations(); loc != nil {
+			b.Fixes = fixValues(loc, fixTimes)
 		}
-		b.Fixes = fixes
 	}
 	return nil
 }
@@ -368,8 +481,14 @@ func addMul(base, off, tick int64) (int64, bool) {
 	return s, true
 }
 
-func decodeValues(c *pb.Column, typ pb.ValueType, n int) ([]Value, error) {
-	out := make([]Value, n)
+// decodeValues checks a body column's n values against its signal's type
+// and, when out (of length n) is not nil, fills it.
+func decodeValues(c *pb.Column, typ pb.ValueType, n int, out []Value) error {
+	set := func(i int, v Value) {
+		if out != nil {
+			out[i] = v
+		}
+	}
 	want := func(got int) error {
 		if got != n {
 			return fmt.Errorf("%d values for %d times", got, n)
@@ -379,101 +498,111 @@ func decodeValues(c *pb.Column, typ pb.ValueType, n int) ([]Value, error) {
 	switch v := c.GetValues().(type) {
 	case *pb.Column_Ints:
 		if typ != pb.ValueType_VALUE_TYPE_INT {
-			return nil, fmt.Errorf("int values for a %v signal", typ)
+			return fmt.Errorf("int values for a %v signal", typ)
 		}
 		ds := v.Ints.GetDelta()
 		if err := want(len(ds)); err != nil {
-			return nil, err
+			return err
 		}
 		var x int64
 		for i, d := range ds {
 			x += d
-			out[i] = Int(x)
+			set(i, Int(x))
 		}
 	case *pb.Column_Scaled:
 		if typ != pb.ValueType_VALUE_TYPE_DOUBLE {
-			return nil, fmt.Errorf("scaled values for a %v signal", typ)
+			return fmt.Errorf("scaled values for a %v signal", typ)
 		}
 		sv := v.Scaled
 		ds := sv.GetRawDelta()
 		if err := want(len(ds)); err != nil {
-			return nil, err
+			return err
 		}
 		if sv.GetDecimals() >= uint32(len(pow10)) {
-			return nil, fmt.Errorf("decimals %d", sv.GetDecimals())
+			return fmt.Errorf("decimals %d", sv.GetDecimals())
 		}
 		div := pow10[sv.GetDecimals()]
 		var x int64
 		for i, d := range ds {
 			x += d
 			if sv.GetDecimals() > 0 {
-				out[i] = Float(float64(x) / div)
+				set(i, Float(float64(x)/div))
 			} else {
-				out[i] = Float(Physical(x, sv.GetScale(), sv.GetOffset()))
+				set(i, Float(Physical(x, sv.GetScale(), sv.GetOffset())))
 			}
 		}
 	case *pb.Column_Doubles:
 		if typ != pb.ValueType_VALUE_TYPE_DOUBLE {
-			return nil, fmt.Errorf("double values for a %v signal", typ)
+			return fmt.Errorf("double values for a %v signal", typ)
 		}
 		fs := v.Doubles.GetValues()
 		if err := want(len(fs)); err != nil {
-			return nil, err
+			return err
 		}
 		for i, f := range fs {
-			out[i] = Float(f)
+			set(i, Float(f))
 		}
 	case *pb.Column_Bools:
 		if typ != pb.ValueType_VALUE_TYPE_BOOL {
-			return nil, fmt.Errorf("bool values for a %v signal", typ)
+			return fmt.Errorf("bool values for a %v signal", typ)
 		}
 		bits := v.Bools.GetBits()
 		if len(bits) != (n+7)/8 {
-			return nil, fmt.Errorf("%d bytes of bits for %d times", len(bits), n)
+			return fmt.Errorf("%d bytes of bits for %d times", len(bits), n)
 		}
-		for i := range out {
-			out[i] = Bool(bits[i/8]&(1<<(i%8)) != 0)
+		for i := range n {
+			set(i, Bool(bits[i/8]&(1<<(i%8)) != 0))
 		}
 	case *pb.Column_Strings:
 		if typ != pb.ValueType_VALUE_TYPE_STRING {
-			return nil, fmt.Errorf("string values for a %v signal", typ)
+			return fmt.Errorf("string values for a %v signal", typ)
 		}
 		idx, dict := v.Strings.GetIndex(), v.Strings.GetDictionary()
 		if err := want(len(idx)); err != nil {
-			return nil, err
+			return err
 		}
 		for i, k := range idx {
 			if int(k) >= len(dict) {
-				return nil, fmt.Errorf("string index %d out of a dictionary of %d", k, len(dict))
+				return fmt.Errorf("string index %d out of a dictionary of %d", k, len(dict))
 			}
-			out[i] = String(dict[k])
+			set(i, String(dict[k]))
 		}
 	default:
 		if n == 0 {
-			return out, nil
+			return nil
 		}
-		return nil, fmt.Errorf("no values")
+		return fmt.Errorf("no values")
 	}
-	return out, nil
+	return nil
 }
 
-func decodeFixes(loc *pb.Locations, base, tick int64) ([]Fix, error) {
+// checkFixes validates the locations' columns and returns the fix times.
+func checkFixes(loc *pb.Locations, base, tick int64) ([]int64, error) {
 	ts, err := absoluteTimes(loc.GetTimeDeltaOfDelta(), base, tick)
 	if err != nil {
 		return nil, err
 	}
 	n := len(ts)
-	cols := [][]int64{loc.GetLatE7(), loc.GetLonE7(), loc.GetAltMm(), loc.GetSpeedMmS(), loc.GetHeadingCdeg(), loc.GetAccuracyMm()}
-	for i, c := range cols {
+	for i, c := range fixColumns(loc) {
 		if len(c) != n {
 			return nil, fmt.Errorf("column %d has %d entries for %d fixes", i, len(c), n)
 		}
 	}
-	absent := loc.GetAbsent()
-	if len(absent) != 0 && len(absent) != n {
+	if absent := loc.GetAbsent(); len(absent) != 0 && len(absent) != n {
 		return nil, fmt.Errorf("absent has %d entries for %d fixes", len(absent), n)
 	}
-	out := make([]Fix, n)
+	return ts, nil
+}
+
+func fixColumns(loc *pb.Locations) [6][]int64 {
+	return [6][]int64{loc.GetLatE7(), loc.GetLonE7(), loc.GetAltMm(), loc.GetSpeedMmS(), loc.GetHeadingCdeg(), loc.GetAccuracyMm()}
+}
+
+// fixValues builds the fixes of locations checkFixes accepted.
+func fixValues(loc *pb.Locations, ts []int64) []Fix {
+	cols := fixColumns(loc)
+	absent := loc.GetAbsent()
+	out := make([]Fix, len(ts))
 	var acc [6]int64
 	for i := range out {
 		for c := range cols {
@@ -499,5 +628,5 @@ func decodeFixes(loc *pb.Locations, base, tick int64) ([]Fix, error) {
 			Accuracy: opt(acc[5], 1e3, absentAccuracy),
 		}
 	}
-	return out, nil
+	return out
 }

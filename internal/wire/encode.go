@@ -84,11 +84,17 @@ func decoder() (*zstd.Decoder, error) {
 	return zstdDec, decErr
 }
 
-// Encode returns the wire form of b. It fails if the vehicle ID is invalid
-// or a value cannot be represented (a reading with no kind, say).
+// Encode returns the wire form of b, sealed with its end-to-end checksum
+// (see AppendChecksum). It fails if the vehicle ID is invalid or a value
+// cannot be represented (a reading with no kind, say).
 func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 	if err := CheckVehicleID(b.VehicleID); err != nil {
 		return nil, err
+	}
+	if b.Capture != nil {
+		if err := b.Capture.check(); err != nil {
+			return nil, fmt.Errorf("wire: %w", err)
+		}
 	}
 	tick := opt.TickNanos
 	if tick <= 0 {
@@ -120,6 +126,9 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 		Body:             raw,
 		Coded:            section,
 	}
+	if c := b.Capture; c != nil {
+		out.Capture = &pb.Capture{Id: c.ID, Rule: c.Rule, TriggerTimeUnixNano: c.TriggerTime, Part: c.Part, Final: c.Final}
+	}
 	// The coded section is as small as it gets; the body (names, strings,
 	// fixes) may compress, unless it is too small for zstd to pay for its
 	// frame, as a batch referring to a catalog usually is.
@@ -135,7 +144,12 @@ func Encode(b *Batch, opt EncodeOptions) ([]byte, error) {
 			out.Body = z
 		}
 	}
-	return proto.MarshalOptions{Deterministic: true}.Marshal(out)
+	buf := make([]byte, 0, proto.Size(out)+checksumLen)
+	buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(buf, out)
+	if err != nil {
+		return nil, fmt.Errorf("wire: marshal batch: %w", err)
+	}
+	return AppendChecksum(buf), nil
 }
 
 type signalKey struct {

@@ -128,8 +128,46 @@ type Batch struct {
 	AgentVersion  string
 	SchemaVersion uint32 // set by Decode; Encode always writes SchemaVersion
 	Decoder       string // which decoder configuration produced the signals
-	Readings      []Reading
-	Fixes         []Fix
+	// Checked, set by Decode, says the batch carried an end-to-end
+	// checksum and it matched (batches of older agents carry none).
+	Checked  bool
+	Readings []Reading
+	Fixes    []Fix
+	// Capture, when set, marks the batch as part of a condition-triggered
+	// capture window; nil for the live stream.
+	Capture *Capture
+}
+
+// Capture marks a batch as one part of a capture window (see the proto's
+// Capture message).
+type Capture struct {
+	// ID is the seq of the window's first part: (VehicleID, Epoch, ID)
+	// names the window. Never 0.
+	ID          uint64
+	Rule        string // the rule's name (CheckCaptureRule)
+	TriggerTime int64  // Unix nanoseconds, the readings' clock
+	Part        uint32 // from 0
+	Final       bool   // the window's last part
+}
+
+var captureRulePattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`)
+
+// CheckCaptureRule returns an error describing why name cannot name a
+// capture rule: 1 to 64 characters of letters, digits, '_', '.' and '-',
+// starting with a letter, digit or '_'.
+func CheckCaptureRule(name string) error {
+	if captureRulePattern.MatchString(name) {
+		return nil
+	}
+	return fmt.Errorf("capture rule %.80q: want 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter, digit or _", name)
+}
+
+// checkCapture validates a capture marker.
+func (c *Capture) check() error {
+	if c.ID == 0 {
+		return errors.New("capture id 0")
+	}
+	return CheckCaptureRule(c.Rule)
 }
 
 // Errors returned (wrapped) by Decode.
@@ -147,7 +185,8 @@ var (
 // bad or refers to a catalog that does not exist: retrying cannot help,
 // unlike, say, a failure to reach the catalogs.
 func IsInvalid(err error) bool {
-	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrUnknownCatalog)
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) ||
+		errors.Is(err, ErrUnknownCatalog) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNoChecksum)
 }
 
 var vehicleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
@@ -174,7 +213,26 @@ type Limits struct {
 	// carrying its name table; without it such a batch fails with
 	// ErrUnknownCatalog.
 	Catalogs CatalogLookup
+	// MaxReadingsPerByte, when set, lowers MaxReadings for a batch to that
+	// many per byte of the batch: the work a batch can cause grows with
+	// what its sender paid in bytes. The range coder spends at least ~0.006
+	// bits on any entry, and our encoder's densest batches (a second of
+	// constant signals at 100 Hz and more) hold under 900 readings a byte.
+	MaxReadingsPerByte int
+	// MaxBodyRatio, when set, refuses a compressed body that claims to
+	// decompress to more than BodyRatioFloor bytes and more than this many
+	// times its compressed size.
+	MaxBodyRatio int
+	// RequireChecksum refuses batches without an end-to-end checksum
+	// (ErrNoChecksum). Off by default: agents built before the checksum
+	// existed send none, and a fleet upgrades over weeks. A batch that has
+	// one is always verified.
+	RequireChecksum bool
 }
+
+// BodyRatioFloor is the decompressed size below which MaxBodyRatio does
+// not apply: small bodies of repeated values compress beyond any ratio.
+const BodyRatioFloor = 64 << 10
 
 // DefaultLimits are the limits Decode applies to zero fields.
 var DefaultLimits = Limits{MaxBatchBytes: 1 << 20, MaxBodyBytes: 16 << 20, MaxReadings: 1_000_000}

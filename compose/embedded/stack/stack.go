@@ -15,6 +15,7 @@ package stack
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/livelocation"
 	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
 	"github.com/fleetpipe/fleetpipe/edge-agent/agent"
+	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
@@ -118,7 +120,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 		return err
 	}
 	services.Go(func() error { return s3.Run(svcCtx) })
-	broker, err := embedmqtt.New(embedmqtt.Config{Addr: cfg.MQTTAddr}, embedmqtt.Deps{Logger: cli.MinLevel(logger, slog.LevelWarn)})
+	// The fleet's broker rule, as in production: each vehicle acts only
+	// under its own ID; the bridge's account, with a password made for
+	// this run, reads them all.
+	bridgePassword := rand.Text()
+	broker, err := embedmqtt.New(embedmqtt.Config{Addr: cfg.MQTTAddr, FleetACL: true, Services: map[string]string{bridgeUser: bridgePassword}},
+		embedmqtt.Deps{Logger: cli.MinLevel(logger, slog.LevelWarn)})
 	if err != nil {
 		return err
 	}
@@ -163,6 +170,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	bc := relay.DefaultConfig()
 	bc.MQTT.URL = broker.URL()
 	bc.MQTT.ClientID = "fleet-bridge-embedded"
+	bc.MQTT.Username, bc.MQTT.Password = bridgeUser, bridgePassword
 	bc.Kafka.Brokers = brokers
 	bc.Listen = cfg.BridgeAdmin
 	bc.BridgeID = "embedded"
@@ -179,10 +187,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	// The simulated fleet.
 	ac := agent.DefaultConfig()
 	ac.MQTT.URL = broker.URL()
-	ac.SimVehicles = cfg.Vehicles
-	ac.SimSeed = cfg.Seed
-	ac.SimSpeedup = cfg.Speedup
-	ac.SimIMUHz = cfg.IMUHz
+	simCfg := ac.Source("sim").(*sim.SourceConfig)
+	simCfg.NumVehicles, simCfg.Seed, simCfg.Speedup, simCfg.IMUHz = cfg.Vehicles, cfg.Seed, cfg.Speedup, cfg.IMUHz
 	ac.Listen = cfg.AgentAdmin
 	ac.Spool.Dir = filepath.Join(cfg.DataDir, "spool")
 	agentReg := prometheus.NewRegistry()
@@ -260,3 +266,6 @@ Press Ctrl-C to stop (what is buffered is written out first).
 `, cfg.Vehicles, liveURL, liveURL, mqttURL, kafka, s3URL, files, cfg.AgentAdmin, bridgeAdmin, sinkAdmin, liveURL,
 		strconv.Itoa(int(cfg.FileAge.Seconds()))+"s", files)
 }
+
+// bridgeUser is the bridge's MQTT account on the embedded broker.
+const bridgeUser = "fleet-bridge"

@@ -7,7 +7,11 @@
 // resident memory and its CPU time per reading, read from /proc. Linux
 // only.
 //
-//	agentload --agent bin/edge-agent --rate 1000 --seconds 30
+//	agentload --agent bin/edge-agent --rate 1000 --seconds 30 [--capture-rules FILE]
+//	agentload --agent bin/edge-agent --replay-dbc D --replay-log L [--realtime]
+//
+// The second form replays a candump log through the agent end to end and
+// reports the bytes Kafka holds per reading (replay.go).
 package main
 
 import (
@@ -42,35 +46,52 @@ func main() {
 	seconds := flag.Int("seconds", 30, "measured seconds (after a 5 s warm-up), split into --rounds")
 	rounds := flag.Int("rounds", 3, "measurements the seconds are split into; the CPU reported is their median")
 	fsync := flag.String("fsync", "always", "the agent's --spool-fsync")
+	rules := flag.String("capture-rules", "", "the agent's --capture-rules (empty: none)")
+	replayDBC := flag.String("replay-dbc", "", "with --replay-log: the log's DBC")
+	replayLog := flag.String("replay-log", "", "replay this candump log end to end and report bytes per reading instead")
+	realtime := flag.Bool("realtime", false, "with --replay-log: replay at the log's pace, as a car sends (the catalog is registered before most batches)")
 	flag.Parse()
+	if *replayLog != "" {
+		if err := replay(*agentBin, *replayDBC, *replayLog, *realtime); err != nil {
+			fmt.Fprintln(os.Stderr, "agentload:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *rounds < 1 || *seconds < *rounds {
 		fmt.Fprintln(os.Stderr, "agentload: want --rounds >= 1 and --seconds >= --rounds")
 		os.Exit(2)
 	}
-	if err := run(*agentBin, *rate, *seconds, *rounds, *fsync); err != nil {
+	if err := run(*agentBin, *rate, *seconds, *rounds, *fsync, *rules); err != nil {
 		fmt.Fprintln(os.Stderr, "agentload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(agentBin string, rate, seconds, rounds int, fsync string) error {
+// cloud is the cloud as the car meets it: an in-process broker and the
+// real bridge over kfake, which acks batches (merged, every
+// --ack-interval) once Kafka holds them and registers catalogs.
+type cloud struct {
+	broker *embedmqtt.Broker
+	kafka  *kfake.Cluster
+	stop   func()
+}
+
+func startCloud() (*cloud, error) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	broker, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: logger})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = broker.Run(ctx) }()
-
-	// The cloud: the bridge, over kfake, acks batches (merged, every
-	// --ack-interval) once Kafka holds them, and registers catalogs.
+	brokerDone := make(chan error, 1)
+	go func() { brokerDone <- broker.Run(ctx) }()
 	kafka, err := kfake.NewCluster(kfake.NumBrokers(1),
 		kfake.SeedTopics(1, topics.KafkaTelemetry, topics.KafkaDLQ, topics.KafkaCatalog))
 	if err != nil {
-		return err
+		cancel()
+		return nil, err
 	}
-	defer kafka.Close()
 	bc := relay.DefaultConfig()
 	bc.MQTT.URL = broker.URL()
 	bc.MQTT.ClientID = "agentload-bridge"
@@ -80,11 +101,27 @@ func run(agentBin string, rate, seconds, rounds int, fsync string) error {
 	bc.CreateTopics = false
 	br, err := relay.New(bc, relay.Deps{Logger: logger, Registerer: prometheus.NewRegistry(), Gatherer: prometheus.NewRegistry()})
 	if err != nil {
-		return err
+		cancel()
+		kafka.Close()
+		return nil, err
 	}
 	bridgeDone := make(chan error, 1)
 	go func() { bridgeDone <- br.Run(ctx) }()
-	defer func() { cancel(); <-bridgeDone }()
+	return &cloud{broker: broker, kafka: kafka, stop: func() {
+		cancel()
+		<-bridgeDone
+		<-brokerDone
+		kafka.Close()
+	}}, nil
+}
+
+func run(agentBin string, rate, seconds, rounds int, fsync, rules string) error {
+	c, err := startCloud()
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	broker := c.broker
 
 	// One car: each simulated second brings 2 x IMU Hz accelerometer
 	// readings, six 1 Hz signals and a fix.
@@ -101,9 +138,13 @@ func run(agentBin string, rate, seconds, rounds int, fsync string) error {
 	}
 	metricsAddr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(agentBin, "--mqtt-url", broker.URL(), "--sim-vehicles", "1", "--sim-imu-hz", strconv.Itoa(imuHz),
+	args := []string{"--mqtt-url", broker.URL(), "--sim-vehicles", "1", "--sim-imu-hz", strconv.Itoa(imuHz),
 		"--sim-speedup", "1", "--batch-max-age", "1s", "--spool-dir", filepath.Join(dir, "spool"), "--spool-fsync", fsync,
-		"--listen", metricsAddr, "--log-level", "warn")
+		"--listen", metricsAddr, "--log-level", "warn"}
+	if rules != "" {
+		args = append(args, "--capture-rules", rules)
+	}
+	cmd := exec.Command(agentBin, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -139,6 +180,8 @@ func run(agentBin string, rate, seconds, rounds int, fsync string) error {
 		totalSecs += time.Since(t0).Seconds()
 	}
 	hwm, rss := memory(pid)
+	heap, _ := metric("http://"+metricsAddr, "go_memstats_heap_inuse_bytes")
+	gcs, _ := metric("http://"+metricsAddr, "go_gc_duration_seconds_count")
 	sorted := slices.Clone(perReading)
 	slices.Sort(sorted)
 	spread := make([]string, len(perReading))
@@ -151,7 +194,15 @@ func run(agentBin string, rate, seconds, rounds int, fsync string) error {
 	fmt.Printf("| CPU | %.1f%% of one core |\n", totalCPU/totalSecs*100)
 	fmt.Printf("| peak RSS (VmHWM) | %.1f MB |\n", hwm/1e6)
 	fmt.Printf("| RSS at the end | %.1f MB |\n", rss/1e6)
+	fmt.Printf("| Go heap in use at the end | %.1f MB |\n", heap/1e6)
+	fmt.Printf("| garbage collections | %.0f |\n", gcs)
 	fmt.Printf("| spool fsync | %s |\n", fsync)
+	if rules != "" {
+		captured, _ := captureReadings("http://" + metricsAddr)
+		all, _ := readings("http://" + metricsAddr)
+		fmt.Printf("| capture rules | %s |\n", filepath.Base(rules))
+		fmt.Printf("| readings sent again in capture windows | %.0f%% |\n", 100*captured/max(all, 1))
+	}
 	return nil
 }
 
@@ -197,6 +248,40 @@ func memory(pid int) (hwm, rss float64) {
 		}
 	}
 	return hwm, rss
+}
+
+// metric reads one unlabelled sample from the agent's /metrics.
+func metric(base, name string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindStringSubmatch(string(body))
+	if m == nil {
+		return 0, fmt.Errorf("no %s", name)
+	}
+	return strconv.ParseFloat(m[1], 64)
+}
+
+var captureLine = regexp.MustCompile(`(?m)^fleet_agent_capture_readings_total\{rule="[^"]*"\} (\S+)$`)
+
+// captureReadings is the readings and fixes the agent spooled in capture
+// windows.
+func captureReadings(base string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, m := range captureLine.FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		sum += v
+	}
+	return sum, nil
 }
 
 var readingsLine = regexp.MustCompile(`(?m)^fleet_agent_readings_total\{kind="(?:reading|fix)"\} (\S+)$`)

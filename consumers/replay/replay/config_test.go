@@ -19,10 +19,10 @@ func TestConfigFiles(t *testing.T) {
 func TestConfigFileValues(t *testing.T) {
 	var cfg Config
 	path := filepath.Join("..", "..", "..", "testdata", "config", "replay", "offset-range.good.yaml")
-	if _, err := cli.Parse(program, &cfg, []string{"--config", path, "--end-offset", "1400"}, &bytes.Buffer{}); err != nil {
+	if _, err := cli.Parse(program, &cfg, []string{"--config", path, "--offsets", "3:1200-1400"}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Partition != 3 || cfg.StartOffset != 1200 || cfg.EndOffset != 1400 || !cfg.FailOnBad || cfg.Target != TargetStdout {
+	if kind, dest := cfg.targetKind(); cfg.Offsets != "3:1200-1400" || !cfg.FailOnBad || kind != TargetJSONL || dest != "-" {
 		t.Fatalf("config %+v (flags must override the file)", cfg)
 	}
 }

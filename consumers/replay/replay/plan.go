@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -19,10 +19,14 @@ import (
 
 // Range is the slice of one partition a replay reads: offsets [Start, End).
 type Range struct {
-	Partition     int32
-	Start, End    int64
-	LogStart      int64 // the partition's log start offset when planned
-	HighWatermark int64 // the partition's high watermark when planned
+	Partition     int32 `json:"partition"`
+	Start         int64 `json:"start"`
+	End           int64 `json:"end"`
+	LogStart      int64 `json:"log_start"`      // the partition's log start offset when planned
+	HighWatermark int64 `json:"high_watermark"` // the partition's high watermark when planned
+	// Bytes estimates the range's size in the log: the partition's size on
+	// the broker, prorated by offsets; -1 when the broker did not say.
+	Bytes int64 `json:"bytes"`
 }
 
 // Records is the number of offsets in the range: the records a replay reads
@@ -31,11 +35,11 @@ func (r Range) Records() int64 { return r.End - r.Start }
 
 // Plan is what a replay reads, fixed before any record is read.
 type Plan struct {
-	Topic      string
-	Partitions int32   // the topic's partition count
-	Slice      string  // the slice in words
-	Vehicle    string  // set when only one vehicle's records are written
-	Ranges     []Range // ascending by partition
+	Topic      string  `json:"topic"`
+	Partitions int32   `json:"partitions"` // the topic's partition count
+	Slice      string  `json:"slice"`      // the slice in words
+	Vehicle    string  `json:"vehicle,omitempty"`
+	Ranges     []Range `json:"ranges"` // ascending by partition
 }
 
 // Records sums the records of every range.
@@ -47,14 +51,27 @@ func (p Plan) Records() int64 {
 	return n
 }
 
+// Bytes sums the estimated bytes of every range, or returns -1 when the
+// broker gave no sizes.
+func (p Plan) Bytes() int64 {
+	var n int64
+	for _, r := range p.Ranges {
+		if r.Bytes < 0 {
+			return -1
+		}
+		n += r.Bytes
+	}
+	return n
+}
+
 // WriteTo prints the plan as the --dry-run output.
 func (p Plan) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
 	fmt.Fprintf(cw, "replay plan: topic %s (%d partitions), %s\n", p.Topic, p.Partitions, p.Slice)
 	tw := tabwriter.NewWriter(cw, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "partition\tstart offset\tend offset\trecords\tlog start\thigh watermark\t")
+	fmt.Fprintln(tw, "partition\tstart offset\tend offset\trecords\test. bytes\tlog start\thigh watermark\t")
 	for _, r := range p.Ranges {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t\n", r.Partition, r.Start, r.End, r.Records(), r.LogStart, r.HighWatermark)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%d\t\n", r.Partition, r.Start, r.End, r.Records(), humanBytes(r.Bytes), r.LogStart, r.HighWatermark)
 	}
 	tw.Flush()
 	fmt.Fprintf(cw, "records to read: %d", p.Records())
@@ -63,11 +80,29 @@ func (p Plan) WriteTo(w io.Writer) (int64, error) {
 		// vehicle's; the count is an upper bound then.
 		fmt.Fprint(cw, " (an upper bound when --vehicle filters)")
 	}
-	_, err := fmt.Fprintln(cw)
+	fmt.Fprintf(cw, "\nestimated bytes to read: %s\n", humanBytes(p.Bytes()))
+	_, err := fmt.Fprint(cw, "")
 	if err == nil {
 		err = cw.err
 	}
 	return cw.n, err
+}
+
+// humanBytes formats n with a binary unit, or "unknown" for -1.
+func humanBytes(n int64) string {
+	if n < 0 {
+		return "unknown"
+	}
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 type countWriter struct {
@@ -125,24 +160,31 @@ func plan(ctx context.Context, cfg Config, adm *kadm.Client, logger *slog.Logger
 	}
 	p.Partitions = int32(n)
 
-	var parts []int32
-	switch {
-	case cfg.Vehicle != "":
+	// The partitions to read, each with its --offsets bounds (Unset when
+	// the time range or the log decides).
+	var want []OffsetRange
+	if cfg.offsetMode() {
+		if want, err = ParseOffsets(cfg.Offsets); err != nil {
+			return p, cli.FieldError("offsets", "%v", err)
+		}
+		for _, r := range want {
+			if int(r.Partition) >= n {
+				return p, cli.FieldError("offsets", "partition %d does not exist: %s has partitions 0 to %d", r.Partition, cfg.Topic, n-1)
+			}
+		}
+	} else {
+		for i := range n {
+			want = append(want, OffsetRange{Partition: int32(i), Start: Unset, End: Unset})
+		}
+	}
+	if cfg.Vehicle != "" {
 		vp := PartitionFor(cfg.Vehicle, n)
-		if cfg.Partition != Unset && int32(cfg.Partition) != vp {
-			return p, cli.FieldError("partition", "vehicle %s is on partition %d of %s, not %d", cfg.Vehicle, vp, cfg.Topic, cfg.Partition)
+		i := slices.IndexFunc(want, func(r OffsetRange) bool { return r.Partition == vp })
+		if i < 0 {
+			return p, cli.FieldError("offsets", "vehicle %s is on partition %d of %s, which --offsets does not name", cfg.Vehicle, vp, cfg.Topic)
 		}
 		p.Slice += fmt.Sprintf(" (partition %d)", vp)
-		parts = []int32{vp}
-	case cfg.Partition != Unset:
-		if cfg.Partition >= n {
-			return p, cli.FieldError("partition", "%d does not exist: %s has partitions 0 to %d", cfg.Partition, cfg.Topic, n-1)
-		}
-		parts = []int32{int32(cfg.Partition)}
-	default:
-		for i := range n {
-			parts = append(parts, int32(i))
-		}
+		want = want[i : i+1]
 	}
 
 	ends, err := listed(adm.ListEndOffsets(ctx, cfg.Topic))
@@ -170,47 +212,85 @@ func plan(ctx context.Context, cfg Config, adm *kadm.Client, logger *slog.Logger
 			}
 		}
 	}
+	sizes := partitionSizes(ctx, adm, cfg.Topic, want, logger)
 
-	for _, part := range parts {
+	for _, w := range want {
+		part := w.Partition
 		hw, ok1 := ends.Lookup(cfg.Topic, part)
 		ls, ok2 := starts.Lookup(cfg.Topic, part)
 		if !ok1 || !ok2 {
 			return p, fmt.Errorf("kafka: no offsets listed for %s partition %d", cfg.Topic, part)
 		}
-		r := Range{Partition: part, LogStart: ls.Offset, HighWatermark: hw.Offset, Start: ls.Offset, End: hw.Offset}
+		r := Range{Partition: part, LogStart: ls.Offset, HighWatermark: hw.Offset, Start: ls.Offset, End: hw.Offset, Bytes: -1}
+		// ListOffsets by time gives the first offset whose record is at or
+		// after the time (the high watermark if none is): every record
+		// before it is earlier.
 		if o, ok := afterFrom.Lookup(cfg.Topic, part); ok {
 			r.Start = o.Offset
 		}
 		if o, ok := afterTo.Lookup(cfg.Topic, part); ok {
 			r.End = min(r.End, o.Offset)
 		}
-		if cfg.StartOffset != Unset {
-			r.Start = cfg.StartOffset
+		if w.Start != Unset {
+			r.Start = w.Start
 			if r.Start < r.LogStart {
-				logger.Warn("--start-offset is before the log start (older records were deleted); starting at the log start",
-					"partition", part, "start_offset", cfg.StartOffset, "log_start", r.LogStart)
+				logger.Warn("--offsets start is before the log start (older records were deleted); starting at the log start",
+					"partition", part, "start", w.Start, "log_start", r.LogStart)
 				r.Start = r.LogStart
 			}
 		}
-		if cfg.EndOffset != Unset {
-			r.End = cfg.EndOffset
+		if w.End != Unset {
+			r.End = w.End
 			if r.End > r.HighWatermark {
-				logger.Warn("--end-offset is past the high watermark; stopping at the high watermark (replay never waits for new data)",
-					"partition", part, "end_offset", cfg.EndOffset, "high_watermark", r.HighWatermark)
+				logger.Warn("--offsets end is past the high watermark; stopping at the high watermark (replay never waits for new data)",
+					"partition", part, "end", w.End, "high_watermark", r.HighWatermark)
 				r.End = r.HighWatermark
 			}
 		}
 		if r.Start > r.End {
-			if cfg.StartOffset != Unset {
-				logger.Warn("--start-offset is past the end of the range; nothing to read",
-					"partition", part, "start_offset", cfg.StartOffset, "end", r.End)
+			if w.Start != Unset {
+				logger.Warn("--offsets start is past the end of the range; nothing to read", "partition", part, "start", w.Start, "end", r.End)
 			}
 			r.Start = r.End
 		}
+		if size, ok := sizes[part]; ok {
+			r.Bytes = 0
+			if logged := r.HighWatermark - r.LogStart; logged > 0 {
+				r.Bytes = int64(float64(size) * float64(r.Records()) / float64(logged))
+			}
+		}
 		p.Ranges = append(p.Ranges, r)
 	}
-	sort.Slice(p.Ranges, func(i, j int) bool { return p.Ranges[i].Partition < p.Ranges[j].Partition })
 	return p, nil
+}
+
+// partitionSizes returns the bytes each partition of topic takes on its
+// leader's disk, or nothing (logged at debug) when the broker will not say
+// (DescribeLogDirs needs the Describe permission on the cluster).
+func partitionSizes(ctx context.Context, adm *kadm.Client, topic string, want []OffsetRange, logger *slog.Logger) map[int32]int64 {
+	set := kadm.TopicsSet{}
+	for _, r := range want {
+		set.Add(topic, r.Partition)
+	}
+	dirs, err := adm.DescribeAllLogDirs(ctx, set)
+	if err != nil {
+		logger.Debug("no partition sizes for the byte estimate", "err", err)
+		return nil
+	}
+	sizes := map[int32]int64{}
+	dirs.Each(func(d kadm.DescribedLogDir) {
+		if d.Err != nil {
+			return
+		}
+		for _, parts := range d.Topics {
+			for _, pd := range parts {
+				if pd.Topic == topic && !pd.IsFuture && pd.Size > sizes[pd.Partition] {
+					sizes[pd.Partition] = pd.Size
+				}
+			}
+		}
+	})
+	return sizes
 }
 
 // listed returns the offsets, or the first error of a listing.

@@ -27,11 +27,18 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/fleetpipe/fleetpipe/internal/cli"
+	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaked goroutines, except the AWS SDK's idle
+// keep-alive connections to S3 (objstore has no Close; they time out).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"))
+}
 
 const (
 	testPartitions = 4
@@ -48,12 +55,14 @@ type produced struct {
 	partition int32
 	offset    int64
 	ts        time.Time
+	seq       int
 	bad       bool
 }
 
 type fixture struct {
-	cluster  *kfake.Cluster
+	cluster  *kfake.Cluster // nil on real Kafka
 	addr     string
+	topic    string
 	producer *kgo.Client
 	ledger   []produced
 }
@@ -68,12 +77,29 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	f := &fixture{cluster: c, addr: c.ListenAddrs()[0]}
-	f.producer, err = kgo.NewClient(kgo.SeedBrokers(f.addr), kgo.DefaultProduceTopic(topics.KafkaTelemetry))
+	f := newFixtureOn(t, c.ListenAddrs()[0], topics.KafkaTelemetry)
+	f.cluster = c
+	return f
+}
+
+// keepForever is retention.ms=-1: the test data is dated in the past, and a
+// real broker deletes old records by time once their segment rolls.
+var keepForever = map[string]*string{"retention.ms": new("-1")}
+
+// newFixtureOn is newFixture on any cluster: it creates topic (when
+// missing) with testPartitions partitions and produces the records.
+func newFixtureOn(t *testing.T, addr, topic string) *fixture {
+	t.Helper()
+	f := &fixture{addr: addr, topic: topic}
+	var err error
+	f.producer, err = kgo.NewClient(kgo.SeedBrokers(f.addr), kgo.DefaultProduceTopic(topic))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(f.producer.Close) // before c.Close: cleanups run last first
+	t.Cleanup(f.producer.Close) // before a kfake cluster's Close: cleanups run last first
+	if err := kafkaio.EnsureTopics(context.Background(), f.producer, kafkaio.TopicSpec{Name: topic, Partitions: testPartitions, Replication: -1, Configs: keepForever}); err != nil {
+		t.Fatal(err)
+	}
 	for i := range testRecords {
 		f.produce(t, fmt.Sprintf("veh-%d", i%testVehicles), t0.Add(time.Duration(i)*time.Second), i, nil)
 	}
@@ -96,7 +122,7 @@ func (f *fixture) produce(t *testing.T, vehicle string, ts time.Time, seq int, v
 	if err := f.producer.ProduceSync(context.Background(), rec).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	p := produced{vehicle: vehicle, partition: rec.Partition, offset: rec.Offset, ts: ts, bad: bad}
+	p := produced{vehicle: vehicle, partition: rec.Partition, offset: rec.Offset, ts: ts, seq: seq, bad: bad}
 	f.ledger = append(f.ledger, p)
 	return p
 }
@@ -141,7 +167,7 @@ func (f *fixture) want(keep func(produced) bool) []produced {
 func (f *fixture) config(t *testing.T, args ...string) Config {
 	t.Helper()
 	var cfg Config
-	args = append([]string{"--kafka-brokers", f.addr}, args...)
+	args = append([]string{"--kafka-brokers", f.addr, "--topic", f.topic, "--state-topic", f.topic + ".replay-state"}, args...)
 	if _, err := cli.Parse(program, &cfg, args, &bytes.Buffer{}); err != nil {
 		t.Fatalf("parse %q: %v", args, err)
 	}
@@ -183,16 +209,7 @@ func run(t *testing.T, cfg Config, wrap func(Target) Target) result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if wrap != nil {
-		next := r.newTarget
-		r.newTarget = func() (Target, error) {
-			tg, err := next()
-			if err != nil {
-				return nil, err
-			}
-			return wrap(tg), nil
-		}
-	}
+	r.wrapTarget = wrap
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err = r.Run(ctx)
@@ -278,8 +295,8 @@ func TestTimeRangeBoundaries(t *testing.T) {
 		{"just before the edges", sec(10).Add(-time.Millisecond), sec(20).Add(-time.Millisecond), func(ts time.Time) bool { return !ts.Before(sec(10)) && ts.Before(sec(20)) }},
 		{"from only", sec(55), time.Time{}, func(ts time.Time) bool { return !ts.Before(sec(55)) }},
 		{"to only", time.Time{}, sec(3), func(ts time.Time) bool { return ts.Before(sec(3)) }},
-		{"before everything", t0.Add(-time.Hour), t0, func(time.Time) bool { return false }},
-		{"after everything", sec(testRecords), sec(testRecords + 100), func(time.Time) bool { return false }},
+		{"before everything", t0.Add(-time.Hour), t0, nil},
+		{"after everything", sec(testRecords), sec(testRecords + 100), nil},
 		{"other time zone", sec(30).In(time.FixedZone("EEST", 3*3600)), sec(33), func(ts time.Time) bool { return !ts.Before(sec(30)) && ts.Before(sec(33)) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -289,6 +306,15 @@ func TestTimeRangeBoundaries(t *testing.T) {
 			}
 			if !c.to.IsZero() {
 				args = append(args, "--to", rfc(c.to))
+			}
+			if c.keep == nil {
+				// An empty slice is an error naming the range, unless allowed.
+				res := run(t, f.config(t, args...), nil)
+				if res.err == nil || !strings.Contains(res.err.Error(), "holds no records") || !strings.Contains(res.err.Error(), "--allow-empty") {
+					t.Fatalf("empty slice: err %v", res.err)
+				}
+				args = append(args, "--allow-empty")
+				c.keep = func(time.Time) bool { return false }
 			}
 			res := run(t, f.config(t, args...), nil)
 			if res.err != nil {
@@ -310,14 +336,18 @@ func TestOffsetRange(t *testing.T) {
 		args []string
 		keep func(produced) bool
 	}{
-		{"start and end", []string{"--partition", "2", "--start-offset", "3", "--end-offset", "7"},
+		{"start and end", []string{"--offsets", "2:3-7"},
 			func(p produced) bool { return p.partition == 2 && p.offset >= 3 && p.offset < 7 }},
-		{"start only", []string{"--partition", "1", "--start-offset", "5"},
+		{"start only", []string{"--offsets", "1:5-"},
 			func(p produced) bool { return p.partition == 1 && p.offset >= 5 }},
-		{"end only", []string{"--partition", "0", "--end-offset", "4"},
+		{"end only", []string{"--offsets", "0:-4"},
 			func(p produced) bool { return p.partition == 0 && p.offset < 4 }},
-		{"end past the high watermark", []string{"--partition", "3", "--start-offset", "1", "--end-offset", "100000"},
+		{"end past the high watermark", []string{"--offsets", "3:1-100000"},
 			func(p produced) bool { return p.partition == 3 && p.offset >= 1 }},
+		{"several partitions", []string{"--offsets", "3:2-4, 0:1-3,1"},
+			func(p produced) bool {
+				return (p.partition == 3 && p.offset >= 2 && p.offset < 4) || (p.partition == 0 && p.offset >= 1 && p.offset < 3) || p.partition == 1
+			}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			res := run(t, f.config(t, c.args...), nil)
@@ -354,13 +384,13 @@ func TestVehicle(t *testing.T) {
 		t.Errorf("stats %+v; partition holds %d records, %d of the vehicle", res.stats, len(onPartition), len(want))
 	}
 
-	// With an offset range, --partition must be the vehicle's.
+	// With offset ranges, the vehicle's partition must be among them.
 	other := (want[0].partition + 1) % testPartitions
-	res = run(t, f.config(t, "--vehicle", vehicle, "--partition", fmt.Sprint(other), "--start-offset", "0"), nil)
-	if res.err == nil || !strings.Contains(res.err.Error(), "--partition") {
-		t.Fatalf("vehicle on another partition: err %v, want one naming --partition", res.err)
+	res = run(t, f.config(t, "--vehicle", vehicle, "--offsets", fmt.Sprintf("%d:0-", other)), nil)
+	if res.err == nil || !strings.Contains(res.err.Error(), "--offsets") {
+		t.Fatalf("vehicle on another partition: err %v, want one naming --offsets", res.err)
 	}
-	res = run(t, f.config(t, "--vehicle", vehicle, "--start-offset", "2"), nil)
+	res = run(t, f.config(t, "--vehicle", vehicle, "--offsets", fmt.Sprintf("%d:2-,%d", want[0].partition, other)), nil)
 	if res.err != nil {
 		t.Fatal(res.err)
 	}
@@ -522,7 +552,7 @@ func (p *producingTarget) Write(ctx context.Context, rec Record) error {
 
 func TestStopsAtStartupHighWatermark(t *testing.T) {
 	f := newFixture(t)
-	for _, args := range [][]string{{"--from", rfc(t0)}, {"--partition", "0", "--start-offset", "0"}} {
+	for _, args := range [][]string{{"--from", rfc(t0)}, {"--offsets", "0:0-"}} {
 		want := f.want(func(p produced) bool { return args[0] == "--from" || p.partition == 0 })
 		res := run(t, f.config(t, args...), func(tg Target) Target { return &producingTarget{Target: tg, f: f, t: t} })
 		if res.err != nil {
@@ -538,9 +568,9 @@ func TestUnknownTopic(t *testing.T) {
 	if res.err == nil || !strings.Contains(res.err.Error(), "--topic") {
 		t.Fatalf("err %v, want one naming --topic", res.err)
 	}
-	res = run(t, f.config(t, "--partition", "4"), nil)
-	if res.err == nil || !strings.Contains(res.err.Error(), "--partition") {
-		t.Fatalf("err %v, want one naming --partition", res.err)
+	res = run(t, f.config(t, "--offsets", "4"), nil)
+	if res.err == nil || !strings.Contains(res.err.Error(), "--offsets") {
+		t.Fatalf("err %v, want one naming --offsets", res.err)
 	}
 }
 
@@ -561,7 +591,7 @@ func TestJSONLines(t *testing.T) {
 	if err := j.Write(context.Background(), Record{Partition: 2, Offset: 41, Batch: b}); err != nil {
 		t.Fatal(err)
 	}
-	if err := j.Close(); err != nil {
+	if err := j.Commit(context.Background(), Position{}, true, func(context.Context, Position, json.RawMessage) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	head := `{"vehicle_id":"veh-9","epoch":"00000000deadbeef","seq":7,"partition":2,"offset":41,`
@@ -589,27 +619,48 @@ func TestValidate(t *testing.T) {
 	}{
 		{[]string{"--from", "2025-06-01T08:00:00Z"}, ""},
 		{[]string{"--to", "2025-06-01T08:00:00+03:00"}, ""},
-		{[]string{"--partition", "0"}, ""},
-		{[]string{"--vehicle", "veh-1", "--start-offset", "3"}, ""},
+		{[]string{"--offsets", "0"}, ""},
+		{[]string{"--offsets", "0:5-9,3:-2,7:4-"}, ""},
+		{[]string{"--vehicle", "veh-1", "--offsets", "1:3-"}, ""},
+		{[]string{"--resume", "backfill-1"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-jsonl", "out.jsonl", "--resume", "x"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "fleet.backfill"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "s3://bucket/backfill/2025"}, ""},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--signals", "speed,wheel_*,location"}, ""},
 		{nil, "--from"},
 		{[]string{"--from", "yesterday"}, "--from"},
 		{[]string{"--from", "2025-06-01"}, "--from"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--to", "08:30"}, "--to"},
 		{[]string{"--from", "2025-06-01T09:00:00Z", "--to", "2025-06-01T08:00:00Z"}, "--from"},
 		{[]string{"--from", "2025-06-01T09:00:00Z", "--to", "2025-06-01T09:00:00Z"}, "--from"},
-		{[]string{"--from", "2025-06-01T09:00:00Z", "--partition", "1"}, "--from"},
-		{[]string{"--to", "2025-06-01T09:00:00Z", "--start-offset", "1"}, "--to"},
-		{[]string{"--start-offset", "1", "--end-offset", "9"}, "--partition"},
-		{[]string{"--partition", "-2"}, "--partition"},
-		{[]string{"--partition", "1", "--start-offset", "-5"}, "--start-offset"},
-		{[]string{"--partition", "1", "--start-offset", "9", "--end-offset", "9"}, "--end-offset"},
+		{[]string{"--from", "2025-06-01T09:00:00Z", "--offsets", "1"}, "--from"},
+		{[]string{"--to", "2025-06-01T09:00:00Z", "--offsets", "1:1-"}, "--to"},
+		{[]string{"--offsets", "1:1-9,1:20-30"}, "--offsets"},
+		{[]string{"--offsets", "-2"}, "--offsets"},
+		{[]string{"--offsets", "x:1-2"}, "--offsets"},
+		{[]string{"--offsets", "1:-5-"}, "--offsets"},
+		{[]string{"--offsets", "1:9-9"}, "--offsets"},
+		{[]string{"--offsets", "1:5"}, "--offsets"},
+		{[]string{"--offsets", ","}, "--offsets"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--vehicle", "bad/id"}, "--vehicle"},
-		{[]string{"--from", "2025-06-01T08:00:00Z", "--target", "parquet"}, "--target"},
-		{[]string{"--from", "2025-06-01T08:00:00Z", "--target", "kafka"}, "--target"},
-		{[]string{"--from", "2025-06-01T08:00:00Z", "--target", "s3"}, "--target"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--signals", "a[b"}, "--signals"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-jsonl", "-", "--to-topic", "x"}, "--to-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "fleet.telemetry.v1"}, "--to-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "fleet.catalog.v1"}, "--to-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-topic", "x", "--signals", "speed"}, "--signals"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "bucket/prefix"}, "--to-parquet"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "s3://B/prefix"}, "--to-parquet"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-parquet", "s3://bucket//x"}, "--to-parquet"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--allow-live-prefix"}, "--allow-live-prefix"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--resume", "x"}, "--resume"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--to-jsonl", "f", "--resume", "no/slash"}, "--resume"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--state-topic", "fleet.telemetry.v1"}, "--state-topic"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--commit-interval", "0s"}, "--commit-interval"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--progress", "fancy"}, "--progress"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--topic", ""}, "--topic"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--progress-interval", "-1s"}, "--progress-interval"},
 		{[]string{"--from", "2025-06-01T08:00:00Z", "--kafka-brokers", "localhost"}, "--kafka-brokers"},
+		{[]string{"--from", "2025-06-01T08:00:00Z", "--s3-endpoint", "minio:9000"}, "--s3-endpoint"},
 	} {
 		var cfg Config
 		_, err := cli.Parse(program, &cfg, c.args, &bytes.Buffer{})
@@ -623,13 +674,6 @@ func TestValidate(t *testing.T) {
 	if err := (&Config{}).Validate(); err == nil {
 		t.Error("zero Config validated")
 	}
-	for _, target := range []string{"parquet", "kafka"} {
-		var cfg Config
-		_, err := cli.Parse(program, &cfg, []string{"--from", "2025-06-01T08:00:00Z", "--target", target}, &bytes.Buffer{})
-		if err == nil || !strings.Contains(err.Error(), "not implemented yet") {
-			t.Errorf("--target %s: %v", target, err)
-		}
-	}
 }
 
 func TestHelp(t *testing.T) {
@@ -638,7 +682,7 @@ func TestHelp(t *testing.T) {
 	if _, err := cli.Parse(program, &cfg, []string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err %v", err)
 	}
-	for _, s := range []string{"--dry-run", "-from", "-start-offset", "-vehicle", "-fail-on-bad", "FLEET_REPLAY", "never"} {
+	for _, s := range []string{"--dry-run", "-from", "-offsets", "-vehicle", "-signals", "-to-jsonl", "-to-topic", "-to-parquet", "-resume", "reset-group", "-fail-on-bad", "FLEET_REPLAY", "never"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("help lacks %q:\n%s", s, out.String())
 		}
@@ -674,16 +718,12 @@ func TestProgressLogged(t *testing.T) {
 	f := newFixture(t)
 	var out bytes.Buffer
 	var logs safeBuffer
-	r, err := New(f.config(t, "--from", rfc(t0), "--progress-interval", "10ms"),
+	r, err := New(f.config(t, "--from", rfc(t0), "--progress", "lines", "--progress-interval", "10ms"),
 		Deps{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Stdout: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := r.newTarget
-	r.newTarget = func() (Target, error) {
-		tg, err := next()
-		return &waitingTarget{Target: tg, logs: logs.String}, err
-	}
+	r.wrapTarget = func(tg Target) Target { return &waitingTarget{Target: tg, logs: logs.String} }
 	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -728,12 +768,7 @@ func TestMetricsWhileRunning(t *testing.T) {
 		t.Fatal("no admin URL with --listen")
 	}
 	scraper := &scrapingTarget{url: url}
-	next := r.newTarget
-	r.newTarget = func() (Target, error) {
-		tg, err := next()
-		scraper.Target = tg
-		return scraper, err
-	}
+	r.wrapTarget = func(tg Target) Target { scraper.Target = tg; return scraper }
 	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -748,4 +783,108 @@ func TestMetricsWhileRunning(t *testing.T) {
 	if _, err := http.Get(url + "/metrics"); err == nil {
 		t.Error("/metrics still served after Run returned")
 	}
+}
+
+func TestSignals(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		signals string
+		want    []string // per record, the lines' signal (or "location")
+	}{
+		{"speed", []string{"speed"}},
+		{"ge*,location", []string{"gear", "location"}},
+		{"location", []string{"location"}},
+		{"speed,gear", []string{"speed", "gear"}},
+	} {
+		res := run(t, f.config(t, "--from", rfc(t0), "--signals", c.signals), nil)
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		lines := parseLines(t, res.stdout)
+		if len(lines) != testRecords*len(c.want) {
+			t.Fatalf("--signals %s: %d lines, want %d", c.signals, len(lines), testRecords*len(c.want))
+		}
+		for i, l := range lines {
+			got := l.Signal
+			if l.Type == "location" {
+				got = "location"
+			}
+			if want := c.want[i%len(c.want)]; got != want {
+				t.Fatalf("--signals %s: line %d is %q, want %q", c.signals, i, got, want)
+			}
+		}
+		if wantReadings := int64(testRecords * (len(c.want) - strings.Count(c.signals, "location"))); res.stats.Readings != wantReadings {
+			t.Errorf("--signals %s: stats %+v", c.signals, res.stats)
+		}
+	}
+	// A pattern that matches nothing writes nothing (and is not an error:
+	// the records were there).
+	res := run(t, f.config(t, "--from", rfc(t0), "--signals", "no_such_signal"), nil)
+	if res.err != nil || len(res.stdout) != 0 {
+		t.Fatalf("err %v, %d bytes", res.err, len(res.stdout))
+	}
+}
+
+func TestUnknownVehicle(t *testing.T) {
+	f := newFixture(t)
+	res := run(t, f.config(t, "--from", rfc(t0), "--vehicle", "veh-404"), nil)
+	if res.err == nil || !strings.Contains(res.err.Error(), "--vehicle") || !strings.Contains(res.err.Error(), "veh-404 has no records") {
+		t.Fatalf("err %v, want one saying veh-404 has no records", res.err)
+	}
+	if res.stats.Records == 0 {
+		t.Error("the vehicle's partition was not read")
+	}
+	res = run(t, f.config(t, "--from", rfc(t0), "--vehicle", "veh-404", "--allow-empty"), nil)
+	if res.err != nil || len(res.stdout) != 0 {
+		t.Fatalf("--allow-empty: err %v, %d bytes", res.err, len(res.stdout))
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	var out safeBuffer
+	stats := Stats{Records: 500, Bytes: 3 << 20, Readings: 10_000}
+	p := startProgress(ProgressBar, time.Second, &out, slog.New(slog.DiscardHandler), 1000, func() Stats { return stats })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "500/1000 records") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.finish()
+	for _, want := range []string{"replay", "50 %", "500/1000 records", "3.0 MiB", "rec/s", "readings/s", "ETA"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the bar lacks %q:\n%q", want, out.String())
+		}
+	}
+}
+
+// TestJSONFormatting checks the hand-written formatting against
+// encoding/json on awkward values.
+func TestJSONFormatting(t *testing.T) {
+	for _, f := range []float64{0, math.Copysign(0, -1), 1, -1.5, 0.1, 1e-6, 9.99e-7, 1e-7, 1.5e-9, 1e20, 1e21, 1.2345e22, -3e-300, math.MaxFloat64, math.SmallestNonzeroFloat64, 123456789.125, 1e-5} {
+		want, _ := json.Marshal(f)
+		if got := appendFloat(nil, f); string(got) != string(want) {
+			t.Errorf("appendFloat(%g) = %s, want %s", f, got, want)
+		}
+	}
+	for _, s := range []string{"", "speed", "a b", `q"uote`, `back\slash`, "<tag>&", "tab\there", "ünïcode", "bad\xffutf8", "\u2028", "ctrl\x01"} {
+		want, _ := json.Marshal(s)
+		if got := appendString(nil, s); string(got) != string(want) {
+			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+func FuzzJSONFormatting(f *testing.F) {
+	f.Add("speed", 12.5)
+	f.Add("<x>", 1e-9)
+	f.Fuzz(func(t *testing.T, s string, v float64) {
+		if want, _ := json.Marshal(s); string(appendString(nil, s)) != string(want) {
+			t.Fatalf("appendString(%q) = %s, want %s", s, appendString(nil, s), want)
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return
+		}
+		if want, _ := json.Marshal(v); string(appendFloat(nil, v)) != string(want) {
+			t.Fatalf("appendFloat(%v) = %s, want %s", v, appendFloat(nil, v), want)
+		}
+	})
 }

@@ -1,14 +1,13 @@
 package replay
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"math"
-	"strconv"
+	"log/slog"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
@@ -21,141 +20,86 @@ type Record struct {
 	Timestamp time.Time // the record's Kafka timestamp
 	Key       []byte    // the vehicle ID
 	Value     []byte    // the batch bytes as the bridge produced them
-	Batch     *wire.Batch
+	Headers   []kgo.RecordHeader
+	// Batch is the decoded batch, with --signals applied; nil for targets
+	// that do not decode (Kind.Decodes false).
+	Batch *wire.Batch
 }
 
+// Position is a point in a Plan: every range before Range is done, and
+// Range is done up to (not including) Offset.
+type Position struct {
+	Range  int
+	Offset int64
+}
+
+// SaveFunc records that the target's output is durable up to pos, with the
+// target's own state (nil for none) that a resumed replay gets back.
+type SaveFunc func(ctx context.Context, pos Position, state json.RawMessage) error
+
 // Target is where a replay sends its records. The replay calls Write from
-// one goroutine, once per decodable record, in replay order (partitions
-// ascending, offsets ascending), then Close once, also after a failure. A
-// target must turn the same records into the same output. Future targets (a
-// Parquet backfill, another Kafka topic) implement this; a Kafka target would
-// forward Value unchanged.
+// one goroutine, once per record that passes the filters, in replay order
+// (partitions ascending, offsets ascending); Commit at the end of each
+// range, every --commit-interval and when it stops; and Close once, also
+// after a failure. A target must turn the same records into the same
+// output, whether or not the replay was stopped and resumed in between.
 type Target interface {
 	Write(ctx context.Context, rec Record) error
-	// Close flushes what was written and releases the target.
+	// Commit makes durable what the target can without changing its
+	// output, then calls save (at most once) with the position up to which
+	// the output is durable. pos is the position after the last record
+	// read; rangeEnd says pos is the end of its range (or of the slice),
+	// where every target writes out what it holds. A target whose output
+	// and progress commit together (a Kafka transaction) calls save inside
+	// that commit.
+	Commit(ctx context.Context, pos Position, rangeEnd bool, save SaveFunc) error
+	// Close releases the target. It does not make anything durable: what
+	// Commit did not cover is read again by a resumed replay.
 	Close() error
 }
 
-// jsonLines writes one JSON object per reading and per location fix. See
-// the package documentation for the fields.
-type jsonLines struct {
-	w   *bufio.Writer
-	buf []byte
+// TargetEnv is what a target is opened with.
+type TargetEnv struct {
+	Config Config
+	Dest   string // the --to-* flag's value
+	Plan   Plan
+	// State is the target's state from the last save of the replay being
+	// resumed, at Resumed; nil for a new replay.
+	State   json.RawMessage
+	Resumed *Position
+	Logger  *slog.Logger
+	Stdout  io.Writer
+	// Kafka builds clients for the replay's cluster (source and state).
+	Kafka []kgo.Opt
+	// Producer is the replay's transactional producer, for kinds that are
+	// Transactional, its earlier run fenced; nil for the others.
+	Producer *kgo.Client
 }
 
-func newJSONLines(w io.Writer) *jsonLines {
-	return &jsonLines{w: bufio.NewWriterSize(w, 64<<10)}
+// Kind is a target implementation in the registry.
+type Kind struct {
+	Flag string // the flag that selects it, e.g. "to-jsonl"
+	// Decodes says whether Write needs Record.Batch; a target that forwards
+	// the bytes leaves the records undecoded.
+	Decodes bool
+	// Transactional kinds get a transactional producer (TargetEnv.Producer)
+	// and commit the replay's state in their own transactions.
+	Transactional bool
+	Open          func(ctx context.Context, env TargetEnv) (Target, error)
 }
 
-// Write appends the record's readings, then its fixes, in decoded order.
-func (j *jsonLines) Write(_ context.Context, rec Record) error {
-	b := rec.Batch
-	for i := range b.Readings {
-		r := &b.Readings[i]
-		j.buf = appendHead(j.buf[:0], rec, r.Time)
-		j.buf = appendField(j.buf, "signal", r.Signal)
-		j.buf = appendField(j.buf, "unit", r.Unit)
-		j.buf = appendField(j.buf, "type", r.Value.Kind.String())
-		j.buf = append(j.buf, `,"value":`...)
-		j.buf = appendValue(j.buf, r.Value)
-		j.buf = append(j.buf, "}\n"...)
-		if _, err := j.w.Write(j.buf); err != nil {
-			return fmt.Errorf("stdout: %w", err)
-		}
+// Target registry names.
+const (
+	TargetJSONL   = "jsonl"
+	TargetTopic   = "topic"
+	TargetParquet = "parquet"
+)
+
+// targets is the registry of target kinds, by name.
+func targets() map[string]Kind {
+	return map[string]Kind{
+		TargetJSONL:   {Flag: "to-jsonl", Decodes: true, Open: openJSONL},
+		TargetTopic:   {Flag: "to-topic", Decodes: false, Transactional: true, Open: openTopic},
+		TargetParquet: {Flag: "to-parquet", Decodes: true, Open: openParquet},
 	}
-	for i := range b.Fixes {
-		f := &b.Fixes[i]
-		j.buf = appendHead(j.buf[:0], rec, f.Time)
-		j.buf = appendField(j.buf, "type", "location")
-		for _, c := range []struct {
-			name string
-			v    float64
-		}{{"lat", f.Lat}, {"lon", f.Lon}, {"alt", f.Alt}, {"speed", f.Speed}, {"heading", f.Heading}, {"accuracy", f.Accuracy}} {
-			if math.IsNaN(c.v) || math.IsInf(c.v, 0) {
-				continue // absent
-			}
-			j.buf = append(j.buf, `,"`...)
-			j.buf = append(j.buf, c.name...)
-			j.buf = append(j.buf, `":`...)
-			j.buf = appendFloat(j.buf, c.v)
-		}
-		j.buf = append(j.buf, "}\n"...)
-		if _, err := j.w.Write(j.buf); err != nil {
-			return fmt.Errorf("stdout: %w", err)
-		}
-	}
-	return nil
-}
-
-// Close flushes the buffered lines.
-func (j *jsonLines) Close() error {
-	if err := j.w.Flush(); err != nil {
-		return fmt.Errorf("stdout: %w", err)
-	}
-	return nil
-}
-
-// appendHead starts an object with the fields every line has.
-func appendHead(buf []byte, rec Record, ts int64) []byte {
-	b := rec.Batch
-	buf = append(buf, `{"vehicle_id":`...)
-	buf = appendString(buf, b.VehicleID)
-	buf = append(buf, `,"epoch":"`...)
-	buf = fmt.Appendf(buf, "%016x", b.Epoch)
-	buf = append(buf, `","seq":`...)
-	buf = strconv.AppendUint(buf, b.Seq, 10)
-	buf = append(buf, `,"partition":`...)
-	buf = strconv.AppendInt(buf, int64(rec.Partition), 10)
-	buf = append(buf, `,"offset":`...)
-	buf = strconv.AppendInt(buf, rec.Offset, 10)
-	buf = append(buf, `,"ts":`...)
-	buf = appendString(buf, time.Unix(0, ts).UTC().Format(time.RFC3339Nano))
-	return buf
-}
-
-func appendField(buf []byte, name, v string) []byte {
-	buf = append(buf, `,"`...)
-	buf = append(buf, name...)
-	buf = append(buf, `":`...)
-	return appendString(buf, v)
-}
-
-// appendString appends s as a JSON string, escaped as encoding/json does
-// (invalid UTF-8 becomes U+FFFD; marshalling a string cannot fail).
-func appendString(buf []byte, s string) []byte {
-	out, _ := json.Marshal(s)
-	return append(buf, out...)
-}
-
-// appendValue appends a reading's value: a number, a boolean or a string.
-// Non-finite doubles, which JSON cannot hold, are the strings "NaN", "+Inf"
-// and "-Inf".
-func appendValue(buf []byte, v wire.Value) []byte {
-	switch v.Kind {
-	case wire.KindDouble:
-		switch {
-		case math.IsNaN(v.Float):
-			return append(buf, `"NaN"`...)
-		case math.IsInf(v.Float, 1):
-			return append(buf, `"+Inf"`...)
-		case math.IsInf(v.Float, -1):
-			return append(buf, `"-Inf"`...)
-		}
-		return appendFloat(buf, v.Float)
-	case wire.KindInt:
-		return strconv.AppendInt(buf, v.Int, 10)
-	case wire.KindBool:
-		return strconv.AppendBool(buf, v.Bool)
-	case wire.KindString:
-		return appendString(buf, v.Str)
-	}
-	return append(buf, "null"...)
-}
-
-// appendFloat appends a finite float the way encoding/json does (shortest
-// form that round-trips). Callers exclude NaN and infinities, the only
-// floats Marshal rejects.
-func appendFloat(buf []byte, f float64) []byte {
-	out, _ := json.Marshal(f)
-	return append(buf, out...)
 }

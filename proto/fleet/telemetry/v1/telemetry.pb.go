@@ -157,7 +157,20 @@ type Batch struct {
 	// the body, range coded (see "The coded section" below). It travels
 	// beside the body, not in it, because no general-purpose compressor
 	// makes it smaller.
-	Coded         []byte `protobuf:"bytes,9,opt,name=coded,proto3" json:"coded,omitempty"`
+	Coded []byte `protobuf:"bytes,9,opt,name=coded,proto3" json:"coded,omitempty"`
+	// CRC-32C (Castagnoli) of the batch's serialized bytes with this field
+	// (its tag and its four bytes) left out: it covers every other field,
+	// including fields added after it, wherever they sit. Encoders write it
+	// last. It guards the batch from the agent's spool to every consumer
+	// (broker, bridge, Kafka); a batch whose checksum does not match is
+	// corrupt and goes to the dead-letter topic. Batches of agents built
+	// before it have none: readers accept them unless told to require one.
+	// A reader rejects a batch carrying this field more than once or with a
+	// wire type other than fixed32.
+	Checksum uint32 `protobuf:"fixed32,10,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	// Set when the batch is part of a condition-triggered capture window
+	// rather than the live stream.
+	Capture       *Capture `protobuf:"bytes,11,opt,name=capture,proto3" json:"capture,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -255,6 +268,106 @@ func (x *Batch) GetCoded() []byte {
 	return nil
 }
 
+func (x *Batch) GetChecksum() uint32 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
+}
+
+func (x *Batch) GetCapture() *Capture {
+	if x != nil {
+		return x.Capture
+	}
+	return nil
+}
+
+// Capture marks a batch as one part of a condition-triggered capture
+// window: the readings of the signals a rule selects, at full rate, from a
+// time before its trigger to a time after it. A window's parts are
+// ordinary batches (own seq, spooled, acked, deduplicated by identity).
+type Capture struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The window's id: the seq of its first part, so (vehicle_id, epoch, id)
+	// names the window everywhere. Never 0.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The rule's name: 1 to 64 characters of A-Z a-z 0-9 _ . -
+	Rule string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// When the rule triggered (the readings' clock), Unix nanoseconds.
+	TriggerTimeUnixNano int64 `protobuf:"varint,3,opt,name=trigger_time_unix_nano,json=triggerTimeUnixNano,proto3" json:"trigger_time_unix_nano,omitempty"`
+	// Index of this part in the window, from 0.
+	Part uint32 `protobuf:"varint,4,opt,name=part,proto3" json:"part,omitempty"`
+	// The window's last part: with parts 0..part the window is complete.
+	Final         bool `protobuf:"varint,5,opt,name=final,proto3" json:"final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Capture) Reset() {
+	*x = Capture{}
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Capture) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Capture) ProtoMessage() {}
+
+func (x *Capture) ProtoReflect() protoreflect.Message {
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Capture.ProtoReflect.Descriptor instead.
+func (*Capture) Descriptor() ([]byte, []int) {
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Capture) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Capture) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Capture) GetTriggerTimeUnixNano() int64 {
+	if x != nil {
+		return x.TriggerTimeUnixNano
+	}
+	return 0
+}
+
+func (x *Capture) GetPart() uint32 {
+	if x != nil {
+		return x.Part
+	}
+	return 0
+}
+
+func (x *Capture) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
 // Producer says what made the batch.
 type Producer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -272,7 +385,7 @@ type Producer struct {
 
 func (x *Producer) Reset() {
 	*x = Producer{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[1]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +397,7 @@ func (x *Producer) String() string {
 func (*Producer) ProtoMessage() {}
 
 func (x *Producer) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[1]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +410,7 @@ func (x *Producer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Producer.ProtoReflect.Descriptor instead.
 func (*Producer) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{1}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Producer) GetAgentVersion() string {
@@ -356,7 +469,7 @@ type Body struct {
 
 func (x *Body) Reset() {
 	*x = Body{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[2]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +481,7 @@ func (x *Body) String() string {
 func (*Body) ProtoMessage() {}
 
 func (x *Body) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[2]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +494,7 @@ func (x *Body) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Body.ProtoReflect.Descriptor instead.
 func (*Body) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{2}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Body) GetTickNanos() uint64 {
@@ -470,7 +583,7 @@ type Packed struct {
 
 func (x *Packed) Reset() {
 	*x = Packed{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +595,7 @@ func (x *Packed) String() string {
 func (*Packed) ProtoMessage() {}
 
 func (x *Packed) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +608,7 @@ func (x *Packed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Packed.ProtoReflect.Descriptor instead.
 func (*Packed) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Packed) GetSignalDelta() []int64 {
@@ -543,7 +656,7 @@ type Catalog struct {
 
 func (x *Catalog) Reset() {
 	*x = Catalog{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +668,7 @@ func (x *Catalog) String() string {
 func (*Catalog) ProtoMessage() {}
 
 func (x *Catalog) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +681,7 @@ func (x *Catalog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Catalog.ProtoReflect.Descriptor instead.
 func (*Catalog) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Catalog) GetSignals() []*Signal {
@@ -598,7 +711,7 @@ type CanMessage struct {
 
 func (x *CanMessage) Reset() {
 	*x = CanMessage{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +723,7 @@ func (x *CanMessage) String() string {
 func (*CanMessage) ProtoMessage() {}
 
 func (x *CanMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +736,7 @@ func (x *CanMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanMessage.ProtoReflect.Descriptor instead.
 func (*CanMessage) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CanMessage) GetId() uint32 {
@@ -664,7 +777,7 @@ type CanField struct {
 
 func (x *CanField) Reset() {
 	*x = CanField{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +789,7 @@ func (x *CanField) String() string {
 func (*CanField) ProtoMessage() {}
 
 func (x *CanField) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +802,7 @@ func (x *CanField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanField.ProtoReflect.Descriptor instead.
 func (*CanField) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CanField) GetMessage() uint32 {
@@ -737,7 +850,7 @@ type Signal struct {
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +862,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +875,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Signal) GetName() string {
@@ -834,7 +947,7 @@ type TimeColumn struct {
 
 func (x *TimeColumn) Reset() {
 	*x = TimeColumn{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +959,7 @@ func (x *TimeColumn) String() string {
 func (*TimeColumn) ProtoMessage() {}
 
 func (x *TimeColumn) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +972,7 @@ func (x *TimeColumn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeColumn.ProtoReflect.Descriptor instead.
 func (*TimeColumn) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TimeColumn) GetDeltaOfDelta() []int64 {
@@ -890,7 +1003,7 @@ type Column struct {
 
 func (x *Column) Reset() {
 	*x = Column{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1015,7 @@ func (x *Column) String() string {
 func (*Column) ProtoMessage() {}
 
 func (x *Column) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1028,7 @@ func (x *Column) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Column.ProtoReflect.Descriptor instead.
 func (*Column) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Column) GetSignal() uint32 {
@@ -1036,7 +1149,7 @@ type ScaledValues struct {
 
 func (x *ScaledValues) Reset() {
 	*x = ScaledValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1161,7 @@ func (x *ScaledValues) String() string {
 func (*ScaledValues) ProtoMessage() {}
 
 func (x *ScaledValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1174,7 @@ func (x *ScaledValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaledValues.ProtoReflect.Descriptor instead.
 func (*ScaledValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ScaledValues) GetScale() float64 {
@@ -1102,7 +1215,7 @@ type DoubleValues struct {
 
 func (x *DoubleValues) Reset() {
 	*x = DoubleValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1227,7 @@ func (x *DoubleValues) String() string {
 func (*DoubleValues) ProtoMessage() {}
 
 func (x *DoubleValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[11]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1240,7 @@ func (x *DoubleValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoubleValues.ProtoReflect.Descriptor instead.
 func (*DoubleValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DoubleValues) GetValues() []float64 {
@@ -1147,7 +1260,7 @@ type IntValues struct {
 
 func (x *IntValues) Reset() {
 	*x = IntValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1272,7 @@ func (x *IntValues) String() string {
 func (*IntValues) ProtoMessage() {}
 
 func (x *IntValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[12]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1285,7 @@ func (x *IntValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntValues.ProtoReflect.Descriptor instead.
 func (*IntValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IntValues) GetDelta() []int64 {
@@ -1192,7 +1305,7 @@ type BoolValues struct {
 
 func (x *BoolValues) Reset() {
 	*x = BoolValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1317,7 @@ func (x *BoolValues) String() string {
 func (*BoolValues) ProtoMessage() {}
 
 func (x *BoolValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[13]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1330,7 @@ func (x *BoolValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BoolValues.ProtoReflect.Descriptor instead.
 func (*BoolValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{13}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BoolValues) GetBits() []byte {
@@ -1238,7 +1351,7 @@ type StringValues struct {
 
 func (x *StringValues) Reset() {
 	*x = StringValues{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1363,7 @@ func (x *StringValues) String() string {
 func (*StringValues) ProtoMessage() {}
 
 func (x *StringValues) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[14]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1376,7 @@ func (x *StringValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringValues.ProtoReflect.Descriptor instead.
 func (*StringValues) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{14}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StringValues) GetDictionary() []string {
@@ -1306,7 +1419,7 @@ type Locations struct {
 
 func (x *Locations) Reset() {
 	*x = Locations{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1431,7 @@ func (x *Locations) String() string {
 func (*Locations) ProtoMessage() {}
 
 func (x *Locations) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[15]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1444,7 @@ func (x *Locations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Locations.ProtoReflect.Descriptor instead.
 func (*Locations) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{15}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Locations) GetTimeDeltaOfDelta() []int64 {
@@ -1405,7 +1518,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1530,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[16]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1543,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{16}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Ack) GetVehicleId() string {
@@ -1466,7 +1579,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1591,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[17]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1604,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{17}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SeqRange) GetEpoch() uint64 {
@@ -1529,7 +1642,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[18]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1654,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[18]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1667,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{18}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Status) GetVehicleId() string {
@@ -1606,7 +1719,7 @@ type Position struct {
 
 func (x *Position) Reset() {
 	*x = Position{}
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[19]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1731,7 @@ func (x *Position) String() string {
 func (*Position) ProtoMessage() {}
 
 func (x *Position) ProtoReflect() protoreflect.Message {
-	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[19]
+	mi := &file_fleet_telemetry_v1_telemetry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1744,7 @@ func (x *Position) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Position.ProtoReflect.Descriptor instead.
 func (*Position) Descriptor() ([]byte, []int) {
-	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{19}
+	return file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Position) GetVehicleId() string {
@@ -1715,7 +1828,7 @@ var File_fleet_telemetry_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\"fleet/telemetry/v1/telemetry.proto\x12\x12fleet.telemetry.v1\"\xd1\x02\n" +
+	"\"fleet/telemetry/v1/telemetry.proto\x12\x12fleet.telemetry.v1\"\xa4\x03\n" +
 	"\x05Batch\x12\x1d\n" +
 	"\n" +
 	"vehicle_id\x18\x01 \x01(\tR\tvehicleId\x12\x14\n" +
@@ -1726,7 +1839,16 @@ const file_fleet_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\vcompression\x18\x06 \x01(\x0e2\x1f.fleet.telemetry.v1.CompressionR\vcompression\x12+\n" +
 	"\x11uncompressed_size\x18\a \x01(\rR\x10uncompressedSize\x12\x12\n" +
 	"\x04body\x18\b \x01(\fR\x04body\x12\x14\n" +
-	"\x05coded\x18\t \x01(\fR\x05coded\"p\n" +
+	"\x05coded\x18\t \x01(\fR\x05coded\x12\x1a\n" +
+	"\bchecksum\x18\n" +
+	" \x01(\aR\bchecksum\x125\n" +
+	"\acapture\x18\v \x01(\v2\x1b.fleet.telemetry.v1.CaptureR\acapture\"\x8c\x01\n" +
+	"\aCapture\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x123\n" +
+	"\x16trigger_time_unix_nano\x18\x03 \x01(\x03R\x13triggerTimeUnixNano\x12\x12\n" +
+	"\x04part\x18\x04 \x01(\rR\x04part\x12\x14\n" +
+	"\x05final\x18\x05 \x01(\bR\x05final\"p\n" +
 	"\bProducer\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
 	"\x0eschema_version\x18\x02 \x01(\rR\rschemaVersion\x12\x18\n" +
@@ -1865,54 +1987,56 @@ func file_fleet_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_fleet_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_fleet_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_fleet_telemetry_v1_telemetry_proto_goTypes = []any{
 	(Compression)(0),     // 0: fleet.telemetry.v1.Compression
 	(ValueType)(0),       // 1: fleet.telemetry.v1.ValueType
 	(*Batch)(nil),        // 2: fleet.telemetry.v1.Batch
-	(*Producer)(nil),     // 3: fleet.telemetry.v1.Producer
-	(*Body)(nil),         // 4: fleet.telemetry.v1.Body
-	(*Packed)(nil),       // 5: fleet.telemetry.v1.Packed
-	(*Catalog)(nil),      // 6: fleet.telemetry.v1.Catalog
-	(*CanMessage)(nil),   // 7: fleet.telemetry.v1.CanMessage
-	(*CanField)(nil),     // 8: fleet.telemetry.v1.CanField
-	(*Signal)(nil),       // 9: fleet.telemetry.v1.Signal
-	(*TimeColumn)(nil),   // 10: fleet.telemetry.v1.TimeColumn
-	(*Column)(nil),       // 11: fleet.telemetry.v1.Column
-	(*ScaledValues)(nil), // 12: fleet.telemetry.v1.ScaledValues
-	(*DoubleValues)(nil), // 13: fleet.telemetry.v1.DoubleValues
-	(*IntValues)(nil),    // 14: fleet.telemetry.v1.IntValues
-	(*BoolValues)(nil),   // 15: fleet.telemetry.v1.BoolValues
-	(*StringValues)(nil), // 16: fleet.telemetry.v1.StringValues
-	(*Locations)(nil),    // 17: fleet.telemetry.v1.Locations
-	(*Ack)(nil),          // 18: fleet.telemetry.v1.Ack
-	(*SeqRange)(nil),     // 19: fleet.telemetry.v1.SeqRange
-	(*Status)(nil),       // 20: fleet.telemetry.v1.Status
-	(*Position)(nil),     // 21: fleet.telemetry.v1.Position
+	(*Capture)(nil),      // 3: fleet.telemetry.v1.Capture
+	(*Producer)(nil),     // 4: fleet.telemetry.v1.Producer
+	(*Body)(nil),         // 5: fleet.telemetry.v1.Body
+	(*Packed)(nil),       // 6: fleet.telemetry.v1.Packed
+	(*Catalog)(nil),      // 7: fleet.telemetry.v1.Catalog
+	(*CanMessage)(nil),   // 8: fleet.telemetry.v1.CanMessage
+	(*CanField)(nil),     // 9: fleet.telemetry.v1.CanField
+	(*Signal)(nil),       // 10: fleet.telemetry.v1.Signal
+	(*TimeColumn)(nil),   // 11: fleet.telemetry.v1.TimeColumn
+	(*Column)(nil),       // 12: fleet.telemetry.v1.Column
+	(*ScaledValues)(nil), // 13: fleet.telemetry.v1.ScaledValues
+	(*DoubleValues)(nil), // 14: fleet.telemetry.v1.DoubleValues
+	(*IntValues)(nil),    // 15: fleet.telemetry.v1.IntValues
+	(*BoolValues)(nil),   // 16: fleet.telemetry.v1.BoolValues
+	(*StringValues)(nil), // 17: fleet.telemetry.v1.StringValues
+	(*Locations)(nil),    // 18: fleet.telemetry.v1.Locations
+	(*Ack)(nil),          // 19: fleet.telemetry.v1.Ack
+	(*SeqRange)(nil),     // 20: fleet.telemetry.v1.SeqRange
+	(*Status)(nil),       // 21: fleet.telemetry.v1.Status
+	(*Position)(nil),     // 22: fleet.telemetry.v1.Position
 }
 var file_fleet_telemetry_v1_telemetry_proto_depIdxs = []int32{
-	3,  // 0: fleet.telemetry.v1.Batch.producer:type_name -> fleet.telemetry.v1.Producer
+	4,  // 0: fleet.telemetry.v1.Batch.producer:type_name -> fleet.telemetry.v1.Producer
 	0,  // 1: fleet.telemetry.v1.Batch.compression:type_name -> fleet.telemetry.v1.Compression
-	9,  // 2: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
-	10, // 3: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
-	11, // 4: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
-	17, // 5: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
-	5,  // 6: fleet.telemetry.v1.Body.packed:type_name -> fleet.telemetry.v1.Packed
-	9,  // 7: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
-	7,  // 8: fleet.telemetry.v1.Catalog.can_messages:type_name -> fleet.telemetry.v1.CanMessage
-	1,  // 9: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
-	8,  // 10: fleet.telemetry.v1.Signal.can:type_name -> fleet.telemetry.v1.CanField
-	12, // 11: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
-	13, // 12: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
-	14, // 13: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
-	15, // 14: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
-	16, // 15: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
-	19, // 16: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	3,  // 2: fleet.telemetry.v1.Batch.capture:type_name -> fleet.telemetry.v1.Capture
+	10, // 3: fleet.telemetry.v1.Body.signals:type_name -> fleet.telemetry.v1.Signal
+	11, // 4: fleet.telemetry.v1.Body.times:type_name -> fleet.telemetry.v1.TimeColumn
+	12, // 5: fleet.telemetry.v1.Body.columns:type_name -> fleet.telemetry.v1.Column
+	18, // 6: fleet.telemetry.v1.Body.locations:type_name -> fleet.telemetry.v1.Locations
+	6,  // 7: fleet.telemetry.v1.Body.packed:type_name -> fleet.telemetry.v1.Packed
+	10, // 8: fleet.telemetry.v1.Catalog.signals:type_name -> fleet.telemetry.v1.Signal
+	8,  // 9: fleet.telemetry.v1.Catalog.can_messages:type_name -> fleet.telemetry.v1.CanMessage
+	1,  // 10: fleet.telemetry.v1.Signal.type:type_name -> fleet.telemetry.v1.ValueType
+	9,  // 11: fleet.telemetry.v1.Signal.can:type_name -> fleet.telemetry.v1.CanField
+	13, // 12: fleet.telemetry.v1.Column.scaled:type_name -> fleet.telemetry.v1.ScaledValues
+	14, // 13: fleet.telemetry.v1.Column.doubles:type_name -> fleet.telemetry.v1.DoubleValues
+	15, // 14: fleet.telemetry.v1.Column.ints:type_name -> fleet.telemetry.v1.IntValues
+	16, // 15: fleet.telemetry.v1.Column.bools:type_name -> fleet.telemetry.v1.BoolValues
+	17, // 16: fleet.telemetry.v1.Column.strings:type_name -> fleet.telemetry.v1.StringValues
+	20, // 17: fleet.telemetry.v1.Ack.ranges:type_name -> fleet.telemetry.v1.SeqRange
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_fleet_telemetry_v1_telemetry_proto_init() }
@@ -1920,7 +2044,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 	if File_fleet_telemetry_v1_telemetry_proto != nil {
 		return
 	}
-	file_fleet_telemetry_v1_telemetry_proto_msgTypes[9].OneofWrappers = []any{
+	file_fleet_telemetry_v1_telemetry_proto_msgTypes[10].OneofWrappers = []any{
 		(*Column_Scaled)(nil),
 		(*Column_Doubles)(nil),
 		(*Column_Ints)(nil),
@@ -1933,7 +2057,7 @@ func file_fleet_telemetry_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleet_telemetry_v1_telemetry_proto_rawDesc), len(file_fleet_telemetry_v1_telemetry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
