@@ -139,7 +139,18 @@ func (u *Upload) run(ctx context.Context) {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for p := range u.queue {
+	for {
+		var p part
+		select {
+		case q, ok := <-u.queue:
+			if !ok {
+				return
+			}
+			p = q
+		case <-ctx.Done():
+			u.fail(fmt.Errorf("objstore: upload %s: %w", u.s.URI(u.key), ctx.Err()))
+			return
+		}
 		if u.failure() == nil && u.id == "" {
 			if err := u.create(ctx); err != nil {
 				u.fail(err)
@@ -264,6 +275,9 @@ func (u *Upload) Complete(ctx context.Context) (etag string, err error) {
 		u.abortUpload(context.WithoutCancel(ctx))
 		return "", u.s.wrap("complete multipart upload of", u.key, err)
 	}
+	u.mu.Lock()
+	u.id = "" // done: nothing left to abort
+	u.mu.Unlock()
 	return aws.ToString(out.ETag), nil
 }
 
