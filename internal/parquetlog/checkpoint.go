@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
@@ -65,12 +66,21 @@ type dedupRefs struct {
 
 const checkpointFormat = 2
 
-func checkpointKey(topic string, partition int32) string {
-	return fmt.Sprintf("_sink/checkpoints/%s+%d.json", topic, partition)
+func (c Config) statePrefix() string {
+	if c.StatePrefix == "" {
+		return "_sink"
+	}
+	return strings.TrimSuffix(c.StatePrefix, "/")
 }
 
-func stateDir(topic string, partition int32) string {
-	return fmt.Sprintf("_sink/state/%s+%d/", topic, partition)
+// checkpointKey is {state prefix}/checkpoints/{topic}+{partition}.json.
+func (c Config) checkpointKey() string {
+	return fmt.Sprintf("%s/checkpoints/%s+%d.json", c.statePrefix(), c.Topic, c.Partition)
+}
+
+// stateDir holds the filter objects: {state prefix}/state/{topic}+{partition}/.
+func (c Config) stateDir() string {
+	return fmt.Sprintf("%s/state/%s+%d/", c.statePrefix(), c.Topic, c.Partition)
 }
 
 func (c *checkpoint) marshal() []byte {

@@ -46,6 +46,11 @@ type Config struct {
 	// Start is where a partition without a checkpoint starts: an offset,
 	// or -1 for its first record read.
 	Start int64
+	// StatePrefix is the folder, under the store's prefix, of the
+	// checkpoints and filter state; "" means "_sink". Writers of one
+	// partition with different state prefixes know nothing of each other:
+	// give them different data prefixes too.
+	StatePrefix string
 	Rules Rules
 	Dedup DedupConfig
 	Files parquetout.Options
@@ -127,7 +132,7 @@ func Claim(ctx context.Context, cfg Config, deps Deps) (*Writer, error) {
 		w.m = NewMetrics(nil, "parquetlog")
 	}
 	w.log = w.log.With("topic", cfg.Topic, "partition", cfg.Partition)
-	key := checkpointKey(cfg.Topic, cfg.Partition)
+	key := cfg.checkpointKey()
 	var lastErr error
 	for attempt := range 6 {
 		if attempt > 0 {
@@ -234,7 +239,7 @@ func (w *Writer) loadSeen(ctx context.Context, refs dedupRefs) (*seenSet, error)
 // left by a writer that crashed or was fenced between writing them and
 // its checkpoint. Every other writer is fenced now, so none is in use.
 func (w *Writer) collectGarbage(ctx context.Context) {
-	objs, err := w.store.List(ctx, stateDir(w.cfg.Topic, w.cfg.Partition))
+	objs, err := w.store.List(ctx, w.cfg.stateDir())
 	if err != nil {
 		w.log.Warn("could not list the partition's state objects", "err", err)
 		return
@@ -466,7 +471,7 @@ func (w *Writer) commit(ctx context.Context, reason string) error {
 	for i, f := range files {
 		keys[i] = f.key
 	}
-	key := checkpointKey(w.cfg.Topic, w.cfg.Partition)
+	key := w.cfg.checkpointKey()
 	pinned := win.pinned
 	if pinned != nil {
 		reason = "recovered"
@@ -520,7 +525,7 @@ func (w *Writer) commit(ctx context.Context, reason string) error {
 		if err != nil {
 			return w.fail(err)
 		}
-		dk := fmt.Sprintf("%s%020d-%s.delta.json.zst", stateDir(w.cfg.Topic, w.cfg.Partition), win.first, hash)
+		dk := fmt.Sprintf("%s%020d-%s.delta.json.zst", w.cfg.stateDir(), win.first, hash)
 		if err := w.putState(ctx, dk, data); err != nil {
 			return w.fail(err)
 		}
@@ -537,7 +542,7 @@ func (w *Writer) commit(ctx context.Context, reason string) error {
 			if err != nil {
 				return w.fail(err)
 			}
-			bk := fmt.Sprintf("%s%020d-%s.base.json.zst", stateDir(w.cfg.Topic, w.cfg.Partition), win.end, hash)
+			bk := fmt.Sprintf("%s%020d-%s.base.json.zst", w.cfg.stateDir(), win.end, hash)
 			if err := w.putState(ctx, bk, data); err != nil {
 				return w.fail(err)
 			}
@@ -598,7 +603,7 @@ func (w *Writer) commit(ctx context.Context, reason string) error {
 // stillOwner returns ErrFenced (wrapped) if the checkpoint is no longer
 // the version this writer wrote last, nil if it is.
 func (w *Writer) stillOwner(ctx context.Context) error {
-	_, etag, err := w.store.Read(ctx, checkpointKey(w.cfg.Topic, w.cfg.Partition))
+	_, etag, err := w.store.Read(ctx, w.cfg.checkpointKey())
 	if err == nil && etag != w.etag {
 		return ErrFenced
 	}
@@ -626,7 +631,7 @@ func (w *Writer) commitPinnedAsIs(ctx context.Context, next int64) error {
 	w.ckpt.Window = nil
 	w.ckpt.Committed++
 	var err error
-	if w.etag, err = cas(ctx, w.store, checkpointKey(w.cfg.Topic, w.cfg.Partition), w.ckpt, w.etag); err != nil {
+	if w.etag, err = cas(ctx, w.store, w.cfg.checkpointKey(), w.ckpt, w.etag); err != nil {
 		return w.fail(err)
 	}
 	w.pinned = nil
