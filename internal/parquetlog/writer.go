@@ -51,9 +51,9 @@ type Config struct {
 	// partition with different state prefixes know nothing of each other:
 	// give them different data prefixes too.
 	StatePrefix string
-	Rules Rules
-	Dedup DedupConfig
-	Files parquetout.Options
+	Rules       Rules
+	Dedup       DedupConfig
+	Files       parquetout.Options
 }
 
 // Deps are a Writer's dependencies.
@@ -328,6 +328,13 @@ func (w *Writer) open(ctx context.Context, offset, ts int64) error {
 				return err
 			}
 		}
+		w.ckpt.NextOffset = offset
+	}
+	if w.expect >= 0 && offset > w.expect && !w.fresh {
+		// Offsets this writer was not given lie between the last window
+		// and this one (transaction markers, records its caller filters
+		// out): they hold no rows. The checkpoint's window must start at
+		// its next offset, or no claim could read it back.
 		w.ckpt.NextOffset = offset
 	}
 	if w.ckpt.NextOffset < 0 {
