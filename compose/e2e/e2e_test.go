@@ -87,7 +87,7 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	})
 	sinkArgs := []string{"--kafka-brokers", brokers, "--topic", topic, "--group", "e2e-sink-" + run,
 		"--s3-endpoint", minio.Endpoint, "--s3-bucket", bucket, "--s3-access-key", minio.AccessKey, "--s3-secret-key", minio.SecretKey,
-		"--s3-path-style", "--instance-id", "e2e-sink", "--max-file-age", "1s", "--max-file-rows", "5000", "--listen", "127.0.0.1:0",
+		"--s3-path-style", "--instance-id", "e2e-sink", "--max-file-age", "1s", "--quiet-margin", "1s", "--max-file-rows", "5000", "--listen", "127.0.0.1:0",
 		"--catalog-topic", topic + ".catalog"}
 	sink := startProc(t, bin("parquet-sink"), "parquet-sink", sinkArgs...)
 	liveAddr := freeAddr(t)
