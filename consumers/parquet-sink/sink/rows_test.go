@@ -3,9 +3,9 @@ package sink_test
 import (
 	"bytes"
 	"cmp"
-	"slices"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,7 +124,9 @@ func TestRowsAndLayout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", key, err)
 		}
-		slices.SortFunc(rows, func(a, b parquetout.ReadingRow) int { return cmp.Or(cmp.Compare(a.Signal, b.Signal), cmp.Compare(a.TS, b.TS)) })
+		slices.SortFunc(rows, func(a, b parquetout.ReadingRow) int {
+			return cmp.Or(cmp.Compare(a.Signal, b.Signal), cmp.Compare(a.TS, b.TS))
+		})
 		if diff := mismatch(want, rows); diff != "" {
 			t.Errorf("%s %s", key, diff)
 		}
