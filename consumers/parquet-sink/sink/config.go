@@ -27,6 +27,9 @@ type Config struct {
 	InstanceID string
 	// Listen is the address of /metrics, /healthz and /readyz.
 	Listen string
+	// SessionTimeout and RebalanceTimeout are the group membership's.
+	SessionTimeout   time.Duration
+	RebalanceTimeout time.Duration
 
 	// A partition's window (its files) ends where the first limit says;
 	// the limits read only the records, so windows are the same every time
@@ -72,6 +75,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Group, "group", "fleet-parquet-sink", "Kafka consumer group")
 	fs.StringVar(&c.InstanceID, "instance-id", "", "static group membership ID, unique per replica and stable across restarts (e.g. the pod name); empty: dynamic membership")
 	fs.StringVar(&c.Listen, "listen", ":9102", "address for /metrics, /healthz and /readyz")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout: a member not heard from for this long loses its partitions (and is fenced on S3)")
+	fs.DurationVar(&c.RebalanceTimeout, "rebalance-timeout", time.Minute, "how long the group waits for members to rejoin in a rebalance")
 	fs.IntVar(&c.MaxFileRows, "max-file-rows", 50_000_000, "end a partition's window (its files) at this many rows")
 	fs.IntVar(&c.MaxFileBytes, "max-file-bytes", 128<<20, "end a partition's window when its files hold this many bytes of Parquet (whole row groups: files overshoot by up to one)")
 	fs.DurationVar(&c.MaxFileAge, "max-file-age", 5*time.Minute, "end a partition's window before a record whose Kafka timestamp is this much later than the window's first record's")
@@ -102,6 +107,10 @@ func (c Config) Validate() error {
 		return cli.FieldError("group", "must not be empty")
 	case c.Listen == "":
 		return cli.FieldError("listen", "must not be empty")
+	case c.SessionTimeout < time.Second:
+		return cli.FieldError("session-timeout", "%v is below 1s", c.SessionTimeout)
+	case c.RebalanceTimeout < time.Second:
+		return cli.FieldError("rebalance-timeout", "%v is below 1s", c.RebalanceTimeout)
 	case c.MaxFileRows < 1:
 		return cli.FieldError("max-file-rows", "must be at least 1")
 	case c.MaxFileBytes < 1024:

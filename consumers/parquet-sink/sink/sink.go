@@ -122,6 +122,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 	}
 	kopts = append(kopts,
 		kgo.ConsumerGroup(cfg.Group),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
@@ -430,6 +432,8 @@ func (s *Sink) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32)
 func (s *Sink) release(ids []int32, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A partition paused after an error must fetch again when it comes back.
+	s.kafka.ResumeFetchPartitions(map[string][]int32{s.cfg.Topic: ids})
 	for _, id := range ids {
 		if p := s.parts[id]; p != nil {
 			if p.w != nil {
