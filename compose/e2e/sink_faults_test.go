@@ -251,8 +251,8 @@ func (r *sinkRig) objects(prefix string) map[string][]byte {
 
 type sinkCheck struct {
 	Tables  map[string]struct{ Rows, Distinct, Files, Misplaced int } `json:"tables"`
-	Pyarrow map[string]int                                         `json:"pyarrow"`
-	Batches [][]json.RawMessage                                    `json:"batches"`
+	Pyarrow map[string]int                                            `json:"pyarrow"`
+	Batches [][]json.RawMessage                                       `json:"batches"`
 	Probe   struct {
 		Rows    int   `json:"rows"`
 		Scanned []int `json:"row_groups_scanned"`
