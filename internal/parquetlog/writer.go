@@ -51,9 +51,9 @@ type Config struct {
 	// partition with different state prefixes know nothing of each other:
 	// give them different data prefixes too.
 	StatePrefix string
-	Rules Rules
-	Dedup DedupConfig
-	Files parquetout.Options
+	Rules       Rules
+	Dedup       DedupConfig
+	Files       parquetout.Options
 }
 
 // Deps are a Writer's dependencies.

@@ -65,6 +65,9 @@ func NewFileWriter[T Row](out io.Writer, opts Options) (*FileWriter[T], error) {
 		parquet.Compression(codec),
 		parquet.MaxRowsPerRowGroup(int64(opts.RowGroupRows)),
 		parquet.CreatedBy("fleetpipe", opts.Version, ""),
+		// The output buffers already (an upload's part): hand it each row
+		// group as it is done, so that what a file has written is known.
+		parquet.WriteBufferSize(0),
 		parquet.BloomFilters(parquet.SplitBlockFilter(10, "vehicle_id")),
 		// Statistics of these say nothing a query filters on.
 		parquet.SkipPageBounds("batch_index"),
