@@ -27,7 +27,7 @@ var DefaultOptions = Options{Compression: "zstd", RowGroupRows: 500_000, Version
 func Codec(name string) (compress.Codec, error) {
 	switch name {
 	case "zstd":
-		return &parquet.Zstd, nil
+		return lowMemZstd, nil
 	case "snappy":
 		return &parquet.Snappy, nil
 	case "gzip":

@@ -43,6 +43,8 @@ type options struct {
 	cpu                               int
 	maxFileBytes                      string
 	profile                           string
+	heap                              bool
+	heapObjectMB                      int
 }
 
 func main() {
@@ -60,8 +62,14 @@ func main() {
 	flag.IntVar(&o.cpu, "cpu", 1, "the CPU the sink is pinned to")
 	flag.StringVar(&o.maxFileBytes, "max-file-bytes", "134217728", "the sink's --max-file-bytes")
 	flag.StringVar(&o.profile, "cpu-profile", "", "save a CPU profile of the sink's first 10 s of work to this file")
+	flag.BoolVar(&o.heap, "heap", false, "instead: measure the peak Go heap of one process writing a window of --heap-object-mb to S3 on each of --partitions partitions at once")
+	flag.IntVar(&o.heapObjectMB, "heap-object-mb", 128, "with --heap: the size of each partition's readings object")
 	flag.Parse()
 	o.partitions = int32(parts)
+	run := run
+	if o.heap {
+		run = heapRun
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "sinkload:", err)
 		os.Exit(1)
