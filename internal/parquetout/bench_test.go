@@ -138,8 +138,14 @@ func BenchmarkGenericWriter(b *testing.B) {
 	var s parquetout.Splitter
 	for _, bt := range batches {
 		_ = s.Split(bt, parquetout.Emit{
-			Readings:  func(_ parquetout.Hour, rows []parquetout.ReadingRow) error { rrows = append(rrows, rows...); return nil },
-			Locations: func(_ parquetout.Hour, rows []parquetout.LocationRow) error { lrows = append(lrows, rows...); return nil },
+			Readings: func(_ parquetout.Hour, rows []parquetout.ReadingRow) error {
+				rrows = append(rrows, rows...)
+				return nil
+			},
+			Locations: func(_ parquetout.Hour, rows []parquetout.LocationRow) error {
+				lrows = append(lrows, rows...)
+				return nil
+			},
 		})
 	}
 	b.ResetTimer()

@@ -18,7 +18,7 @@ type zstdCodec struct {
 
 var lowMemZstd = &zstdCodec{}
 
-func (c *zstdCodec) String() string                           { return "ZSTD" }
+func (c *zstdCodec) String() string                            { return "ZSTD" }
 func (c *zstdCodec) CompressionCodec() format.CompressionCodec { return format.Zstd }
 
 func (c *zstdCodec) Encode(dst, src []byte) ([]byte, error) {
