@@ -271,12 +271,8 @@ func TestDuplicatesAfterRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Re-send what came before: all duplicates, at later offsets.
-			var again []parquetlog.Record
 			next := max(w.Next(), 0)
 			for _, r := range recs[next:min(from+100, len(recs))] {
-				again = append(again, r)
-			}
-			for _, r := range again {
 				if err := w.Add(ctx, r); err != nil {
 					t.Fatal(err)
 				}
