@@ -166,6 +166,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	sc.S3 = objstore.Config{Endpoint: s3.URL(), Bucket: cfg.Bucket, AccessKey: "embedded", SecretKey: "embedded", PathStyle: true, Region: objstore.DefaultRegion}
 	sc.Listen = cfg.SinkAdmin
 	sc.MaxFileAge = cfg.FileAge
+	// One process, one clock: a quiet partition is written as soon as its
+	// window is --file-age old, and Ctrl-C writes what the sink holds.
+	sc.QuietMargin = time.Second
+	sc.FlushOnStop = true
+	sc.ShutdownTimeout = 10 * time.Second
 	sinkReg := prometheus.NewRegistry()
 	pq, err := sink.New(ctx, sc, sink.Deps{Logger: logger.With("component", "parquet-sink"), Registerer: sinkReg, Gatherer: sinkReg})
 	if err != nil {
