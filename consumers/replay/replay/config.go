@@ -86,6 +86,9 @@ type Config struct {
 	// AllowLivePrefix lets --to-parquet write where a live parquet-sink
 	// writes.
 	AllowLivePrefix bool
+	// Parquet shapes --to-parquet's windows and files (parquet-sink's
+	// settings).
+	Parquet ParquetOptions
 
 	// Resume names the replay whose state is kept in StateTopic.
 	Resume     string
@@ -100,6 +103,13 @@ type Config struct {
 	Progress         string        // auto, bar, lines, none
 	ProgressInterval time.Duration // how often progress lines are logged
 	Listen           string        // address for /metrics while the replay runs; "" for none
+}
+
+// DefaultConfig returns the defaults the flags use.
+func DefaultConfig() Config {
+	var c Config
+	c.RegisterFlags(flag.NewFlagSet("defaults", flag.ContinueOnError))
+	return c
 }
 
 // DefaultStateTopic is where --resume keeps replay state.
@@ -124,6 +134,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.S3.Bucket = "replay-target" // replaced by --to-parquet's bucket
 	}
 	registerS3Flags(fs, &c.S3)
+	c.Parquet.registerFlags(fs)
 	fs.StringVar(&c.Resume, "resume", "", "name of this replay: keep its progress in --state-topic, and continue it if it was started before")
 	fs.StringVar(&c.StateTopic, "state-topic", DefaultStateTopic, "log-compacted Kafka topic holding the state of --resume replays (created if missing)")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", 5*time.Second, "how often progress is saved; for --to-topic, the length of a transaction")
@@ -146,6 +157,12 @@ func registerS3Flags(fs *flag.FlagSet, c *objstore.Config) {
 	fs.StringVar(&c.AccessKey, "s3-access-key", c.AccessKey, "S3 access key; empty (with an empty secret key) uses the default AWS credential chain")
 	fs.StringVar(&c.SecretKey, "s3-secret-key", c.SecretKey, "S3 secret key; prefer the environment (FLEET_REPLAY_S3_SECRET_KEY) over the command line")
 	fs.BoolVar(&c.PathStyle, "s3-path-style", c.PathStyle, "address buckets as ENDPOINT/BUCKET/KEY (MinIO, the embedded endpoint)")
+	fs.StringVar(&c.SSE, "s3-sse", c.SSE, "server-side encryption of the backfill's objects: AES256 (SSE-S3), aws:kms (SSE-KMS) or empty (the bucket's default)")
+	fs.StringVar(&c.SSEKMSKeyID, "s3-sse-kms-key-id", c.SSEKMSKeyID, "KMS key ID or ARN for --s3-sse aws:kms; empty uses the account's default S3 key")
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = objstore.DefaultMaxAttempts
+	}
+	fs.IntVar(&c.MaxAttempts, "s3-max-attempts", c.MaxAttempts, "tries per S3 request, with exponential backoff and jitter, before giving up")
 }
 
 func (c Config) timeMode() bool   { return c.From != "" || c.To != "" }
@@ -247,6 +264,9 @@ func (c Config) validateTarget() error {
 		if err := s3.Validate(); err != nil {
 			return err
 		}
+	}
+	if err := c.Parquet.validate(); err != nil {
+		return err
 	}
 	if c.AllowLivePrefix && c.ToParquet == "" {
 		return cli.FieldError("allow-live-prefix", "applies to --to-parquet only")

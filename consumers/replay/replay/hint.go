@@ -7,13 +7,19 @@ import (
 
 // resumeCommand is the command line that continues a stopped replay: with
 // --resume, the same command again; without, the same command with the
-// slice replaced by --offsets from where the target's output is durable.
-// Secrets given on the command line are not repeated.
+// slice replaced by --offsets from where the target's output is durable
+// (for a target that keeps its own progress, from the first offset of the
+// range not done, where it finds that progress again). Secrets given on
+// the command line are not repeated.
 func (r *Replayer) resumeCommand(ru *session) string {
 	args := redactSecrets(r.args)
 	if ru.cfg.Resume == "" {
 		args = dropFlags(args, "from", "to", "offsets")
-		args = append(args, "--offsets", remainingOffsets(ru.plan, ru.durable))
+		pos := ru.durable
+		if ru.kind.KeepsProgress && pos.Range < len(ru.plan.Ranges) && pos.Offset < ru.plan.Ranges[pos.Range].End {
+			pos.Offset = ru.plan.Ranges[pos.Range].Start
+		}
+		args = append(args, "--offsets", remainingOffsets(ru.plan, pos))
 	} else if !hasFlag(args, "resume") {
 		args = append(args, "--resume", ru.cfg.Resume)
 	}

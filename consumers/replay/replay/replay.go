@@ -155,7 +155,8 @@ type Replayer struct {
 	stderr io.Writer
 	args   []string
 	opts   []kgo.Opt
-	admin  *admin.Server // nil without --listen
+	admin  *admin.Server         // nil without --listen
+	reg    prometheus.Registerer // nil without --listen
 
 	// wrapTarget, when set, wraps the target Run opens (tests).
 	wrapTarget func(Target) Target
@@ -191,7 +192,7 @@ func New(cfg Config, deps Deps) (*Replayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, stderr: stderr, args: deps.Args, opts: opts}
+	r := &Replayer{cfg: cfg, logger: logger, stdout: deps.Stdout, stderr: stderr, args: deps.Args, opts: opts, reg: reg}
 	if cfg.Listen != "" {
 		r.registerMetrics(reg)
 		if r.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: logger, Gatherer: deps.Gatherer}); err != nil {

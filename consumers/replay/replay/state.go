@@ -47,12 +47,18 @@ type Spec struct {
 	Signals []string `json:"signals,omitempty"`
 	Target  string   `json:"target"`
 	Dest    string   `json:"dest"`
+	// Parquet holds a Parquet backfill's settings.
+	Parquet *ParquetOptions `json:"parquet,omitempty"`
 }
 
 func specOf(c Config) Spec {
 	kind, dest := c.targetKind()
-	return Spec{Topic: c.Topic, From: c.From, To: c.To, Offsets: c.Offsets, Vehicle: c.Vehicle,
+	s := Spec{Topic: c.Topic, From: c.From, To: c.To, Offsets: c.Offsets, Vehicle: c.Vehicle,
 		Signals: slices.Clone([]string(c.Signals)), Target: kind, Dest: dest}
+	if kind == TargetParquet {
+		s.Parquet = &c.Parquet
+	}
+	return s
 }
 
 // mismatch names the first flag given now that differs from what the
@@ -81,6 +87,11 @@ func (s Spec) mismatch(c Config) error {
 			return fmt.Errorf("--%s: replay %s was started with --%s %s: give the same target, or none", targets()[now.Target].Flag, c.Resume, kind.Flag, s.Dest)
 		}
 	}
+	if s.Parquet != nil && c.Parquet != DefaultConfig().Parquet {
+		if flag, was, is := s.Parquet.diff(c.Parquet); flag != "" {
+			return differs(flag, fmt.Sprint(was), fmt.Sprint(is))
+		}
+	}
 	return nil
 }
 
@@ -95,6 +106,9 @@ func (s Spec) apply(c *Config) {
 		c.ToTopic = s.Dest
 	case TargetParquet:
 		c.ToParquet = s.Dest
+		if s.Parquet != nil {
+			c.Parquet = *s.Parquet
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -22,8 +23,10 @@ type Record struct {
 	Value     []byte    // the batch bytes as the bridge produced them
 	Headers   []kgo.RecordHeader
 	// Batch is the decoded batch, with --signals applied; nil for targets
-	// that do not decode (Kind.Decodes false).
-	Batch *wire.Batch
+	// that do not decode (Kind.Decodes false), and for a bad record given
+	// to a Kind.SinkRecords target (then Invalid says why it is bad).
+	Batch   *wire.Batch
+	Invalid error
 }
 
 // Position is a point in a Plan: every range before Range is done, and
@@ -37,13 +40,20 @@ type Position struct {
 // target's own state (nil for none) that a resumed replay gets back.
 type SaveFunc func(ctx context.Context, pos Position, state json.RawMessage) error
 
-// Target is where a replay sends its records. The replay calls Write from
-// one goroutine, once per record that passes the filters, in replay order
-// (partitions ascending, offsets ascending); Commit at the end of each
-// range, every --commit-interval and when it stops; and Close once, also
-// after a failure. A target must turn the same records into the same
-// output, whether or not the replay was stopped and resumed in between.
+// Target is where a replay sends its records. The replay calls, from one
+// goroutine, OpenRange before reading each range; Write once per record
+// that passes the filters, in replay order (partitions ascending, offsets
+// ascending); Commit at the end of each range, every --commit-interval and
+// when it stops; and Close once, also after a failure. A target must turn
+// the same records into the same output, whether or not the replay was
+// stopped and resumed in between.
 type Target interface {
+	// OpenRange prepares range i of the plan, which the replay is about
+	// to read from offset from, and returns where to read it from instead:
+	// from itself, unless the target keeps its own durable progress (a
+	// Parquet backfill's checkpoints) and holds the range's output up to a
+	// later offset (its end when it is all written).
+	OpenRange(ctx context.Context, i int, from int64) (int64, error)
 	Write(ctx context.Context, rec Record) error
 	// Commit makes durable what the target can without changing its
 	// output, then calls save (at most once) with the position up to which
@@ -74,6 +84,8 @@ type TargetEnv struct {
 	// Producer is the replay's transactional producer, for kinds that are
 	// Transactional, its earlier run fenced; nil for the others.
 	Producer *kgo.Client
+	// Registerer takes the target's metrics; nil without --listen.
+	Registerer prometheus.Registerer
 }
 
 // Kind is a target implementation in the registry.
@@ -85,6 +97,16 @@ type Kind struct {
 	// Transactional kinds get a transactional producer (TargetEnv.Producer)
 	// and commit the replay's state in their own transactions.
 	Transactional bool
+	// SinkRecords kinds get the records parquet-sink would write: one that
+	// does not decode comes to Write with Record.Invalid set (it takes an
+	// offset in the output, as in the sink's), and a batch's vehicle is not
+	// checked against the record key (the sink does not check it; with
+	// --vehicle, batches of other vehicles are still left out).
+	SinkRecords bool
+	// KeepsProgress kinds keep their own durable progress per range,
+	// found again by the range's first offset (OpenRange): a replay that
+	// continues one gives the ranges' first offsets, not where it stopped.
+	KeepsProgress bool
 	Open          func(ctx context.Context, env TargetEnv) (Target, error)
 }
 
@@ -100,6 +122,6 @@ func targets() map[string]Kind {
 	return map[string]Kind{
 		TargetJSONL:   {Flag: "to-jsonl", Decodes: true, Open: openJSONL},
 		TargetTopic:   {Flag: "to-topic", Decodes: false, Transactional: true, Open: openTopic},
-		TargetParquet: {Flag: "to-parquet", Decodes: true, Open: openParquet},
+		TargetParquet: {Flag: "to-parquet", Decodes: true, SinkRecords: true, KeepsProgress: true, Open: openParquet},
 	}
 }
