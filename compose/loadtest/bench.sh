@@ -54,7 +54,7 @@ compose/services.sh start kafka minio >/dev/null
 replay_env=$(compose/services.sh env)
 eval "$replay_env"
 replay_rows=$(go run ./compose/loadtest/replayload --kafka-brokers "$FLEET_TEST_KAFKA_BROKERS" --replay bin/replay \
-	--batches "${REPLAY_BATCHES:-50000}" --targets "${REPLAY_TARGETS:-jsonl,topic}" \
+	--batches "${REPLAY_BATCHES:-50000}" --targets "${REPLAY_TARGETS:-jsonl,topic,parquet}" \
 	--s3-endpoint "$FLEET_TEST_S3_ENDPOINT" --s3-access-key "$FLEET_TEST_S3_ACCESS_KEY" --s3-secret-key "$FLEET_TEST_S3_SECRET_KEY")
 compose/services.sh stop kafka minio >/dev/null 2>&1 || true
 # parquet-sink (issue 9): the real binary on one CPU from Kafka fetch to
@@ -137,8 +137,8 @@ live=$(go run ./compose/loadtest/liveload --vehicles 1000000 --seconds "${LIVE_L
 	echo "The real replay binary pinned to one CPU (taskset) re-reads simulated history from real Kafka"
 	echo "(batches of one second of a car with a 100 Hz accelerometer: 206 readings and a fix, referring"
 	echo "to the registered catalog) into each target: --to-jsonl a file, --to-topic another topic"
-	echo "(transactions every 5 s). CPU is the replay process's user + system time. Budget: >= 1,000,000"
-	echo "readings/s to Parquet per core."
+	echo "(transactions every 5 s), --to-parquet MinIO (parquet-sink's writer, zstd). CPU is the replay"
+	echo "process's user + system time. Budget: >= 1,000,000 readings/s to Parquet per core."
 	echo
 	echo "| target | records | readings | wall s | records/s | readings/s | CPU s | readings per CPU-s |"
 	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -14,6 +14,8 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/edge-agent/sim"
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
+	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -40,6 +43,7 @@ func main() {
 	s3Key := flag.String("s3-access-key", "", "S3 access key")
 	s3Secret := flag.String("s3-secret-key", "", "S3 secret key")
 	cpu := flag.Int("cpu", 0, "the CPU the replay is pinned to")
+	flag.StringVar(&profileDir, "cpuprofile", "", "write a 5 s CPU profile of each target's replay (from its /debug/pprof) into this folder as TARGET.pprof")
 	flag.Parse()
 	if err := run(*brokers, *bin, *batches, *vehicles, *imuHz, *seconds, strings.Split(*targets, ","), *s3, *s3Key, *s3Secret, *cpu); err != nil {
 		fmt.Fprintln(os.Stderr, "replayload:", err)
@@ -70,16 +74,30 @@ func run(brokers, bin string, batches, vehicles, imuHz, seconds int, targets []s
 		case "topic":
 			args = append(args, "--to-topic", topic+".copy")
 		case "parquet":
+			if err := ensureBucket(ctx, s3, s3Key, s3Secret, "bench-replay"); err != nil {
+				return err
+			}
 			args = append(args, "--to-parquet", "s3://bench-replay/"+fmt.Sprint(stamp), "--s3-endpoint", s3, "--s3-path-style",
 				"--s3-access-key", s3Key, "--s3-secret-key", s3Secret)
 		default:
 			return fmt.Errorf("unknown target %q", target)
+		}
+		var profiled <-chan error
+		if profileDir != "" {
+			addr := "127.0.0.1:19777"
+			args = append(args, "--listen", addr)
+			profiled = profile(addr, filepath.Join(profileDir, target+".pprof"))
 		}
 		cmd := exec.Command("taskset", args...)
 		cmd.Stderr = os.Stderr
 		start := time.Now()
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("replay to %s: %w", target, err)
+		}
+		if profiled != nil {
+			if err := <-profiled; err != nil {
+				fmt.Fprintf(os.Stderr, "replayload: profile of %s: %v\n", target, err)
+			}
 		}
 		wall := time.Since(start)
 		ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
@@ -95,6 +113,48 @@ func run(brokers, bin string, batches, vehicles, imuHz, seconds int, targets []s
 			cpuTime.Seconds(), float64(readings)/cpuTime.Seconds())
 	}
 	return nil
+}
+
+var profileDir string
+
+// profile fetches a 5 s CPU profile from the replay's admin endpoint at
+// addr, once it answers, into file.
+func profile(addr, file string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=5")
+			if err != nil {
+				if time.Now().After(deadline) {
+					done <- err
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			defer resp.Body.Close()
+			data, err := io.ReadAll(resp.Body)
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("%s: %s", resp.Status, data)
+			}
+			if err == nil {
+				err = os.WriteFile(file, data, 0o644)
+			}
+			done <- err
+			return
+		}
+	}()
+	return done
+}
+
+// ensureBucket creates the bench's bucket on the S3 endpoint.
+func ensureBucket(ctx context.Context, endpoint, key, secret, bucket string) error {
+	st, err := objstore.New(ctx, objstore.Config{Endpoint: endpoint, Bucket: bucket, AccessKey: key, SecretKey: secret, PathStyle: true}, objstore.Deps{})
+	if err != nil {
+		return err
+	}
+	return st.EnsureBucket(ctx)
 }
 
 // fill registers the simulator's catalog and produces the batches; it
