@@ -87,12 +87,13 @@ type Store struct {
 
 // Upload tuning, the same for every Store.
 const (
-	// PartSize is the size of a multipart upload's parts (S3's minimum is
-	// 5 MiB for every part but the last). Objects below it are one PutObject.
-	PartSize = 8 << 20
+	// PartSize is the size of a multipart upload's parts, S3's minimum for
+	// every part but the last (it allows objects of up to 50 GB). Objects
+	// below it are one PutObject.
+	PartSize = 5 << 20
 	// PartSlots is how many full parts, over all Uploads of a Store, may
 	// wait for or be in an UploadPart call at once. Writers block beyond it.
-	PartSlots = 8
+	PartSlots = 6
 )
 
 // New validates cfg and builds the S3 client. It does not contact S3: a wrong

@@ -69,7 +69,8 @@ type Deps struct {
 	Step func(step string) error
 }
 
-// Record is one Kafka record, decoded.
+// Record is one Kafka record, decoded. The Writer keeps nothing of Batch
+// once Add returns: callers may reuse it.
 type Record struct {
 	Offset    int64
 	Timestamp time.Time // the record's Kafka timestamp

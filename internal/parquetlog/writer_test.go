@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/parquetlog"
 	"github.com/fleetpipe/fleetpipe/internal/parquetout"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
 // TestWritesEveryRowOnce: one writer over records with duplicates, an
@@ -267,12 +271,8 @@ func TestDuplicatesAfterRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Re-send what came before: all duplicates, at later offsets.
-			var again []parquetlog.Record
 			next := max(w.Next(), 0)
 			for _, r := range recs[next:min(from+100, len(recs))] {
-				again = append(again, r)
-			}
-			for _, r := range again {
 				if err := w.Add(ctx, r); err != nil {
 					t.Fatal(err)
 				}
@@ -397,4 +397,61 @@ func TestObjectKey(t *testing.T) {
 	if got := h.Dir(); got != "locations/date=1969-12-31/hour=23" {
 		t.Errorf("a time before 1970 is in %s", got)
 	}
+}
+
+// TestLateRowsGoToTheirHour: batches that arrive hours late (a car draining
+// its backlog) put their rows in their own hours' folders, one file per hour
+// a window touches (not one per batch), and are counted as late.
+func TestLateRowsGoToTheirHour(t *testing.T) {
+	eachStore(t, func(t *testing.T, newStore func() *objstore.Store) {
+		s := newStore()
+		ctx := context.Background()
+		now := time.Date(2026, 3, 1, 12, 10, 0, 0, time.UTC)
+		var recs []parquetlog.Record
+		lateRows := 0
+		for i := range 60 {
+			at := now.Add(time.Duration(i) * 100 * time.Millisecond)
+			ev := at
+			if i%3 == 0 { // every third batch is from a backlog, 3 to 5 hours old
+				ev = at.Add(-time.Duration(3+2*(i%2)) * time.Hour)
+			}
+			b := &wire.Batch{Identity: wire.Identity{VehicleID: fmt.Sprintf("v%d", i%4), Epoch: 1, Seq: uint64(i)}, BaseTime: ev.UnixNano()}
+			for j := range 5 {
+				b.Readings = append(b.Readings, wire.Reading{Signal: "x", Time: ev.Add(time.Duration(j) * time.Millisecond).UnixNano(), Value: wire.Int(int64(j))})
+			}
+			if ev != at {
+				lateRows += len(b.Readings)
+			}
+			recs = append(recs, parquetlog.Record{Offset: int64(i), Timestamp: at, Batch: b})
+		}
+		reg := prometheus.NewRegistry()
+		m := parquetlog.NewMetrics(reg, "t")
+		if err := feed(ctx, t, testConfig(8), parquetlog.Deps{Store: s, Metrics: m}, recs); err != nil {
+			t.Fatal(err)
+		}
+		files := parquetFiles(t, s)
+		readRows(t, s) // every row in its own hour's folder
+		perHour := map[string]int{}
+		for k := range files {
+			perHour[k[:strings.LastIndex(k, "/")]]++
+		}
+		// 60 records over 6 s of record time: two 3 s windows, each touching
+		// the current hour and two backlog hours: two files per hour.
+		want := map[string]int{"readings/date=2026-03-01/hour=12": 2, "readings/date=2026-03-01/hour=09": 2, "readings/date=2026-03-01/hour=07": 2}
+		if fmt.Sprint(perHour) != fmt.Sprint(want) {
+			t.Errorf("files per hour %v, want %v", perHour, want)
+		}
+		late, err := testutil.GatherAndCount(reg, "t_late_rows_total")
+		if err != nil || late != 1 {
+			t.Fatalf("late row series: %d, %v", late, err)
+		}
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "t_late_rows_total" {
+				if got := mf.GetMetric()[0].GetCounter().GetValue(); int(got) != lateRows {
+					t.Errorf("late rows counted %v, want %d", got, lateRows)
+				}
+			}
+		}
+	})
 }

@@ -31,8 +31,9 @@
 // (vehicle_id, epoch, seq, batch_index) identifies a row: its provenance.
 // Files are zstd-compressed by default, with a split-block bloom filter on
 // vehicle_id so that engines that read them (DuckDB does) skip row groups
-// that do not hold a vehicle, and min/max statistics on every column so that
-// filters on ts skip row groups by time. Rows are in the order their records
+// that do not hold a vehicle, and min/max statistics on the columns queries
+// filter on (all but unit, value_type, batch_index and the capture columns)
+// so that filters on ts skip row groups by time. Rows are in the order their records
 // sit in Kafka (about time order).
 package parquetout
 

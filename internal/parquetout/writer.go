@@ -27,7 +27,7 @@ var DefaultOptions = Options{Compression: "zstd", RowGroupRows: 500_000, Version
 func Codec(name string) (compress.Codec, error) {
 	switch name {
 	case "zstd":
-		return &parquet.Zstd, nil
+		return lowMemZstd, nil
 	case "snappy":
 		return &parquet.Snappy, nil
 	case "gzip":
@@ -69,8 +69,10 @@ func NewFileWriter[T Row](out io.Writer, opts Options) (*FileWriter[T], error) {
 		// group as it is done, so that what a file has written is known.
 		parquet.WriteBufferSize(0),
 		parquet.BloomFilters(parquet.SplitBlockFilter(10, "vehicle_id")),
-		// Statistics of these say nothing a query filters on.
-		parquet.SkipPageBounds("batch_index"),
+		// Min/max of these say nothing a query skips row groups by, and
+		// computing them is a string comparison a row each.
+		parquet.SkipPageBounds("unit"), parquet.SkipPageBounds("value_type"), parquet.SkipPageBounds("batch_index"),
+		parquet.SkipPageBounds("capture_id"), parquet.SkipPageBounds("capture_rule"),
 	)
 	return &FileWriter[T]{w: w}, nil
 }

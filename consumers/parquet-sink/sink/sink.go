@@ -74,8 +74,9 @@ type Sink struct {
 	admin    *admin.Server
 	catalogs *catalogstore.Store
 
-	mu    sync.Mutex // guards parts; rebalance callbacks run on other goroutines
+	mu    sync.Mutex // guards parts and batch; rebalance callbacks run on other goroutines
 	parts map[int32]*partition
+	batch wire.Batch // decoded records go here, one at a time
 }
 
 // partition is one assigned Kafka partition.
@@ -238,8 +239,9 @@ func (s *Sink) write(ctx context.Context, p *partition, recs []*kgo.Record) {
 			}
 			p.expect = -1
 		}
-		b, err := s.catalogs.Decode(ctx, r.Value, decodeLimits)
-		rec := parquetlog.Record{Offset: r.Offset, Timestamp: r.Timestamp, Batch: b}
+		// One Batch, reused: a writer keeps nothing of it after Add.
+		err := s.catalogs.DecodeInto(ctx, r.Value, decodeLimits, &s.batch)
+		rec := parquetlog.Record{Offset: r.Offset, Timestamp: r.Timestamp, Batch: &s.batch}
 		if err != nil {
 			if !wire.IsInvalid(err) {
 				// The catalog topic is out of reach and ctx ended: stop here.
