@@ -135,8 +135,9 @@ type rowKey struct {
 
 // wantRow is what Parquet must hold at a rowKey.
 type wantRow struct {
-	rule  string // "" for the live stream
-	value wire.Value
+	rule    string // "" for the live stream
+	trigger int64  // the window's trigger time, ns (0 for the live stream)
+	value   wire.Value
 }
 
 // TestCaptureEndToEnd replays a real drive through the edge-agent binary
@@ -258,7 +259,7 @@ func TestCaptureEndToEnd(t *testing.T) {
 				t.Fatalf("window %s holds %s twice", id, k)
 			}
 			w.readings[k] = rd
-			want[rowKey{id, rd.Signal, rd.Time / 1000}] = wantRow{rule: c.Rule, value: rd.Value}
+			want[rowKey{id, rd.Signal, rd.Time / 1000}] = wantRow{rule: c.Rule, trigger: c.TriggerTime, value: rd.Value}
 		}
 	})
 	checkSentWindows(t, windows, logReadings(t, dbc, log))
@@ -352,8 +353,8 @@ func checkSentWindows(t *testing.T, windows map[string]*sentWindow, all []wire.R
 
 // checkCaptureRows checks that rows, what DuckDB selected by what, are
 // exactly the rows of want that in selects, each once, with the value,
-// capture_id and capture_rule (both NULL for the live stream) it was sent
-// with.
+// capture_id, capture_rule and capture_trigger_ts (all NULL for the live
+// stream) it was sent with.
 func checkCaptureRows(t *testing.T, what string, rows []row, want map[rowKey]wantRow, in func(rowKey, wantRow) bool) {
 	t.Helper()
 	bad := 0
@@ -379,6 +380,9 @@ func checkCaptureRows(t *testing.T, what string, rows []row, want map[rowKey]wan
 			report("unexpected row %+v (capture_rule %s)", k, sqlString(r.CaptureRule))
 		case (r.CaptureRule == nil) != (w.rule == "") || (w.rule != "" && *r.CaptureRule != w.rule):
 			report("row %+v has capture_rule %s, want %q", k, sqlString(r.CaptureRule), w.rule)
+		case (r.CaptureTriggerMicros == nil) != (w.rule == "") ||
+			(w.rule != "" && mustInt(t, *r.CaptureTriggerMicros) != w.trigger/1000):
+			report("row %+v has capture_trigger_ts %v µs, want the trigger at %d ns", k, r.CaptureTriggerMicros, w.trigger)
 		case !sameValue(t, r, w.value):
 			report("row %+v: %+v, want %+v", k, r, w.value)
 		}

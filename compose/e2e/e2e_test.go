@@ -268,9 +268,11 @@ type row struct {
 	Seq         json.Number  `json:"seq"`
 	CaptureID   *string      `json:"capture_id"`
 	CaptureRule *string      `json:"capture_rule"`
-	Date        string       `json:"date"`
-	Hour        int          `json:"hour"`
-	Filename    string       `json:"filename"`
+	// CaptureTriggerMicros is capture_trigger_ts in µs since the epoch.
+	CaptureTriggerMicros *json.Number `json:"capture_trigger_ts_us"`
+	Date                 string       `json:"date"`
+	Hour                 int          `json:"hour"`
+	Filename             string       `json:"filename"`
 }
 
 func readParquet(t *testing.T, python, dir string) []row {
@@ -383,8 +385,8 @@ func checkReadings(t *testing.T, want sent, rows []row) {
 			seqs[r.VehicleID][r.Epoch.String()] = map[int64]bool{}
 		}
 		seqs[r.VehicleID][r.Epoch.String()][mustInt(t, r.Seq)] = true
-		if r.CaptureID != nil || r.CaptureRule != nil {
-			report("%s: a row of the live stream has capture_id %s, capture_rule %s: want both NULL", r.Filename, sqlString(r.CaptureID), sqlString(r.CaptureRule))
+		if r.CaptureID != nil || r.CaptureRule != nil || r.CaptureTriggerMicros != nil {
+			report("%s: a row of the live stream has capture_id %s, capture_rule %s, capture_trigger_ts %v: want all NULL", r.Filename, sqlString(r.CaptureID), sqlString(r.CaptureRule), r.CaptureTriggerMicros)
 		}
 
 		switch r.Table {

@@ -33,6 +33,7 @@ READINGS = {
     "batch_index": "int32",
     "capture_id": "string",
     "capture_rule": "string",
+    "capture_trigger_ts": "timestamp[us, tz=UTC]",
 }
 LOCATIONS = {
     "vehicle_id": "string",
@@ -48,6 +49,7 @@ LOCATIONS = {
     "batch_index": "int32",
     "capture_id": "string",
     "capture_rule": "string",
+    "capture_trigger_ts": "timestamp[us, tz=UTC]",
 }
 
 
@@ -72,9 +74,10 @@ def main():
             check_schema(f, want)
         if not files:
             continue
-        cols = ", ".join(c for c in want if c != "ts")
+        # Timestamps as microseconds since the epoch: ts_us, capture_trigger_ts_us.
+        cols = ", ".join(f"epoch_us({c}) AS {c}_us" if t.startswith("timestamp") else c for c, t in want.items())
         rows = con.execute(
-            f"SELECT {cols}, epoch_us(ts) AS ts_us, CAST(date AS VARCHAR) AS date, CAST(hour AS INTEGER) AS hour, filename "
+            f"SELECT {cols}, CAST(date AS VARCHAR) AS date, CAST(hour AS INTEGER) AS hour, filename "
             f"FROM read_parquet('{root}/{table}/**/*.parquet', hive_partitioning = true, filename = true){where}"
         )
         names = [d[0] for d in rows.description]
