@@ -85,9 +85,10 @@ type Config struct {
 	// whose catalog the replica has not seen; the batch is then left to
 	// the agent to re-send.
 	CatalogWait time.Duration
-	// AckInterval is the longest a vehicle's end-to-end ack waits for more
-	// batches to share it; AckBatches sends it sooner, once that many
-	// batches are waiting. AckQoS is the ack publishes' QoS.
+	// AckInterval throttles a vehicle's end-to-end acks: its first news
+	// after an interval without an ack goes at once, later news waits
+	// until the interval since the last ack has passed, or until
+	// AckBatches batches wait. AckQoS is the ack publishes' QoS.
 	AckInterval time.Duration
 	AckBatches  int
 	AckQoS      int
@@ -155,7 +156,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Linger, "linger", 5*time.Millisecond, "producer linger")
 	fs.DurationVar(&c.ProduceTimeout, "produce-timeout", 30*time.Second, "give up one produce attempt after this long and try again (the batch stays in flight)")
 	fs.DurationVar(&c.CatalogWait, "catalog-wait", 30*time.Second, "how long a batch may wait for the catalog topic before it is left to the agent to re-send")
-	fs.DurationVar(&c.AckInterval, "ack-interval", time.Second, "longest a vehicle's end-to-end ack waits for more batches to share it")
+	fs.DurationVar(&c.AckInterval, "ack-interval", time.Second, "at most one end-to-end ack per vehicle per interval (the first at once), unless --ack-batches batches wait")
 	fs.IntVar(&c.AckBatches, "ack-batches", 32, "send a vehicle's ack as soon as this many of its batches wait (keep it below the agents' --max-inflight)")
 	fs.IntVar(&c.AckQoS, "ack-qos", 1, "QoS of the end-to-end ack publishes (0 or 1)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 15*time.Second, "how long shutdown waits for in-flight batches to reach Kafka")

@@ -323,7 +323,7 @@ func (b *Bridge) settle(j *job, result string) {
 		b.m.dlq.WithLabelValues(j.reason).Inc()
 	case j.catalog != nil:
 		b.m.catalogs.WithLabelValues("registered").Inc()
-		b.acks.addCatalog(j.vehicle, j.catalog, now)
+		b.acks.addCatalog(j.vehicle, j.catalog)
 	default:
 		b.m.messages.WithLabelValues(result).Inc()
 		b.m.readings.Add(float64(j.readings))

@@ -152,7 +152,7 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 		return nil, err
 	}
 	b := &Bridge{cfg: cfg, logger: deps.Logger, lim: cfg.limits(), bridgeID: []byte(cfg.BridgeID),
-		limit: newLimiter(cfg.MaxInflight, cfg.MaxInflightBytes), acks: newAckBook(cfg.AckBatches),
+		limit: newLimiter(cfg.MaxInflight, cfg.MaxInflightBytes), acks: newAckBook(cfg.AckInterval, cfg.AckBatches),
 		checks: make(chan struct{}, cfg.Connections+1)}
 	b.m = newMetrics(deps.Registerer, b.connectedCount)
 	b.readCtx, b.stopReading = context.WithCancel(context.Background())
@@ -322,43 +322,30 @@ func (b *Bridge) Run(ctx context.Context) error {
 	return nil
 }
 
-// publishAcksEvery sends the acks that are due: every quarter of the ack
-// interval those whose news is older than the interval, and at once those
-// with AckBatches batches waiting.
+// publishAcksEvery sends the acks that are due: at once when the book
+// signals one (a vehicle's first news in an interval, AckBatches batches
+// waiting, a catalog), and on a tick of an eighth of the interval for
+// vehicles whose interval since their last ack has passed.
 func (b *Bridge) publishAcksEvery(ctx context.Context) {
-	tick := time.NewTicker(max(b.cfg.AckInterval/4, time.Millisecond))
+	tick := time.NewTicker(max(b.cfg.AckInterval/8, time.Millisecond))
 	defer tick.Stop()
-	due := map[string]struct{}{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case v := <-b.acks.due:
-			due[v] = struct{}{}
-			// Gather what else is due right now, then send.
-			for len(due) < 1024 {
-				select {
-				case v := <-b.acks.due:
-					due[v] = struct{}{}
-					continue
-				default:
-				}
-				break
-			}
-			b.publishAcks(time.Now().Add(-b.cfg.AckInterval), due, false)
-			clear(due)
-		case now := <-tick.C:
-			b.publishAcks(now.Add(-b.cfg.AckInterval), nil, false)
+		case <-b.acks.wake:
+		case <-tick.C:
 		}
+		b.publishAcks(false)
 	}
 }
 
-// publishAcks sends each vehicle with news older than cutoff (or named in
-// due, or any when all) the ranges Kafka took. Acks are best effort: an
-// agent that misses one re-sends the batch, and the duplicate is dropped
-// downstream by batch identity. With no connection up the news is kept.
-func (b *Bridge) publishAcks(cutoff time.Time, due map[string]struct{}, all bool) {
-	for _, a := range b.acks.take(cutoff, due, all) {
+// publishAcks sends the acks that are due, or every vehicle's when all is
+// set. Acks are best effort: an agent that misses one re-sends the batch,
+// and the duplicate is dropped downstream by batch identity. With no
+// connection up the news is kept and tried again an interval later.
+func (b *Bridge) publishAcks(all bool) {
+	for _, a := range b.acks.take(time.Now(), all) {
 		if !b.publishAck(a, byte(b.cfg.AckQoS), nil) {
 			b.acks.putBack(a.vehicle, a.news, time.Now())
 		}
@@ -369,7 +356,7 @@ func (b *Bridge) publishAcks(cutoff time.Time, due map[string]struct{}, all bool
 // the broker to acknowledge every publish: a broker may drop a publish
 // whose client is gone before it could answer.
 func (b *Bridge) publishLastAcks() {
-	b.publishAcks(time.Now(), nil, true)
+	b.publishAcks(true)
 	deadline := time.Now().Add(2 * time.Second)
 	for _, c := range b.conns {
 		if !c.WaitAcked(time.Until(deadline)) {
