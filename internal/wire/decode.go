@@ -299,6 +299,14 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 	for i, c := range codedCols {
 		sig := signals[c.signal]
 		ts := times[c.time]
+		if b == nil {
+			// A check: the values' validity, without their readings.
+			if j := invalidCoded(sig, c.decimals, c.vals); j >= 0 {
+				_, err := codedReading(sig, c.decimals, c.vals[j])
+				return malformed("coded column %d (%s): %v", i, sig.GetName(), err)
+			}
+			continue
+		}
 		for j, raw := range c.vals {
 			r, err := codedReading(sig, c.decimals, raw)
 			if err != nil {
@@ -370,6 +378,31 @@ func codedReading(sig *pb.Signal, decimals int, raw int64) (Reading, error) {
 		return r, fmt.Errorf("a %v signal", sig.GetType())
 	}
 	return r, nil
+}
+
+// invalidCoded is the index of the first raw value of a coded column of
+// sig that codedReading refuses, or -1: what a check needs of the values.
+func invalidCoded(sig *pb.Signal, decimals int, vals []int64) int {
+	if len(vals) == 0 {
+		return -1
+	}
+	switch sig.GetType() {
+	case pb.ValueType_VALUE_TYPE_INT:
+		return -1
+	case pb.ValueType_VALUE_TYPE_BOOL:
+		for j, raw := range vals {
+			if raw != 0 && raw != 1 {
+				return j
+			}
+		}
+		return -1
+	case pb.ValueType_VALUE_TYPE_DOUBLE:
+		if decimals < 0 && sig.GetScale() == 0 {
+			return 0
+		}
+		return -1
+	}
+	return 0
 }
 
 // decodeTimes returns the body's time columns, plain ones first, then the
