@@ -45,10 +45,9 @@ type Config struct {
 	DLQRetention      time.Duration
 	// BridgeID goes in every record's bridge_id header.
 	BridgeID string
-	// Listen is the address of /metrics, /healthz and /readyz; Pprof adds
-	// /debug/pprof/ there.
+	// Listen is the address of /metrics, /healthz, /readyz and Go's
+	// profiles under /debug/pprof/.
 	Listen string
-	Pprof  bool
 
 	// MaxBatchBytes bounds an incoming payload; larger ones go to the DLQ,
 	// cut to this size.
@@ -94,6 +93,9 @@ type Config struct {
 	AckQoS      int
 	// DrainTimeout bounds the wait for in-flight produces at shutdown.
 	DrainTimeout time.Duration
+	// MaxProcs is the CPU cores the bridge's Go runtime uses at once
+	// (GOMAXPROCS; 0: all). See Procs.
+	MaxProcs int
 }
 
 // DefaultConfig returns the defaults the flags use.
@@ -140,8 +142,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "retention.ms of the telemetry topic if the bridge creates it")
 	fs.DurationVar(&c.DLQRetention, "dlq-retention", 30*24*time.Hour, "retention.ms of the dead-letter topic if the bridge creates it")
 	fs.StringVar(&c.BridgeID, "bridge-id", host, "this replica's ID, sent in the bridge_id header")
-	fs.StringVar(&c.Listen, "listen", ":9101", "address for /metrics, /healthz and /readyz")
-	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiles under /debug/pprof/ on --listen")
+	fs.StringVar(&c.Listen, "listen", ":9101", "address for /metrics, /healthz, /readyz and /debug/pprof/")
 	fs.IntVar(&c.MaxBatchBytes, "max-batch-bytes", 1_000_000, "largest accepted MQTT payload in bytes; larger ones go to the DLQ, cut to this size")
 	fs.IntVar(&c.MaxBodyBytes, "max-body-bytes", 1<<20, "largest decompressed batch body in bytes")
 	fs.IntVar(&c.MaxReadings, "max-readings", 1_000_000, "most readings and fixes in one batch")
@@ -160,6 +161,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.AckBatches, "ack-batches", 32, "send a vehicle's ack as soon as this many of its batches wait (keep it below the agents' --max-inflight)")
 	fs.IntVar(&c.AckQoS, "ack-qos", 1, "QoS of the end-to-end ack publishes (0 or 1)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 15*time.Second, "how long shutdown waits for in-flight batches to reach Kafka")
+	fs.IntVar(&c.MaxProcs, "max-procs", 1, "CPU cores a replica uses at once (0: all); more throughput comes cheaper from more replicas. GOMAXPROCS, if set, wins")
 }
 
 // Validate names the first bad field.
@@ -237,6 +239,8 @@ func (c Config) Validate() error {
 		return cli.FieldError("ack-qos", "%d: want 0 or 1", c.AckQoS)
 	case c.DrainTimeout <= 0:
 		return cli.FieldError("drain-timeout", "must be positive")
+	case c.MaxProcs < 0:
+		return cli.FieldError("max-procs", "%d: want 0 (all cores) or a positive count", c.MaxProcs)
 	}
 	return nil
 }

@@ -83,8 +83,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -208,12 +206,6 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	b.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer})
 	if err != nil {
 		return fail(err)
-	}
-	if cfg.Pprof {
-		b.admin.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
-		b.admin.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
-		b.admin.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
-		b.admin.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 	}
 	b.admin.AddReadyCheck("mqtt", func(context.Context) error {
 		if b.connectedCount() == 0 {
