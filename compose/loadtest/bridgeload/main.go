@@ -43,12 +43,16 @@ func main() {
 	readings := flag.Int("readings", 100, "readings per batch")
 	seconds := flag.Int("seconds", 20, "measured seconds per phase, after 5 s of warm-up")
 	rounds := flag.Int("rounds", 2, "ceiling/bridge pairs; medians are reported")
+	flag.StringVar(&profilePath, "cpu-profile", "", "write the bridge's CPU profile (and, with .allocs appended, what it allocated) over each round's measured seconds to this file, the round's tag appended")
 	flag.Parse()
 	if err := run(*bridge, *mqttURL, *brokers, *vehicles, *publishers, *readings, time.Duration(*seconds)*time.Second, *rounds); err != nil {
 		fmt.Fprintln(os.Stderr, "bridgeload:", err)
 		os.Exit(1)
 	}
 }
+
+// profilePath, if set, is where the bridge's CPU profiles go.
+var profilePath string
 
 type result struct {
 	ceiling, bridge, cpuMicros, p50, p99, acksPerBatch float64
@@ -170,7 +174,17 @@ func bridgePhase(bin, mqttURL, brokers, tag string, vehicles, publishers, readin
 	go func() { _ = fleet.Run(ctx) }()
 	time.Sleep(5 * time.Second)
 	n0, c0, a0, t0 := count(), cpu(cmd.Process.Pid), metric(admin, "fleet_bridge_acks_published_total"), time.Now()
-	time.Sleep(measure)
+	if profilePath != "" {
+		allocs := make(chan error, 1)
+		go func() { allocs <- profile(admin, "allocs", fmt.Sprintf("%s.%s.allocs", profilePath, tag), measure) }()
+		if err := profile(admin, "profile", fmt.Sprintf("%s.%s", profilePath, tag), measure); err != nil {
+			return res, err
+		}
+		if err := <-allocs; err != nil {
+			return res, err
+		}
+	}
+	time.Sleep(measure - time.Since(t0))
 	n1, c1, a1 := count(), cpu(cmd.Process.Pid), metric(admin, "fleet_bridge_acks_published_total")
 	el := time.Since(t0).Seconds()
 	res.bridge = float64(n1-n0) / el
@@ -178,6 +192,29 @@ func bridgePhase(bin, mqttURL, brokers, tag string, vehicles, publishers, readin
 	res.acksPerBatch = (a1 - a0) / float64(max(n1-n0, 1))
 	res.p50, res.p99 = quantiles(admin, "fleet_bridge_mqtt_to_kafka_seconds")
 	return res, nil
+}
+
+// profile saves one of the bridge's profiles (profile: CPU, allocs: what
+// was allocated) over d.
+func profile(admin, kind, path string, d time.Duration) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", admin, kind, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "bridge profile:", path)
+	return f.Close()
 }
 
 // cpu is a process's user+system time, from /proc/PID/stat.
