@@ -93,6 +93,9 @@ type Config struct {
 	AckQoS      int
 	// DrainTimeout bounds the wait for in-flight produces at shutdown.
 	DrainTimeout time.Duration
+	// Coalesce is how long each MQTT connection lets reads and writes
+	// gather before a syscall (mqttlite.Config.Coalesce; 0: not at all).
+	Coalesce time.Duration
 	// MaxProcs is the CPU cores the bridge's Go runtime uses at once
 	// (GOMAXPROCS; 0: all). See Procs.
 	MaxProcs int
@@ -161,6 +164,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.AckBatches, "ack-batches", 32, "send a vehicle's ack as soon as this many of its batches wait (keep it below the agents' --max-inflight)")
 	fs.IntVar(&c.AckQoS, "ack-qos", 1, "QoS of the end-to-end ack publishes (0 or 1)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 15*time.Second, "how long shutdown waits for in-flight batches to reach Kafka")
+	fs.DurationVar(&c.Coalesce, "mqtt-coalesce", time.Millisecond, "how long MQTT reads and writes gather before each syscall: less CPU per message at high rates, at most this much latency (0: none)")
 	fs.IntVar(&c.MaxProcs, "max-procs", 1, "CPU cores a replica uses at once (0: all); more throughput comes cheaper from more replicas. GOMAXPROCS, if set, wins")
 }
 
@@ -239,6 +243,8 @@ func (c Config) Validate() error {
 		return cli.FieldError("ack-qos", "%d: want 0 or 1", c.AckQoS)
 	case c.DrainTimeout <= 0:
 		return cli.FieldError("drain-timeout", "must be positive")
+	case c.Coalesce < 0 || c.Coalesce > 100*time.Millisecond:
+		return cli.FieldError("mqtt-coalesce", "%v: want 0 to 100ms", c.Coalesce)
 	case c.MaxProcs < 0:
 		return cli.FieldError("max-procs", "%d: want 0 (all cores) or a positive count", c.MaxProcs)
 	}

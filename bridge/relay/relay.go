@@ -123,6 +123,7 @@ type Bridge struct {
 
 	limit *limiter
 	acks  *ackBook
+	jobs  sync.Pool // of *job
 	// checks bounds the wire.Check calls running at once (readers and
 	// catalog waits), and with them the memory checking can take.
 	checks chan struct{}
@@ -152,7 +153,7 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	b := &Bridge{cfg: cfg, logger: deps.Logger, lim: cfg.limits(), bridgeID: []byte(cfg.BridgeID),
 		limit: newLimiter(cfg.MaxInflight, cfg.MaxInflightBytes), acks: newAckBook(cfg.AckInterval, cfg.AckBatches),
 		checks: make(chan struct{}, cfg.Connections+1)}
-	b.m = newMetrics(deps.Registerer, b.connectedCount)
+	b.m = newMetrics(deps.Registerer, b.connectedCount, b.limit.load)
 	b.readCtx, b.stopReading = context.WithCancel(context.Background())
 	b.produceCtx, b.produceCancel = context.WithCancel(context.Background())
 
@@ -179,6 +180,10 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	if err != nil {
 		return fail(err)
 	}
+	coalesce := cfg.Coalesce
+	if coalesce == 0 {
+		coalesce = -1 // mqttlite: none
+	}
 	for i := range cfg.Connections {
 		c, err := mqttlite.New(mqttlite.Config{
 			URL: cfg.MQTT.URL, ClientID: cfg.MQTT.ClientID + "-" + strconv.Itoa(i), Username: cfg.MQTT.Username, Password: cfg.MQTT.Password,
@@ -188,6 +193,7 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 				{Filter: topics.SharedCatalogFilter(cfg.ShareGroup), QoS: 1},
 			},
 			MaxPayloadBytes: cfg.MaxBatchBytes,
+			Coalesce:        coalesce,
 			OnMessage:       b.onMessage,
 			OnConnect: func() {
 				b.m.connects.Inc()
