@@ -196,7 +196,11 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 	if version == 1 {
 		times, err = decodeTimes(body, sum.BaseTime, int64(tick), lim)
 	} else {
-		times, codedCols, err = decodeSection(body, coded, infos, sum.BaseTime, int64(tick), lim)
+		// The columns live in an arena until decodeBody returns: nothing
+		// it builds refers to them.
+		a := arenas.Get().(*colArena)
+		defer a.release()
+		times, codedCols, err = decodeSection(body, coded, infos, sum.BaseTime, int64(tick), lim, a)
 	}
 	if err != nil {
 		return err
@@ -327,14 +331,14 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 
 // decodeSection reads a schema version 2 batch's coded section, returning
 // its time columns as absolute times and its value columns.
-func decodeSection(body *pb.Body, coded []byte, infos []signalInfo, base, tick int64, lim Limits) ([][]int64, []decodedCol, error) {
+func decodeSection(body *pb.Body, coded []byte, infos []signalInfo, base, tick int64, lim Limits, a *colArena) ([][]int64, []decodedCol, error) {
 	if len(body.GetTimes()) > 0 || len(body.GetTimeLengths()) > 0 || len(body.GetTimeDeltaOfDelta()) > 0 || body.GetPacked() != nil {
 		return nil, nil, malformed("schema version 2 with time columns or packed columns in the body")
 	}
 	if len(coded) == 0 {
 		return nil, nil, nil
 	}
-	ticks, cols, err := decodeCoded(coded, infos, lim)
+	ticks, cols, err := decodeCoded(coded, infos, lim, a)
 	if err != nil {
 		return nil, nil, err
 	}

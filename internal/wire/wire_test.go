@@ -122,7 +122,7 @@ func TestSharedTimeColumns(t *testing.T) {
 	if env.GetProducer().GetSchemaVersion() != SchemaVersion {
 		t.Fatalf("schema version %d", env.GetProducer().GetSchemaVersion())
 	}
-	times, cols, err := decodeCoded(env.GetCoded(), signalInfos(body.GetSignals(), nil), DefaultLimits)
+	times, cols, err := decodeCoded(env.GetCoded(), signalInfos(body.GetSignals(), nil), DefaultLimits, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
