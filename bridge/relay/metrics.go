@@ -35,7 +35,9 @@ func newMetrics(reg prometheus.Registerer, connected func() float64, inflight fu
 		Help: "MQTT messages received and not yet settled."}, func() float64 { n, _ := inflight(); return float64(n) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleet_bridge_inflight_bytes",
 		Help: "Payload bytes of the messages in flight."}, func() float64 { _, b := inflight(); return float64(b) })
-	latency := prometheus.ExponentialBuckets(0.0005, 2, 16)
+	// Buckets 1.4 times apart from 0.5 ms to a minute: a p99 read off them
+	// is within a fifth of the truth.
+	latency := prometheus.ExponentialBucketsRange(0.0005, 60, 36)
 	messages := f.NewCounterVec(prometheus.CounterOpts{Name: "fleet_bridge_messages_total",
 		Help: "MQTT messages settled, by result: produced (in Kafka), dlq (in the dead-letter topic), abandoned (acknowledged to the broker but left for the agent to re-send)."}, []string{"result"})
 	return &metrics{
