@@ -35,9 +35,14 @@ TESTFLAGS ?=
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST) | head -9
 
+# Built, then exec'd rather than `go run` (go run exits 1 on Ctrl-C whatever
+# the program does); --foreground makes the program the terminal's
+# foreground group, so Ctrl-C does not kill make too: a clean stop exits 0.
 .PHONY: run
 run:
-	$(GO) run ./compose/embedded $(ARGS)
+	@mkdir -p bin
+	$(GO) build -o bin/embedded ./compose/embedded
+	exec bin/embedded --foreground $(ARGS)
 
 .PHONY: build
 build:
@@ -106,7 +111,8 @@ services-down:
 
 # Unit and integration tests (race detector, shuffled order) against the real
 # services, which this target installs (once, cached under .cache/), starts
-# with fresh state, and always stops. CI runs exactly this.
+# with fresh state, and always stops. CI runs exactly this. Test artifacts
+# (the dashboard's screenshot) land under .cache/test-output/_artifacts/.
 .PHONY: test
 test: lint
 	compose/services.sh install
@@ -114,7 +120,8 @@ test: lint
 	compose/services.sh start; \
 	eval "$$(compose/services.sh env)"; \
 	export FLEET_SHARED_DATA="$${FLEET_SHARED_DATA:-$(abspath $(CURDIR)/../shared/data)}"; \
-	$(GO) test -race -shuffle=on -timeout 30m -count=1 $(TESTFLAGS) ./...
+	mkdir -p $(CACHE)/test-output; \
+	$(GO) test -race -shuffle=on -timeout 30m -count=1 -artifacts -outputdir $(CACHE)/test-output $(TESTFLAGS) ./...
 
 # Unit tests only, no services (integration tests skip with their reason).
 .PHONY: test-short

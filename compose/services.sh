@@ -209,11 +209,12 @@ install_apt_packages() {
 	[[ -n $(mosquitto_bin) ]] || pkgs+=(mosquitto)
 	command -v mosquitto_sub >/dev/null || pkgs+=(mosquitto-clients)
 	command -v javac >/dev/null || pkgs+=(openjdk-17-jdk-headless) # builds the Kafka probe
+	command -v chromium >/dev/null || pkgs+=(chromium)               # the live-location dashboard's browser test
 	if ! python3 -c 'import venv, ensurepip' 2>/dev/null && ! "$PY" -c 'import duckdb, pyarrow, cantools' 2>/dev/null; then
 		pkgs+=(python3-venv)
 	fi
 	if [[ ${#pkgs[@]} -eq 0 ]]; then
-		say "apt: mosquitto, mosquitto-clients, javac present"
+		say "apt: mosquitto, mosquitto-clients, javac, chromium present"
 		return
 	fi
 	say "apt: installing ${pkgs[*]}"

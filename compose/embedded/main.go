@@ -20,6 +20,9 @@ func main() {
 		Summary:   "Runs the whole pipeline in one process: an in-process MQTT broker, Kafka-protocol cluster\nand S3 endpoint, a simulated fleet, the bridge, the Parquet sink and live-location with its\ndashboard. Parquet files land as plain files under --data-dir.",
 	}, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		mqttconn.UseLogger(logger)
+		if cfg.Foreground {
+			defer takeForeground()()
+		}
 		return stack.Run(ctx, cfg, logger, os.Stdout)
 	})
 }

@@ -88,6 +88,14 @@ func (s *Store) Decode(ctx context.Context, data []byte, lim wire.Limits) (*wire
 	return withCatalogs(ctx, s, data, lim, wire.Decode)
 }
 
+// DecodeInto is Decode into b, reusing its capacity (wire.DecodeInto).
+func (s *Store) DecodeInto(ctx context.Context, data []byte, lim wire.Limits, b *wire.Batch) error {
+	_, err := withCatalogs(ctx, s, data, lim, func(data []byte, lim wire.Limits) (struct{}, error) {
+		return struct{}{}, wire.DecodeInto(data, lim, b)
+	})
+	return err
+}
+
 // Check is wire.Check with the store's catalogs, catching up as Decode
 // does.
 func (s *Store) Check(ctx context.Context, data []byte, lim wire.Limits) (wire.Summary, error) {

@@ -36,7 +36,18 @@ type Config struct {
 	// PathStyle addresses buckets as {endpoint}/{bucket}/{key} rather than
 	// {bucket}.{endpoint}/{key}. Needed for MinIO and the embedded endpoint.
 	PathStyle bool `yaml:"path_style"`
+	// SSE asks S3 to encrypt every object the Store writes: "" (the
+	// bucket's default), "AES256" (SSE-S3) or "aws:kms" (SSE-KMS, with
+	// SSEKMSKeyID or the account's default key).
+	SSE         string `yaml:"sse"`
+	SSEKMSKeyID string `yaml:"sse_kms_key_id"`
+	// MaxAttempts is how many times one request is tried (with exponential
+	// backoff and jitter) before its error is returned; 0 means 6.
+	MaxAttempts int `yaml:"max_attempts"`
 }
+
+// DefaultMaxAttempts is the attempts per request when Config.MaxAttempts is 0.
+const DefaultMaxAttempts = 6
 
 // bucketName is S3's rule for new bucket names (3-63 characters of a-z,
 // 0-9, '.' and '-', starting and ending with a letter or digit).
@@ -70,6 +81,17 @@ func (c Config) Validate() error {
 			return fmt.Errorf("--s3-prefix: %q must not start with \"/\" or contain \"//\"", c.Prefix)
 		}
 	}
+	switch c.SSE {
+	case "", "AES256", "aws:kms":
+	default:
+		return fmt.Errorf("--s3-sse: %q: want AES256 (SSE-S3), aws:kms (SSE-KMS) or empty (the bucket's default)", c.SSE)
+	}
+	if c.SSEKMSKeyID != "" && c.SSE != "aws:kms" {
+		return errors.New("--s3-sse-kms-key-id: set only with --s3-sse aws:kms")
+	}
+	if c.MaxAttempts < 0 || c.MaxAttempts > 100 {
+		return fmt.Errorf("--s3-max-attempts: %d is not between 0 (the default, %d) and 100", c.MaxAttempts, DefaultMaxAttempts)
+	}
 	switch {
 	case c.AccessKey != "" && c.SecretKey == "":
 		return errors.New("--s3-secret-key: must be set when --s3-access-key is")
@@ -81,7 +103,8 @@ func (c Config) Validate() error {
 
 // RegisterFlags binds c's fields to flags named {prefix}s3-endpoint,
 // {prefix}s3-region, {prefix}s3-bucket, {prefix}s3-prefix,
-// {prefix}s3-access-key, {prefix}s3-secret-key and {prefix}s3-path-style,
+// {prefix}s3-access-key, {prefix}s3-secret-key, {prefix}s3-path-style,
+// {prefix}s3-sse, {prefix}s3-sse-kms-key-id and {prefix}s3-max-attempts,
 // with c's current values as defaults (DefaultRegion when Region is empty).
 // Pass prefix "" for the usual names, or e.g. "backfill-" for a second store.
 func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
@@ -96,4 +119,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	fs.StringVar(&c.AccessKey, n("access-key"), c.AccessKey, "S3 access key; empty (with an empty secret key) uses the default AWS credential chain")
 	fs.StringVar(&c.SecretKey, n("secret-key"), c.SecretKey, "S3 secret key; prefer setting it through the environment over the command line")
 	fs.BoolVar(&c.PathStyle, n("path-style"), c.PathStyle, "address buckets as ENDPOINT/BUCKET/KEY (MinIO, the embedded endpoint) instead of BUCKET.ENDPOINT/KEY")
+	fs.StringVar(&c.SSE, n("sse"), c.SSE, "server-side encryption of written objects: AES256 (SSE-S3), aws:kms (SSE-KMS) or empty (the bucket's default)")
+	fs.StringVar(&c.SSEKMSKeyID, n("sse-kms-key-id"), c.SSEKMSKeyID, "KMS key ID or ARN for --s3-sse aws:kms; empty uses the account's default S3 key")
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	fs.IntVar(&c.MaxAttempts, n("max-attempts"), c.MaxAttempts, "tries per S3 request, with exponential backoff and jitter, before giving up")
 }

@@ -77,14 +77,14 @@ func TestRegisterFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := objstore.Config{Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Bucket: "fleet", Prefix: "prod", AccessKey: "k", SecretKey: "s", PathStyle: true}
+	want := objstore.Config{Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Bucket: "fleet", Prefix: "prod", AccessKey: "k", SecretKey: "s", PathStyle: true, MaxAttempts: objstore.DefaultMaxAttempts}
 	if live != want {
 		t.Errorf("flags gave %+v, want %+v", live, want)
 	}
-	if want := (objstore.Config{Region: "eu-west-1", Bucket: "archive"}); backfill != want {
+	if want := (objstore.Config{Region: "eu-west-1", Bucket: "archive", MaxAttempts: objstore.DefaultMaxAttempts}); backfill != want {
 		t.Errorf("prefixed flags gave %+v, want %+v", backfill, want)
 	}
-	for _, name := range []string{"s3-endpoint", "s3-region", "s3-bucket", "s3-prefix", "s3-access-key", "s3-secret-key", "s3-path-style"} {
+	for _, name := range []string{"s3-endpoint", "s3-region", "s3-bucket", "s3-prefix", "s3-access-key", "s3-secret-key", "s3-path-style", "s3-sse", "s3-sse-kms-key-id", "s3-max-attempts"} {
 		if f := fs.Lookup(name); f == nil || f.Usage == "" {
 			t.Errorf("flag --%s missing or without help", name)
 		}

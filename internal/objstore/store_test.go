@@ -200,6 +200,119 @@ func exercise(t *testing.T, s *Store) {
 			t.Errorf("put %q succeeded", bad)
 		}
 	}
+	exerciseConditional(t, s)
+	exerciseUpload(t, s)
+	if err := s.CheckWritable(ctx, "_probe/write-check"); err != nil {
+		t.Errorf("CheckWritable: %v", err)
+	}
+	if _, err := s.Get(ctx, "_probe/write-check"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CheckWritable left its probe object: %v", err)
+	}
+}
+
+// exerciseConditional checks that conditional writes are compare-and-swaps:
+// create-only fails on an existing key, replace-this-version fails once
+// another writer replaced it, and neither loser changes the object.
+func exerciseConditional(t *testing.T, s *Store) {
+	ctx := context.Background()
+	key := "_sink/checkpoints/cas.json"
+	e1, err := s.PutBytes(ctx, key, []byte(`{"v":1}`), PutOptions{IfNoneMatch: true, ContentType: "application/json"})
+	if err != nil || e1 == "" {
+		t.Fatalf("create-only put of a new key: etag %q, %v", e1, err)
+	}
+	if _, err := s.PutBytes(ctx, key, []byte(`{"v":"other"}`), PutOptions{IfNoneMatch: true}); !errors.Is(err, ErrPreconditionFailed) {
+		t.Errorf("create-only put of an existing key: %v, want ErrPreconditionFailed", err)
+	}
+	data, etag, err := s.Read(ctx, key)
+	if err != nil || string(data) != `{"v":1}` || etag != e1 {
+		t.Fatalf("read: %q etag %q (put said %q), %v", data, etag, e1, err)
+	}
+	e2, err := s.PutBytes(ctx, key, []byte(`{"v":2}`), PutOptions{IfMatch: e1})
+	if err != nil || e2 == e1 {
+		t.Fatalf("put if-match the current version: etag %q, %v", e2, err)
+	}
+	if _, err := s.PutBytes(ctx, key, []byte(`{"v":"stale"}`), PutOptions{IfMatch: e1}); !errors.Is(err, ErrPreconditionFailed) {
+		t.Errorf("put if-match a replaced version: %v, want ErrPreconditionFailed", err)
+	}
+	if _, err := s.PutBytes(ctx, "_sink/checkpoints/missing.json", []byte(`{}`), PutOptions{IfMatch: e2}); !errors.Is(err, ErrPreconditionFailed) && !errors.Is(err, ErrNotFound) {
+		t.Errorf("put if-match on a missing key: %v, want ErrPreconditionFailed or ErrNotFound", err)
+	}
+	if data, _, _ := s.Read(ctx, key); string(data) != `{"v":2}` {
+		t.Errorf("after the losing writes the object is %q, want the winner's", data)
+	}
+	info, err := s.Head(ctx, key)
+	if err != nil || info.ETag != e2 || info.Size != 7 {
+		t.Errorf("head: %+v, %v", info, err)
+	}
+}
+
+// exerciseUpload streams objects above and below a part, with metadata and
+// create-only completion, and aborts one.
+func exerciseUpload(t *testing.T, s *Store) {
+	ctx := context.Background()
+	big := make([]byte, 2*PartSize+12345)
+	rand.Read(big)
+	for _, tc := range []struct {
+		key  string
+		data []byte
+	}{{"stream/big.parquet", big}, {"stream/exact.parquet", big[:PartSize]}, {"stream/small.parquet", big[:1000]}, {"stream/empty.parquet", nil}} {
+		u, err := s.NewUpload(ctx, tc.key, PutOptions{IfNoneMatch: true, Metadata: map[string]string{"fleet-rows": "42"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Odd-sized writes, as an encoder makes them.
+		for rest := tc.data; len(rest) > 0; {
+			n := min(len(rest), 1<<20+3)
+			if _, err := u.Write(rest[:n]); err != nil {
+				t.Fatalf("%s: write: %v", tc.key, err)
+			}
+			rest = rest[n:]
+		}
+		if u.Size() != int64(len(tc.data)) {
+			t.Errorf("%s: Size %d, want %d", tc.key, u.Size(), len(tc.data))
+		}
+		if _, err := u.Complete(ctx); err != nil {
+			t.Fatalf("%s: complete: %v", tc.key, err)
+		}
+		got, err := s.Get(ctx, tc.key)
+		if err != nil || !bytes.Equal(got, tc.data) {
+			t.Fatalf("%s: got %d bytes back, want %d: %v", tc.key, len(got), len(tc.data), err)
+		}
+		if info, err := s.Head(ctx, tc.key); err != nil || info.Metadata["fleet-rows"] != "42" {
+			t.Errorf("%s: metadata %v, %v", tc.key, info.Metadata, err)
+		}
+		// A second create-only upload to the same key loses, and the object stays.
+		u2, _ := s.NewUpload(ctx, tc.key, PutOptions{IfNoneMatch: true})
+		if _, err := u2.Write(bytes.Repeat([]byte{1}, len(tc.data)+1)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := u2.Complete(ctx); !errors.Is(err, ErrPreconditionFailed) {
+			t.Errorf("%s: second create-only upload: %v, want ErrPreconditionFailed", tc.key, err)
+		}
+		if got, _ := s.Get(ctx, tc.key); !bytes.Equal(got, tc.data) {
+			t.Errorf("%s: the losing upload changed the object", tc.key)
+		}
+	}
+	u, _ := s.NewUpload(ctx, "stream/aborted.parquet", PutOptions{})
+	if _, err := u.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	u.Abort(ctx)
+	if _, err := u.Write([]byte("x")); err == nil {
+		t.Error("write after abort succeeded")
+	}
+	if _, err := s.Get(ctx, "stream/aborted.parquet"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("aborted upload: %v, want nothing at the key", err)
+	}
+}
+
+func TestCheckWritableNamesAMissingBucket(t *testing.T) {
+	url, _ := startLocal(t)
+	s := newStore(t, Config{Endpoint: url, Bucket: "no-such-bucket", AccessKey: "any", SecretKey: "any", PathStyle: true})
+	err := s.CheckWritable(context.Background(), "_probe/x")
+	if err == nil || !strings.Contains(err.Error(), `bucket "no-such-bucket" does not exist`) || !strings.Contains(err.Error(), url) {
+		t.Errorf("CheckWritable on a missing bucket: %v", err)
+	}
 }
 
 func TestURI(t *testing.T) {

@@ -13,7 +13,9 @@
 // ends in ".parquet", so even a {Dir}/**/*.parquet glob matches objects only.
 //
 // Clients must use path-style addressing (http://host:port/bucket/key). Any
-// access key and secret are accepted; signatures are not checked. Multipart
+// access key and secret are accepted; signatures are not checked.
+// Conditional writes (If-None-Match: *, If-Match: ETag) hold on PutObject and
+// CompleteMultipartUpload, as on AWS S3 and MinIO. Multipart
 // uploads are assembled in memory by gofakes3 and written on completion;
 // uploads that are never completed or aborted hold their parts in memory
 // until the Server stops. One Server at a time may use a Dir.
@@ -142,7 +144,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		ln:  ln,
 		url: "http://" + dialable(ln.Addr().(*net.TCPAddr)),
 		srv: &http.Server{
-			Handler:           faker.Server(),
+			Handler:           &conditional{next: faker.Server(), backend: backend},
 			ReadHeaderTimeout: 30 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},

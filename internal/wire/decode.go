@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/proto"
@@ -57,6 +58,15 @@ func Decode(data []byte, lim Limits) (*Batch, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// DecodeInto is Decode into b, reusing the capacity of b's Readings and
+// Fixes: a consumer that decodes batch after batch into one Batch
+// allocates little once warm. Whatever b held is overwritten (on error, b
+// is left in an unspecified state).
+func DecodeInto(data []byte, lim Limits, b *Batch) error {
+	_, err := decode(data, lim, b)
+	return err
 }
 
 // Summary is what Check tells of a valid batch.
@@ -149,7 +159,10 @@ func decode(data []byte, lim Limits, b *Batch) (Summary, error) {
 		lim.MaxReadings = min(lim.MaxReadings, lim.MaxReadingsPerByte*len(data))
 	}
 	if b != nil {
+		rs, fs := b.Readings[:0], b.Fixes[:0]
 		*b = Batch{
+			Readings:      rs,
+			Fixes:         fs,
 			Identity:      sum.Identity,
 			BaseTime:      sum.BaseTime,
 			AgentVersion:  env.GetProducer().GetAgentVersion(),
@@ -259,7 +272,7 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 	}
 	var readings []Reading
 	if b != nil {
-		readings = make([]Reading, 0, total)
+		readings = slices.Grow(b.Readings[:0], total)
 	}
 	emit := func(r Reading) {
 		if b != nil {
@@ -323,7 +336,7 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 	if b != nil {
 		b.Readings = readings
 		if loc := body.GetLocations(); loc != nil {
-			b.Fixes = fixValues(loc, fixTimes)
+			b.Fixes = fixValues(b.Fixes[:0], loc, fixTimes)
 		}
 	}
 	return nil
@@ -636,10 +649,10 @@ func fixColumns(loc *pb.Locations) [6][]int64 {
 }
 
 // fixValues builds the fixes of locations checkFixes accepted.
-func fixValues(loc *pb.Locations, ts []int64) []Fix {
+func fixValues(out []Fix, loc *pb.Locations, ts []int64) []Fix {
 	cols := fixColumns(loc)
 	absent := loc.GetAbsent()
-	out := make([]Fix, len(ts))
+	out = slices.Grow(out[:0], len(ts))[:len(ts)]
 	var acc [6]int64
 	for i := range out {
 		for c := range cols {

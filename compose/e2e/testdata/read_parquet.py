@@ -28,6 +28,9 @@ READINGS = {
     "value_string": "string",
     "epoch": "uint64",
     "seq": "uint64",
+    "batch_index": "int32",
+    "capture_id": "string",
+    "capture_rule": "string",
 }
 LOCATIONS = {
     "vehicle_id": "string",
@@ -40,6 +43,9 @@ LOCATIONS = {
     "accuracy": "double",
     "epoch": "uint64",
     "seq": "uint64",
+    "batch_index": "int32",
+    "capture_id": "string",
+    "capture_rule": "string",
 }
 
 

@@ -60,6 +60,9 @@ type Config struct {
 	Speedup  float64
 	IMUHz    int
 	FileAge  time.Duration
+	MapTiles string
+
+	Foreground bool // main's business: see --foreground
 }
 
 // RegisterFlags declares the stack's flags.
@@ -79,6 +82,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Speedup, "speedup", 1, "simulated seconds per wall-clock second")
 	fs.IntVar(&c.IMUHz, "imu-hz", 10, "simulated accelerometer rate in Hz (0: none)")
 	fs.DurationVar(&c.FileAge, "file-age", 20*time.Second, "how often the sink writes Parquet files")
+	fs.BoolVar(&c.Foreground, "foreground", false, "take the terminal's foreground process group, so that Ctrl-C reaches this program alone (make run sets it: make then exits 0 after a clean stop)")
+	fs.StringVar(&c.MapTiles, "map-tiles", "", "raster tile URL template ({z}, {x}, {y}) for the dashboard's map, if your browser reaches a tile server (empty: a plain canvas)")
 }
 
 // Validate names the first bad field.
@@ -143,6 +148,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	lc := livelocation.DefaultConfig()
 	lc.Kafka.Brokers = brokers
 	lc.Listen = cfg.HTTPAddr
+	lc.MapTiles = cfg.MapTiles
+	// The dashboard's health panel scrapes the other components.
+	lc.HealthTargets = cli.StringList{"edge-agent=http://" + cfg.AgentAdmin + "/metrics",
+		"bridge=http://" + cfg.BridgeAdmin + "/metrics", "parquet-sink=http://" + cfg.SinkAdmin + "/metrics"}
 	live, err := livelocation.New(lc, livelocation.Deps{Logger: logger, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		return err
@@ -157,6 +166,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) er
 	sc.S3 = objstore.Config{Endpoint: s3.URL(), Bucket: cfg.Bucket, AccessKey: "embedded", SecretKey: "embedded", PathStyle: true, Region: objstore.DefaultRegion}
 	sc.Listen = cfg.SinkAdmin
 	sc.MaxFileAge = cfg.FileAge
+	// One process, one clock: a quiet partition is written as soon as its
+	// window is --file-age old, and Ctrl-C writes what the sink holds.
+	sc.QuietMargin = time.Second
+	sc.FlushOnStop = true
+	sc.ShutdownTimeout = 10 * time.Second
 	sinkReg := prometheus.NewRegistry()
 	pq, err := sink.New(ctx, sc, sink.Deps{Logger: logger.With("component", "parquet-sink"), Registerer: sinkReg, Gatherer: sinkReg})
 	if err != nil {

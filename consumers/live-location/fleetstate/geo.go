@@ -10,11 +10,21 @@ const degToRad = math.Pi / 180
 // DistanceM is the great-circle (haversine) distance between two WGS84
 // points, in metres, on a sphere of radius EarthRadiusM.
 func DistanceM(lat1, lon1, lat2, lon2 float64) float64 {
-	φ1, φ2 := lat1*degToRad, lat2*degToRad
-	dφ := (lat2 - lat1) * degToRad
-	dλ := (lon2 - lon1) * degToRad
+	return pointFrom(lat1, lon1).distanceTo(lat2, lon2)
+}
+
+// point is a point distances are measured from, with the cosine of its
+// latitude worked out once (a search measures from it many times).
+type point struct{ lat, lon, cosLat float64 }
+
+func pointFrom(lat, lon float64) point { return point{lat, lon, math.Cos(lat * degToRad)} }
+
+// distanceTo is DistanceM from p, to the last bit.
+func (p point) distanceTo(lat2, lon2 float64) float64 {
+	dφ := (lat2 - p.lat) * degToRad
+	dλ := (lon2 - p.lon) * degToRad
 	s1, s2 := math.Sin(dφ/2), math.Sin(dλ/2)
-	h := s1*s1 + math.Cos(φ1)*math.Cos(φ2)*s2*s2
+	h := s1*s1 + p.cosLat*math.Cos(lat2*degToRad)*s2*s2
 	if h > 1 {
 		h = 1
 	}

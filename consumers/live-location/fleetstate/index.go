@@ -1,45 +1,37 @@
 package fleetstate
 
-import "math"
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+)
 
-// grid is a spatial index of fixed-size latitude/longitude cells. Each cell
-// holds the entries whose position falls in it; a radius query visits only
-// the cells that the circle's bounding box on the sphere overlaps, or, when
-// that box covers more cells than are occupied (huge radii, circles around a
-// pole), every occupied cell — so a query never costs more than
-// min(cells in the box, occupied cells) lookups plus the entries it finds.
-//
-// grid is not safe for concurrent use; Store guards it.
-type grid struct {
+// geometry maps positions to the cells of a fixed latitude/longitude grid
+// whose cells are about cellDeg degrees on a side, adjusted so that a whole
+// number of columns spans 360 degrees of longitude. A cell key is
+// row*cols+col.
+type geometry struct {
 	cellDeg    float64
 	rows, cols int64
-	cells      map[int64]*cell
 }
 
-type cell struct {
-	row, col int64
-	items    []*entry
-}
-
-// newGrid returns a grid of cells about cellDeg degrees on a side, adjusted
-// so that a whole number of cells spans 360 degrees of longitude.
-func newGrid(cellDeg float64) *grid {
+func newGeometry(cellDeg float64) geometry {
 	cols := int64(math.Round(360 / cellDeg))
 	if cols < 1 {
 		cols = 1
 	}
 	cellDeg = 360 / float64(cols)
 	rows := int64(math.Ceil(180 / cellDeg))
-	return &grid{cellDeg: cellDeg, rows: rows, cols: cols, cells: make(map[int64]*cell)}
+	return geometry{cellDeg: cellDeg, rows: rows, cols: cols}
 }
 
-func (g *grid) rowOf(lat float64) int64 {
+func (g geometry) rowOf(lat float64) int64 {
 	r := int64(math.Floor((lat + 90) / g.cellDeg))
 	return min(max(r, 0), g.rows-1)
 }
 
 // colOf maps any longitude, also outside [-180, 180), to its column.
-func (g *grid) colOf(lon float64) int64 {
+func (g geometry) colOf(lon float64) int64 {
 	c := int64(math.Floor((lon + 180) / g.cellDeg))
 	c %= g.cols
 	if c < 0 {
@@ -48,86 +40,191 @@ func (g *grid) colOf(lon float64) int64 {
 	return c
 }
 
-func (g *grid) keyOf(lat, lon float64) int64 { return g.rowOf(lat)*g.cols + g.colOf(lon) }
+func (g geometry) keyOf(lat, lon float64) int64 { return g.rowOf(lat)*g.cols + g.colOf(lon) }
 
-func (g *grid) insert(e *entry) {
-	k := g.keyOf(e.v.Fix.Lat, e.v.Fix.Lon)
-	c := g.cells[k]
-	if c == nil {
-		c = &cell{row: k / g.cols, col: k % g.cols}
-		g.cells[k] = c
-	}
-	e.cell, e.slot, e.indexed = k, len(c.items), true
-	c.items = append(c.items, e)
+// span is the set of cells a circle's bounding box on the sphere overlaps:
+// rows rowMin..rowMax and ncol columns from colMin, wrapping at the
+// antimeridian.
+type span struct {
+	rowMin, rowMax int64
+	colMin, ncol   int64
 }
 
-func (g *grid) remove(e *entry) {
-	if !e.indexed {
-		return
-	}
-	c := g.cells[e.cell]
-	last := c.items[len(c.items)-1]
-	c.items[e.slot] = last
-	last.slot = e.slot
-	c.items[len(c.items)-1] = nil
-	c.items = c.items[:len(c.items)-1]
-	if len(c.items) == 0 {
-		delete(g.cells, e.cell)
-	}
-	e.indexed = false
-}
-
-// moved re-files e after its position changed.
-func (g *grid) moved(e *entry) {
-	if e.indexed && g.keyOf(e.v.Fix.Lat, e.v.Fix.Lon) == e.cell {
-		return
-	}
-	g.remove(e)
-	g.insert(e)
-}
-
-// search calls visit for every entry in a cell that may hold points within
-// radiusM of (lat, lon); visit must check the exact distance itself.
-func (g *grid) search(lat, lon, radiusM float64, visit func(*entry)) {
+// spanOf returns the cells that may hold points within radiusM of (lat,
+// lon). The box is exact on the sphere: the latitude band is the radius
+// itself, and the longitude half-width is asin(sin δ / cos φ), the widest
+// longitude offset a point of the circle reaches; a circle holding a pole
+// (or one that is wider than the globe) spans every column.
+func (g geometry) spanOf(lat, lon, radiusM float64) span {
 	const pad = 1e-6 // degrees; guards the box edges against rounding
 	δ := radiusM / EarthRadiusM
 	dLat := δ/degToRad + pad
 	latMin, latMax := lat-dLat, lat+dLat
-	allLon := latMin <= -90 || latMax >= 90 // the circle holds a pole
+	allLon := latMin <= -90 || latMax >= 90
 	var dLon float64
 	if !allLon {
 		s := math.Sin(δ) / math.Cos(lat*degToRad)
-		if s >= 1 {
+		if s >= 1 || δ >= math.Pi/2 {
 			allLon = true
 		} else {
 			dLon = math.Asin(s)/degToRad + pad
 			allLon = 2*dLon+2*g.cellDeg >= 360
 		}
 	}
-	rowMin, rowMax := g.rowOf(latMin), g.rowOf(latMax)
-	colMin, ncol := int64(0), g.cols
+	sp := span{rowMin: g.rowOf(latMin), rowMax: g.rowOf(latMax), colMin: 0, ncol: g.cols}
 	if !allLon {
-		colMin = g.colOf(lon - dLon)
-		ncol = (g.colOf(lon+dLon)-colMin+g.cols)%g.cols + 1
+		sp.colMin = g.colOf(lon - dLon)
+		sp.ncol = (g.colOf(lon+dLon)-sp.colMin+g.cols)%g.cols + 1
 	}
-	nrow := rowMax - rowMin + 1
-	if float64(nrow)*float64(ncol) > float64(len(g.cells)) {
-		for _, c := range g.cells {
-			if c.row >= rowMin && c.row <= rowMax && (c.col-colMin+g.cols)%g.cols < ncol {
-				for _, e := range c.items {
-					visit(e)
+	return sp
+}
+
+// bboxSpan returns the cells a longitude/latitude box overlaps.
+func (g geometry) bboxSpan(b BBox) span {
+	sp := span{rowMin: g.rowOf(b.MinLat), rowMax: g.rowOf(b.MaxLat)}
+	if b.MinLon <= b.MaxLon && b.MaxLon-b.MinLon+2*g.cellDeg >= 360 || b.MinLon > b.MaxLon && b.MinLon-b.MaxLon <= 2*g.cellDeg {
+		sp.ncol = g.cols
+		return sp
+	}
+	sp.colMin = g.colOf(b.MinLon)
+	sp.ncol = (g.colOf(b.MaxLon)-sp.colMin+g.cols)%g.cols + 1
+	return sp
+}
+
+func (sp span) cells() float64 { return float64(sp.rowMax-sp.rowMin+1) * float64(sp.ncol) }
+
+func (sp span) holds(g geometry, key int64) bool {
+	r, c := key/g.cols, key%g.cols
+	return r >= sp.rowMin && r <= sp.rowMax && (c-sp.colMin+g.cols)%g.cols < sp.ncol
+}
+
+// entry is a vehicle's place in a cell: a copy of its position and fix time,
+// so that a search reads only the cell, and the vehicle itself for the ID
+// and the rest of its state.
+type entry struct {
+	lat, lon float64
+	t        int64 // fix time, Unix ns
+	v        *vrec
+}
+
+type cell struct{ items []entry }
+
+// nStripes is the number of locks a class index is split into. Cells are
+// spread over the stripes by a hash of their key, so that neighbouring
+// cells (which one query visits together, and one moving vehicle touches
+// together) rarely share a lock.
+const nStripes = 64
+
+type stripe struct {
+	mu    sync.RWMutex
+	cells map[int64]*cell
+	_     [64 - 8 - 24]byte // keep stripes on separate cache lines
+}
+
+// classIndex is the spatial index of one class of vehicles (one status, or
+// the stale ones): a hash of occupied grid cells, split into stripes each
+// with its own lock. A search read-locks one stripe at a time, for one
+// cell; an update write-locks the stripes of the cells it leaves and enters.
+// No lock covers the whole index.
+type classIndex struct {
+	stripes  [nStripes]stripe
+	occupied atomic.Int64 // cells with at least one entry
+	count    atomic.Int64 // entries
+}
+
+func newClassIndex() *classIndex {
+	ci := &classIndex{}
+	for i := range ci.stripes {
+		ci.stripes[i].cells = make(map[int64]*cell)
+	}
+	return ci
+}
+
+func stripeOf(key int64) int {
+	return int((uint64(key) * 0x9E3779B97F4A7C15) >> (64 - 6)) // nStripes = 1<<6
+}
+
+// insert files v at (lat, lon, t) in the cell key; the stripe of key must be
+// write-locked. It sets v.slot.
+func (ci *classIndex) insertLocked(st *stripe, key int64, lat, lon float64, t int64, v *vrec) {
+	c := st.cells[key]
+	if c == nil {
+		c = &cell{}
+		st.cells[key] = c
+		ci.occupied.Add(1)
+	}
+	v.slot = int32(len(c.items))
+	c.items = append(c.items, entry{lat: lat, lon: lon, t: t, v: v})
+	ci.count.Add(1)
+}
+
+// removeLocked takes v out of cell key; the stripe of key must be
+// write-locked.
+func (ci *classIndex) removeLocked(st *stripe, key int64, v *vrec) {
+	c := st.cells[key]
+	last := len(c.items) - 1
+	if int(v.slot) != last {
+		c.items[v.slot] = c.items[last]
+		c.items[v.slot].v.slot = v.slot
+	}
+	c.items[last] = entry{}
+	c.items = c.items[:last]
+	if last == 0 {
+		delete(st.cells, key)
+		ci.occupied.Add(-1)
+	} else if cap(c.items) > 32 && len(c.items) < cap(c.items)/4 {
+		c.items = append([]entry(nil), c.items...) // give back what a crowd left
+	}
+	ci.count.Add(-1)
+}
+
+// visit calls fn for every entry in the cells of sp, one cell at a time
+// with that cell's stripe read-locked: fn must be quick and must not call
+// the store. When the span has more cells than the index has occupied
+// cells (huge radii, circles around a pole), it walks the occupied cells
+// instead, so a search never costs more than min(cells in the span,
+// occupied cells) lookups plus the entries it visits.
+func (ci *classIndex) visit(g geometry, sp span, fn func(*entry)) {
+	if ci.count.Load() == 0 {
+		return
+	}
+	if sp.cells() > float64(ci.occupied.Load()) {
+		for i := range ci.stripes {
+			st := &ci.stripes[i]
+			st.mu.RLock()
+			for key, c := range st.cells {
+				if sp.holds(g, key) {
+					for j := range c.items {
+						fn(&c.items[j])
+					}
 				}
 			}
+			st.mu.RUnlock()
 		}
 		return
 	}
-	for r := rowMin; r <= rowMax; r++ {
-		for i := int64(0); i < ncol; i++ {
-			if c := g.cells[r*g.cols+(colMin+i)%g.cols]; c != nil {
-				for _, e := range c.items {
-					visit(e)
+	for r := sp.rowMin; r <= sp.rowMax; r++ {
+		for i := int64(0); i < sp.ncol; i++ {
+			key := r*g.cols + (sp.colMin+i)%g.cols
+			st := &ci.stripes[stripeOf(key)]
+			st.mu.RLock()
+			if c := st.cells[key]; c != nil {
+				for j := range c.items {
+					fn(&c.items[j])
 				}
 			}
+			st.mu.RUnlock()
 		}
 	}
+}
+
+// cellLen returns how many entries the cell key holds.
+func (ci *classIndex) cellLen(key int64) int {
+	st := &ci.stripes[stripeOf(key)]
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if c := st.cells[key]; c != nil {
+		return len(c.items)
+	}
+	return 0
 }

@@ -54,10 +54,14 @@ func ids(ns []Neighbor) []string {
 }
 
 func fill(s *Store, pts [][2]float64) []Vehicle {
+	var vs []Vehicle
 	for i, p := range pts {
-		s.ApplyBatch(batch(fmt.Sprintf("v%05d", i), 1, []wire.Fix{{Time: at(0), Lat: p[0], Lon: p[1]}}))
+		id := fmt.Sprintf("v%05d", i)
+		s.ApplyBatch(batch(id, 1, []wire.Fix{{Time: at(0), Lat: p[0], Lon: p[1]}}))
+		v, _ := s.Get(id)
+		vs = append(vs, v)
 	}
-	return s.All(nil)
+	return vs
 }
 
 func TestNearbyMatchesBruteForce(t *testing.T) {

@@ -1,7 +1,8 @@
 // Package fleetstate holds the live state of the fleet: for every vehicle
-// its latest location fix and latest status, a grid index over the
-// positions for nearest-vehicle queries, and subscriptions that deliver
-// changes to the HTTP stream and the location publisher.
+// its latest location fix and latest status, a spatial index over the
+// positions for nearest-vehicle and box queries, per-status counts, a
+// bounded record of recent tracks and signals, and subscriptions that
+// deliver changes to the HTTP streams.
 //
 // Live state never goes backwards: a fix is applied only when it is newer
 // than the vehicle's known fix, and a status only when its reading is newer
@@ -11,13 +12,28 @@
 // further in the future than Options.MaxClockSkew are refused, so one bad
 // clock cannot freeze a vehicle's state.
 //
-// A Store is safe for concurrent use.
+// # Design
+//
+// Chosen by benchmark at one million vehicles (see the README): vehicles
+// live in 256 shards by a hash of their ID, each with its own lock; the
+// spatial index is a latitude/longitude grid kept per class (one class per
+// status, one for stale vehicles), each class split into 64 lock stripes by
+// cell. An update locks its vehicle's shard and, briefly, the one or two
+// stripes of the cells it leaves and enters; a query read-locks one stripe
+// at a time, for one cell. Nothing locks the whole store, so updates never
+// wait for a query and a query never waits for more than one cell's update.
+// A k-nearest query searches a growing radius (exact: every cell the
+// circle's box on the sphere overlaps), so it reads only the cells near
+// the answer.
+//
+// A Store is safe for concurrent use. A query sees each vehicle as of some
+// moment during the query (it is not a snapshot of the whole fleet).
 package fleetstate
 
 import (
-	"container/heap"
-	"sort"
+	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -56,6 +72,9 @@ func (v Vehicle) Stale(now time.Time, after time.Duration) bool {
 	return !v.HasFix || v.Fix.Time < now.Add(-after).UnixNano()
 }
 
+// LastHeard is the car time of the vehicle's newest fix or status.
+func (v Vehicle) LastHeard() int64 { return max(v.Fix.Time, v.StatusTime) }
+
 // Origin says where a change came from.
 type Origin uint8
 
@@ -63,31 +82,44 @@ type Origin uint8
 const (
 	FromTelemetry Origin = iota + 1 // a telemetry batch
 	FromSnapshot                    // a position read back from the location topic
+	FromEviction                    // the vehicle was evicted (Removed is set)
 )
 
 // Change is one update of a vehicle's state, as subscriptions see it.
 type Change struct {
-	Old    Vehicle // the state before; zero when IsNew
-	New    Vehicle // the state after
-	IsNew  bool    // the vehicle was unknown before
-	Origin Origin
+	Old     Vehicle // the state before; zero when IsNew
+	New     Vehicle // the state after; for Removed, the last state
+	IsNew   bool    // the vehicle was unknown before
+	Removed bool    // the vehicle was evicted or tombstoned
+	Origin  Origin
 }
 
 // Options tune a Store. Zero fields take the defaults.
 type Options struct {
-	StatusSignal string        // string signal holding the status; default "status"
-	StaleAfter   time.Duration // vehicles without a newer fix drop out of Nearby; default 2m
-	MaxClockSkew time.Duration // fixes and statuses later than now+this are refused; default 5m
-	CellDeg      float64       // grid cell size in degrees; default 0.01 (about 1.1 km)
-	Now          func() time.Time
+	StatusSignal  string        // string signal holding the status; default "status"
+	StaleAfter    time.Duration // vehicles without a newer fix drop out of Nearby; default 2m
+	TTL           time.Duration // Sweep evicts vehicles not heard from for this long; default 1h, at least StaleAfter
+	MaxClockSkew  time.Duration // fixes and statuses later than now+this are refused; default 5m
+	CellDeg       float64       // grid cell size in degrees; default 0.0025 (about 280 m)
+	MaxStatuses   int           // distinct status values kept; default 1024 (more are refused as invalid)
+	TrackVehicles int           // vehicles whose recent track and signals are kept; default 10000
+	TrackPoints   int           // points kept per track; default 120
+	// Publish makes the store queue the vehicles that telemetry changed, for
+	// TakeChanged (the location publisher).
+	Publish bool
+	Now     func() time.Time
 }
 
 // Defaults of Options.
 const (
-	DefaultStatusSignal = "status"
-	DefaultStaleAfter   = 2 * time.Minute
-	DefaultMaxClockSkew = 5 * time.Minute
-	DefaultCellDeg      = 0.01
+	DefaultStatusSignal  = "status"
+	DefaultStaleAfter    = 2 * time.Minute
+	DefaultTTL           = time.Hour
+	DefaultMaxClockSkew  = 5 * time.Minute
+	DefaultCellDeg       = 0.0025
+	DefaultMaxStatuses   = 1024
+	DefaultTrackVehicles = 10_000
+	DefaultTrackPoints   = 120
 )
 
 func (o Options) withDefaults() Options {
@@ -97,11 +129,27 @@ func (o Options) withDefaults() Options {
 	if o.StaleAfter <= 0 {
 		o.StaleAfter = DefaultStaleAfter
 	}
+	if o.TTL <= 0 {
+		o.TTL = DefaultTTL
+	}
+	o.TTL = max(o.TTL, o.StaleAfter)
 	if o.MaxClockSkew <= 0 {
 		o.MaxClockSkew = DefaultMaxClockSkew
 	}
 	if !(o.CellDeg > 0 && o.CellDeg <= 90) {
 		o.CellDeg = DefaultCellDeg
+	}
+	if o.MaxStatuses <= 0 {
+		o.MaxStatuses = DefaultMaxStatuses
+	}
+	o.MaxStatuses = min(o.MaxStatuses, 1<<15)
+	if o.TrackVehicles < 0 {
+		o.TrackVehicles = 0
+	} else if o.TrackVehicles == 0 {
+		o.TrackVehicles = DefaultTrackVehicles
+	}
+	if o.TrackPoints <= 0 {
+		o.TrackPoints = DefaultTrackPoints
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -116,7 +164,7 @@ type Result struct {
 	FixesInvalid  int  // fixes with coordinates out of range or times too far ahead
 	StatusApplied int  // 0 or 1
 	StatusStale   int  // status readings not newer than the known status
-	StatusInvalid int  // status readings that are not strings or too far ahead
+	StatusInvalid int  // status readings that are not strings, too far ahead, or one status too many
 	Changed       bool // the vehicle's state changed
 }
 
@@ -128,43 +176,74 @@ type Position struct {
 	Epoch, Seq uint64
 }
 
-type entry struct {
-	v       Vehicle
-	cell    int64 // grid cell key, when indexed
-	slot    int   // index in the cell's items, when indexed
-	indexed bool
+// nShards is the number of vehicle shards, each with its own lock and map.
+const nShards = 256
+
+type vshard struct {
+	mu      sync.RWMutex
+	m       map[string]*vrec
+	dirty   []*vrec // changed by telemetry since TakeChanged, when Options.Publish
+	changes atomic.Uint64
+	_       [64 - 24 - 8 - 24 - 8]byte
 }
 
 // Store is the live fleet state. The zero value is not usable; call New.
 type Store struct {
-	opts Options
+	opts   Options
+	geo    geometry
+	seed   maphash.Seed
+	shards [nShards]vshard
 
-	mu       sync.RWMutex
-	vehicles map[string]*entry
-	grid     *grid
-	subs     map[*Subscription]struct{}
+	statuses statusTable
+	tracks   trackStore
+
+	subsMu sync.Mutex
+	subs   atomic.Pointer[[]*Subscription]
+
+	vehicles atomic.Int64
 }
 
 // New returns an empty store.
 func New(opts Options) *Store {
 	opts = opts.withDefaults()
-	return &Store{
-		opts:     opts,
-		vehicles: make(map[string]*entry),
-		grid:     newGrid(opts.CellDeg),
-		subs:     make(map[*Subscription]struct{}),
+	s := &Store{opts: opts, geo: newGeometry(opts.CellDeg), seed: maphash.MakeSeed()}
+	for i := range s.shards {
+		s.shards[i].m = make(map[string]*vrec)
 	}
+	s.statuses.init(opts.MaxStatuses)
+	s.tracks.init(opts.TrackVehicles, opts.TrackPoints)
+	return s
 }
 
 // Options returns the store's options, defaults filled in.
 func (s *Store) Options() Options { return s.opts }
 
+func (s *Store) shardIndex(id string) uint8 { return uint8(maphash.String(s.seed, id) % nShards) }
+
+func (s *Store) shardOf(id string) *vshard { return &s.shards[s.shardIndex(id)] }
+
+// lockVehicle write-locks id's shard and returns its record, or a new one
+// (not yet in the shard's map) when the vehicle is unknown.
+func (s *Store) lockVehicle(id string) (*vshard, *vrec, bool) {
+	si := s.shardIndex(id)
+	sh := &s.shards[si]
+	sh.mu.Lock()
+	r, known := sh.m[id]
+	if !known {
+		r = &vrec{id: id, class: notIndexed, shard: si}
+	}
+	return sh, r, known
+}
+
 // ApplyBatch folds a decoded telemetry batch into the vehicle's state: the
 // batch's newest valid fix if it is newer than the known one, and its newest
-// status reading if newer than the known status.
+// status reading if newer than the known status. The batch's fixes and
+// readings also feed the vehicle's recent track and latest signals when
+// those are kept (see Track).
 func (s *Store) ApplyBatch(b *wire.Batch) Result {
 	var res Result
-	limit := s.opts.Now().Add(s.opts.MaxClockSkew).UnixNano()
+	now := s.opts.Now()
+	limit := now.Add(s.opts.MaxClockSkew).UnixNano()
 
 	var fix *wire.Fix
 	for i := range b.Fixes {
@@ -191,34 +270,38 @@ func (s *Store) ApplyBatch(b *wire.Batch) Result {
 			st = r
 		}
 	}
+	var status uint16
+	if st != nil {
+		var ok bool
+		if status, ok = s.statuses.intern(st.Value.Str); !ok {
+			res.StatusInvalid++
+			st = nil
+		}
+	}
 	if fix == nil && st == nil {
 		return res
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, known := s.vehicles[b.VehicleID]
-	next := Vehicle{ID: b.VehicleID}
-	if known {
-		next = e.v
-	}
+	sh, r, known := s.lockVehicle(b.VehicleID)
+	defer sh.mu.Unlock()
+	ch := s.begin(r, !known)
 	if fix != nil {
 		for i := range b.Fixes {
 			f := &b.Fixes[i]
-			if next.HasFix && f.Time <= next.Fix.Time && ValidLatLon(f.Lat, f.Lon) && f.Time <= limit {
+			if r.hasFix && f.Time <= r.fix.Time && ValidLatLon(f.Lat, f.Lon) && f.Time <= limit {
 				res.FixesStale++
 			}
 		}
-		if !next.HasFix || fix.Time > next.Fix.Time {
-			next.HasFix = true
-			next.Fix = Fix{Time: fix.Time, Lat: fix.Lat, Lon: fix.Lon, Alt: fix.Alt, Speed: fix.Speed, Heading: fix.Heading, Accuracy: fix.Accuracy}
-			next.Epoch, next.Seq = b.Epoch, b.Seq
+		if !r.hasFix || fix.Time > r.fix.Time {
+			r.hasFix = true
+			r.fix = Fix{Time: fix.Time, Lat: fix.Lat, Lon: fix.Lon, Alt: fix.Alt, Speed: fix.Speed, Heading: fix.Heading, Accuracy: fix.Accuracy}
+			r.epoch, r.seq = b.Epoch, b.Seq
 			res.FixesApplied = 1
 		}
 	}
 	if st != nil {
-		if next.StatusTime == 0 || st.Time > next.StatusTime {
-			next.Status, next.StatusTime = st.Value.Str, st.Time
+		if r.statusTime == 0 || st.Time > r.statusTime {
+			r.status, r.statusTime = status, st.Time
 			res.StatusApplied = 1
 		} else {
 			res.StatusStale++
@@ -226,7 +309,14 @@ func (s *Store) ApplyBatch(b *wire.Batch) Result {
 	}
 	res.Changed = res.FixesApplied+res.StatusApplied > 0
 	if res.Changed {
-		s.commit(e, next, FromTelemetry)
+		if !known {
+			sh.m[r.id] = r
+			s.vehicles.Add(1)
+		}
+		s.commit(sh, r, ch, FromTelemetry, now)
+	}
+	if known || res.Changed {
+		s.tracks.record(r, b, limit)
 	}
 	return res
 }
@@ -236,27 +326,33 @@ func (s *Store) ApplyBatch(b *wire.Batch) Result {
 // is taken to be as old as its fix.
 func (s *Store) ApplyPosition(p Position) Result {
 	var res Result
-	limit := s.opts.Now().Add(s.opts.MaxClockSkew).UnixNano()
+	now := s.opts.Now()
+	limit := now.Add(s.opts.MaxClockSkew).UnixNano()
 	if !wire.ValidVehicleID(p.ID) || !ValidLatLon(p.Fix.Lat, p.Fix.Lon) || p.Fix.Time > limit {
 		res.FixesInvalid = 1
 		return res
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, known := s.vehicles[p.ID]
-	next := Vehicle{ID: p.ID}
-	if known {
-		next = e.v
+	var status uint16
+	hasStatus := p.Status != ""
+	if hasStatus {
+		var ok bool
+		if status, ok = s.statuses.intern(p.Status); !ok {
+			res.StatusInvalid = 1
+			hasStatus = false
+		}
 	}
-	if !next.HasFix || p.Fix.Time > next.Fix.Time {
-		next.HasFix, next.Fix, next.Epoch, next.Seq = true, p.Fix, p.Epoch, p.Seq
+	sh, r, known := s.lockVehicle(p.ID)
+	defer sh.mu.Unlock()
+	ch := s.begin(r, !known)
+	if !r.hasFix || p.Fix.Time > r.fix.Time {
+		r.hasFix, r.fix, r.epoch, r.seq = true, p.Fix, p.Epoch, p.Seq
 		res.FixesApplied = 1
 	} else {
 		res.FixesStale = 1
 	}
-	if p.Status != "" {
-		if next.StatusTime == 0 || p.Fix.Time > next.StatusTime {
-			next.Status, next.StatusTime = p.Status, p.Fix.Time
+	if hasStatus {
+		if r.statusTime == 0 || p.Fix.Time > r.statusTime {
+			r.status, r.statusTime = status, p.Fix.Time
 			res.StatusApplied = 1
 		} else {
 			res.StatusStale = 1
@@ -264,150 +360,64 @@ func (s *Store) ApplyPosition(p Position) Result {
 	}
 	res.Changed = res.FixesApplied+res.StatusApplied > 0
 	if res.Changed {
-		s.commit(e, next, FromSnapshot)
+		if !known {
+			sh.m[r.id] = r
+			s.vehicles.Add(1)
+		}
+		s.commit(sh, r, ch, FromSnapshot, now)
 	}
 	return res
 }
 
-// commit stores next (e is nil for a new vehicle), re-indexes it and tells
-// the subscribers. s.mu must be held for writing.
-func (s *Store) commit(e *entry, next Vehicle, origin Origin) {
-	ch := Change{New: next, Origin: origin}
-	if e == nil {
-		e = &entry{}
-		s.vehicles[next.ID] = e
-		ch.IsNew = true
-	} else {
-		ch.Old = e.v
+// Forget removes a vehicle that another replica tombstoned in the location
+// topic, unless this store has heard from it within StaleAfter (then the
+// tombstone is older than what the store knows). It reports whether the
+// vehicle was removed.
+func (s *Store) Forget(id string) bool {
+	sh := s.shardOf(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r, ok := sh.m[id]
+	if !ok || r.lastHeard() >= s.opts.Now().Add(-s.opts.StaleAfter).UnixNano() {
+		return false
 	}
-	e.v = next
-	if next.HasFix {
-		s.grid.moved(e)
-	}
-	for sub := range s.subs {
-		sub.offer(ch)
-	}
+	s.removeLocked(sh, r)
+	return true
 }
 
 // Get returns a vehicle's state.
 func (s *Store) Get(id string) (Vehicle, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	e, ok := s.vehicles[id]
+	sh := s.shardOf(id)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	r, ok := sh.m[id]
 	if !ok {
 		return Vehicle{}, false
 	}
-	return e.v, true
+	return r.vehicle(&s.statuses), true
+}
+
+// Changes returns how many changes the store has applied since New.
+func (s *Store) Changes() uint64 {
+	var n uint64
+	for i := range s.shards {
+		n += s.shards[i].changes.Load()
+	}
+	return n
 }
 
 // Len returns the number of vehicles known.
-func (s *Store) Len() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.vehicles)
+func (s *Store) Len() int { return int(s.vehicles.Load()) }
+
+// StatusCount is how many vehicles have one status.
+type StatusCount struct {
+	Status string // "" for vehicles that sent no status yet
+	Fresh  int    // with a fix newer than StaleAfter
+	Stale  int    // the others (no fix, or an older one), as of the last Sweep or update
 }
 
-// All returns the vehicles for which keep returns true (all of them when
-// keep is nil), ordered by ID.
-func (s *Store) All(keep func(Vehicle) bool) []Vehicle {
-	s.mu.RLock()
-	out := make([]Vehicle, 0, len(s.vehicles))
-	for _, e := range s.vehicles {
-		if keep == nil || keep(e.v) {
-			out = append(out, e.v)
-		}
-	}
-	s.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
-}
-
-// Query asks for the vehicles nearest a point.
-type Query struct {
-	Lat, Lon float64
-	RadiusM  float64  // only vehicles within this great-circle distance
-	Limit    int      // at most this many; <= 0 means no limit
-	Statuses []string // only vehicles with one of these statuses; empty: any
-}
-
-// Neighbor is a vehicle found by Nearby and its distance from the query
-// point.
-type Neighbor struct {
-	Vehicle
-	DistanceM float64
-}
-
-// Nearby returns the fresh vehicles within q.RadiusM of the query point,
-// nearest first (ties by ID). Vehicles whose newest fix is older than
-// Options.StaleAfter are left out.
-func (s *Store) Nearby(q Query) []Neighbor {
-	fresh := s.opts.Now().Add(-s.opts.StaleAfter).UnixNano()
-	h := &neighborHeap{limit: q.Limit}
-	s.mu.RLock()
-	s.grid.search(q.Lat, q.Lon, q.RadiusM, func(e *entry) {
-		v := &e.v
-		if v.Fix.Time < fresh || !statusIn(v.Status, q.Statuses) {
-			return
-		}
-		d := DistanceM(q.Lat, q.Lon, v.Fix.Lat, v.Fix.Lon)
-		if d > q.RadiusM {
-			return
-		}
-		h.offer(Neighbor{Vehicle: *v, DistanceM: d})
-	})
-	s.mu.RUnlock()
-	out := h.items
-	sort.Slice(out, func(i, j int) bool { return nearer(out[i], out[j]) })
-	return out
-}
-
-func statusIn(st string, want []string) bool {
-	if len(want) == 0 {
-		return true
-	}
-	for _, w := range want {
-		if st == w {
-			return true
-		}
-	}
-	return false
-}
-
-func nearer(a, b Neighbor) bool {
-	if a.DistanceM != b.DistanceM {
-		return a.DistanceM < b.DistanceM
-	}
-	return a.ID < b.ID
-}
-
-// neighborHeap keeps the limit nearest neighbours offered: a max-heap whose
-// root is the farthest kept.
-type neighborHeap struct {
-	limit int
-	items []Neighbor
-}
-
-func (h *neighborHeap) offer(n Neighbor) {
-	if h.limit <= 0 || len(h.items) < h.limit {
-		if h.limit <= 0 {
-			h.items = append(h.items, n)
-			return
-		}
-		heap.Push(h, n)
-		return
-	}
-	if nearer(n, h.items[0]) {
-		h.items[0] = n
-		heap.Fix(h, 0)
-	}
-}
-
-func (h *neighborHeap) Len() int           { return len(h.items) }
-func (h *neighborHeap) Less(i, j int) bool { return nearer(h.items[j], h.items[i]) }
-func (h *neighborHeap) Swap(i, j int)      { h.items[i], h.items[j] = h.items[j], h.items[i] }
-func (h *neighborHeap) Push(x any)         { h.items = append(h.items, x.(Neighbor)) }
-func (h *neighborHeap) Pop() any {
-	n := h.items[len(h.items)-1]
-	h.items = h.items[:len(h.items)-1]
-	return n
+// Counts returns the vehicles by status, in the order statuses were first
+// seen; statuses without vehicles are left out.
+func (s *Store) Counts() []StatusCount {
+	return s.statuses.counts()
 }

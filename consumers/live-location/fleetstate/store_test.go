@@ -184,11 +184,12 @@ func TestNearbyFiltersAndLimits(t *testing.T) {
 func TestSubscription(t *testing.T) {
 	s := newTestStore(newClock(t0))
 	s.ApplyBatch(batch("a", 1, []wire.Fix{fix(0, 1, 1)}))
-	inBox := func(v Vehicle) bool { return v.HasFix && BBox{0, 0, 2, 2}.Contains(v.Fix.Lat, v.Fix.Lon) }
-	sub, snap := s.Subscribe(func(c Change) bool { return inBox(c.New) || !c.IsNew && inBox(c.Old) }, inBox)
+	box := BBox{0, 0, 2, 2}
+	inBox := func(v Vehicle) bool { return v.HasFix && box.Contains(v.Fix.Lat, v.Fix.Lon) }
+	sub := s.Subscribe(func(c Change) bool { return inBox(c.New) || !c.IsNew && inBox(c.Old) })
 	defer sub.Close()
-	if len(snap) != 1 || snap[0].ID != "a" {
-		t.Fatalf("snapshot = %+v", snap)
+	if snap, n := s.InBox(box, nil, true, 0); n != 1 || len(snap) != 1 || snap[0].ID != "a" {
+		t.Fatalf("snapshot = %+v (%d)", snap, n)
 	}
 	select {
 	case <-sub.Ready():
@@ -201,7 +202,7 @@ func TestSubscription(t *testing.T) {
 	s.ApplyBatch(batch("a", 2, []wire.Fix{fix(1*time.Second, 1.1, 1)})) // stale: no change
 	<-sub.Ready()
 	got := sub.Take()
-	if len(got) != 1 || got[0].ID != "a" || got[0].Fix.Lat != 1.2 {
+	if len(got) != 1 || got[0].ID != "a" || got[0].Fix.Lat != 1.2 || got[0].Removed {
 		t.Fatalf("take = %+v", got)
 	}
 	if sub.Take() != nil {

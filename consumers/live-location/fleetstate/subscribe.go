@@ -1,6 +1,7 @@
 package fleetstate
 
 import (
+	"slices"
 	"sort"
 	"sync"
 )
@@ -8,41 +9,61 @@ import (
 // Subscription receives a store's changes. Changes to the same vehicle
 // coalesce until taken: a subscriber that falls behind gets each vehicle's
 // latest state rather than every intermediate one, so a slow reader never
-// blocks the store and never needs more memory than one state per vehicle.
+// blocks the store. It holds at most MaxPending vehicles: past that it
+// overflows (see Overflowed) and takes no more changes.
 //
 // A Subscription is safe for concurrent use.
 type Subscription struct {
 	store  *Store
 	filter func(Change) bool
 
-	mu      sync.Mutex
-	pending map[string]Vehicle
-	ready   chan struct{}
+	mu         sync.Mutex
+	pending    map[string]Update
+	overflowed bool
+	closed     bool
+	ready      chan struct{}
 }
 
+// Update is a change as a subscription delivers it: the vehicle's latest
+// state, or its removal.
+type Update struct {
+	Vehicle
+	Removed bool
+}
+
+// MaxPending is how many vehicles' changes a subscription holds untaken
+// before it overflows.
+const MaxPending = 50_000
+
 // Subscribe returns a subscription to the changes for which filter returns
-// true (every change when filter is nil). filter runs with the store locked:
-// it must be quick and must not call the store.
+// true (every change when filter is nil). filter runs with the changed
+// vehicle's shard locked: it must be quick and must not call the store.
 //
-// When snapshot is not nil, Subscribe also returns, ordered by ID, the
-// current vehicles for which snapshot returns true, taken atomically with
-// the subscription: no change falls between the snapshot and the first
-// change delivered.
-func (s *Store) Subscribe(filter func(Change) bool, snapshot func(Vehicle) bool) (*Subscription, []Vehicle) {
-	sub := &Subscription{store: s, filter: filter, pending: make(map[string]Vehicle), ready: make(chan struct{}, 1)}
-	s.mu.Lock()
-	s.subs[sub] = struct{}{}
-	var snap []Vehicle
-	if snapshot != nil {
-		for _, e := range s.vehicles {
-			if snapshot(e.v) {
-				snap = append(snap, e.v)
-			}
-		}
+// A snapshot taken after Subscribe returns (InBox, Get) together with the
+// changes delivered after it gives every vehicle's latest state: a change
+// racing the snapshot is delivered (again).
+func (s *Store) Subscribe(filter func(Change) bool) *Subscription {
+	sub := &Subscription{store: s, filter: filter, pending: make(map[string]Update), ready: make(chan struct{}, 1)}
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	var next []*Subscription
+	if cur := s.subs.Load(); cur != nil {
+		next = append(next, *cur...)
 	}
-	s.mu.Unlock()
-	sort.Slice(snap, func(i, j int) bool { return snap[i].ID < snap[j].ID })
-	return sub, snap
+	next = append(next, sub)
+	s.subs.Store(&next)
+	return sub
+}
+
+func (s *Store) hasSubscribers() bool {
+	cur := s.subs.Load()
+	return cur != nil && len(*cur) > 0
+}
+
+func (s *Store) offer(c Change) {
+	for _, sub := range *s.subs.Load() {
+		sub.offer(c)
+	}
 }
 
 func (sub *Subscription) offer(c Change) {
@@ -50,7 +71,16 @@ func (sub *Subscription) offer(c Change) {
 		return
 	}
 	sub.mu.Lock()
-	sub.pending[c.New.ID] = c.New
+	if sub.overflowed || sub.closed {
+		sub.mu.Unlock()
+		return
+	}
+	if _, ok := sub.pending[c.New.ID]; !ok && len(sub.pending) >= MaxPending {
+		sub.overflowed = true
+		clear(sub.pending)
+	} else {
+		sub.pending[c.New.ID] = Update{Vehicle: c.New, Removed: c.Removed}
+	}
 	sub.mu.Unlock()
 	select {
 	case sub.ready <- struct{}{}:
@@ -61,21 +91,32 @@ func (sub *Subscription) offer(c Change) {
 // Ready receives a value when changes are waiting to be taken.
 func (sub *Subscription) Ready() <-chan struct{} { return sub.ready }
 
+// Overflowed reports whether the subscriber fell more than MaxPending
+// vehicles behind; it then gets no more changes and should start over.
+func (sub *Subscription) Overflowed() bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.overflowed
+}
+
 // Take returns the vehicles changed since the last Take, each in its latest
-// state, oldest update first; nil when nothing changed.
-func (sub *Subscription) Take() []Vehicle {
+// state, oldest update first (removals last); nil when nothing changed.
+func (sub *Subscription) Take() []Update {
 	sub.mu.Lock()
 	if len(sub.pending) == 0 {
 		sub.mu.Unlock()
 		return nil
 	}
-	out := make([]Vehicle, 0, len(sub.pending))
-	for _, v := range sub.pending {
-		out = append(out, v)
+	out := make([]Update, 0, len(sub.pending))
+	for _, u := range sub.pending {
+		out = append(out, u)
 	}
 	clear(sub.pending)
 	sub.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {
+		if out[i].Removed != out[j].Removed {
+			return out[j].Removed
+		}
 		if out[i].Fix.Time != out[j].Fix.Time {
 			return out[i].Fix.Time < out[j].Fix.Time
 		}
@@ -86,14 +127,26 @@ func (sub *Subscription) Take() []Vehicle {
 
 // Close ends the subscription; no change is delivered after it returns.
 func (sub *Subscription) Close() {
-	sub.store.mu.Lock()
-	delete(sub.store.subs, sub)
-	sub.store.mu.Unlock()
+	sub.mu.Lock()
+	sub.closed = true
+	clear(sub.pending)
+	sub.mu.Unlock()
+	s := sub.store
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	cur := s.subs.Load()
+	if cur == nil {
+		return
+	}
+	next := slices.DeleteFunc(slices.Clone(*cur), func(x *Subscription) bool { return x == sub })
+	s.subs.Store(&next)
 }
 
 // Subscribers returns the number of open subscriptions.
 func (s *Store) Subscribers() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.subs)
+	cur := s.subs.Load()
+	if cur == nil {
+		return 0
+	}
+	return len(*cur)
 }

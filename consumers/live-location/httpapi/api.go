@@ -3,33 +3,33 @@
 //
 //	GET /v1/vehicles/nearby?lat=&lon=&radius_m=&limit=&status=  nearest fresh vehicles first
 //	GET /v1/vehicles/{id}                                        one vehicle's state, 404 if unknown
-//	GET /v1/vehicles?bbox=&status=                               every known vehicle (the dashboard's first paint)
-//	GET /v1/vehicles/stream?bbox=&snapshot=                      Server-Sent Events of changes
+//	GET /v1/vehicles/{id}/track                                  its state, recent track and latest signals
+//	GET /v1/vehicles?bbox=&status=&stale=&limit=                 the vehicles in a box (at most limit)
+//	GET /v1/clusters?bbox=&bins=                                 vehicle counts per bin of a box
+//	GET /v1/stats                                                vehicles by status, update rate
+//	GET /v1/health                                               the pipeline's health, from its services' metrics
+//	GET /v1/vehicles/stream?bbox=&snapshot=&max=&bins=           Server-Sent Events of changes, or of clusters
+//	GET /openapi.json                                            the OpenAPI 3 description of all of this
 //	GET /                                                        the dashboard, one self-contained page
 //
 // A bad parameter gets 400 with {"error": "...", "param": "<name>"}.
 // radius_m defaults to 1000 (at most 100000), limit to 10 (at most 1000);
 // status is a comma-separated list of wanted statuses. bbox is
 // minLon,minLat,maxLon,maxLat (minLon > maxLon crosses the antimeridian).
-//
-// The stream sends an `event: position` whose data is the vehicle's JSON
-// state each time a vehicle changes (changes coalesce per vehicle when the
-// client reads slowly), a `: heartbeat` comment every heartbeat interval,
-// and, with snapshot=true, first the current state of every vehicle in the
-// box. With a bbox it sends the changes of vehicles inside the box and of
-// vehicles that just left it. A stream ends when the client goes away or
-// Close is called.
+// openapi.json documents every parameter and answer.
 //
 // Metrics (registered on Deps.Registerer):
 //
-//	fleet_live_stream_clients                  gauge: open streams
-//	fleet_live_http_requests_total{handler,code} counter: API requests answered
+//	fleet_live_stream_clients{mode}               gauge: open streams, by mode (vehicles, clusters)
+//	fleet_live_http_requests_total{handler,code}  counter: API requests answered
+//	fleet_live_query_seconds{query}               histogram: time to answer nearby, box and cluster queries
 package httpapi
 
 import (
 	"bytes"
 	"embed"
 	"fmt"
+	"html"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -40,10 +40,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
+	"github.com/fleetpipe/fleetpipe/consumers/live-location/pipehealth"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
-//go:embed static/index.html
+//go:embed static/index.html static/openapi.json
 var static embed.FS
 
 // Options tune the API. Zero fields take the defaults.
@@ -54,12 +55,28 @@ type Options struct {
 	// WriteTimeout bounds each write to a stream; a client that does not
 	// read for this long is dropped. Default 30s.
 	WriteTimeout time.Duration
+	// StatsInterval is how often a stream sends the fleet's counts, and a
+	// stream in cluster mode its clusters. Default 1s.
+	StatsInterval time.Duration
+	// MapTiles is a raster tile URL template ({z}, {x}, {y}) the dashboard
+	// draws under the vehicles; empty: a plain canvas (no request leaves
+	// the page).
+	MapTiles string
+	// MapAttribution is shown with the tiles.
+	MapAttribution string
 }
 
-// Deps are the API's dependencies.
+// Deps are the API's dependencies. Health is optional: without it
+// /v1/health reports no services.
 type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	Health     HealthSource
+}
+
+// HealthSource reports the pipeline's health.
+type HealthSource interface {
+	Report() pipehealth.Report
 }
 
 // Mux is where Register adds the routes; *http.ServeMux and
@@ -70,14 +87,18 @@ type Mux interface {
 
 // API is the HTTP API. Its handlers are safe for concurrent use.
 type API struct {
-	store *fleetstate.Store
-	opts  Options
-	log   *slog.Logger
+	store  *fleetstate.Store
+	opts   Options
+	log    *slog.Logger
+	health HealthSource
+	rates  *rateMeter
 
-	clients  prometheus.Gauge
+	clients  *prometheus.GaugeVec
 	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 
-	page []byte // the dashboard, settings filled in
+	page    []byte // the dashboard, settings filled in
+	openapi []byte
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -91,6 +112,9 @@ func New(store *fleetstate.Store, opts Options, deps Deps) (*API, error) {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 30 * time.Second
 	}
+	if opts.StatsInterval <= 0 {
+		opts.StatsInterval = time.Second
+	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -98,24 +122,35 @@ func New(store *fleetstate.Store, opts Options, deps Deps) (*API, error) {
 		deps.Registerer = prometheus.NewRegistry()
 	}
 	a := &API{
-		store: store,
-		opts:  opts,
-		log:   deps.Logger,
-		clients: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "fleet_live_stream_clients", Help: "Open Server-Sent Event streams.",
-		}),
+		store:  store,
+		opts:   opts,
+		log:    deps.Logger,
+		health: deps.Health,
+		rates:  newRateMeter(store),
+		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "fleet_live_stream_clients", Help: "Open Server-Sent Event streams, by mode (vehicles, clusters).",
+		}, []string{"mode"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleet_live_http_requests_total", Help: "HTTP API requests answered, by handler and status code.",
 		}, []string{"handler", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fleet_live_query_seconds",
+			Help:    "Time to answer a query against the store (nearby, box, clusters), excluding the HTTP round trip.",
+			Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25},
+		}, []string{"query"}),
 		done: make(chan struct{}),
 	}
 	page, err := static.ReadFile("static/index.html")
 	if err != nil {
 		return nil, fmt.Errorf("httpapi: dashboard: %w", err)
 	}
-	a.page = bytes.ReplaceAll(page, []byte("{{STALE_AFTER_MS}}"),
-		strconv.AppendInt(nil, store.Options().StaleAfter.Milliseconds(), 10))
-	for _, c := range []prometheus.Collector{a.clients, a.requests} {
+	page = bytes.ReplaceAll(page, []byte("{{STALE_AFTER_MS}}"), strconv.AppendInt(nil, store.Options().StaleAfter.Milliseconds(), 10))
+	page = bytes.ReplaceAll(page, []byte("{{MAP_TILES}}"), []byte(html.EscapeString(opts.MapTiles)))
+	a.page = bytes.ReplaceAll(page, []byte("{{MAP_ATTRIBUTION}}"), []byte(html.EscapeString(opts.MapAttribution)))
+	if a.openapi, err = static.ReadFile("static/openapi.json"); err != nil {
+		return nil, fmt.Errorf("httpapi: openapi: %w", err)
+	}
+	for _, c := range []prometheus.Collector{a.clients, a.requests, a.latency} {
 		if err := deps.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("httpapi: register metrics: %w", err)
 		}
@@ -131,7 +166,12 @@ func (a *API) Register(mux Mux) {
 	route("GET /v1/vehicles/nearby", "nearby", a.nearby)
 	route("GET /v1/vehicles/stream", "stream", a.stream)
 	route("GET /v1/vehicles/{id}", "vehicle", a.vehicle)
+	route("GET /v1/vehicles/{id}/track", "track", a.track)
 	route("GET /v1/vehicles", "vehicles", a.vehicles)
+	route("GET /v1/clusters", "clusters", a.clusters)
+	route("GET /v1/stats", "stats", a.stats)
+	route("GET /v1/health", "health", a.healthz)
+	route("GET /openapi.json", "openapi", a.openAPI)
 	route("GET /{$}", "dashboard", a.dashboard)
 }
 
@@ -145,6 +185,10 @@ func (a *API) Handler() http.Handler {
 // Close ends every open stream (and every stream opened later), so that an
 // HTTP server shutting down does not wait on them. It is idempotent.
 func (a *API) Close() { a.closeOnce.Do(func() { close(a.done) }) }
+
+func (a *API) observe(query string, start time.Time) {
+	a.latency.WithLabelValues(query).Observe(time.Since(start).Seconds())
+}
 
 func (a *API) nearby(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -176,7 +220,9 @@ func (a *API) nearby(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	start := time.Now()
 	found := a.store.Nearby(fq)
+	a.observe("nearby", start)
 	out := make([]nearbyVehicle, len(found))
 	for i, n := range found {
 		out[i] = toNearby(n)
@@ -184,23 +230,48 @@ func (a *API) nearby(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"vehicles": out})
 }
 
-func (a *API) vehicle(w http.ResponseWriter, r *http.Request) {
+func (a *API) vehicleID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
 	if !wire.ValidVehicleID(id) {
 		writeError(w, badParam("id", "%q is not a valid vehicle ID", id))
+		return "", false
+	}
+	return id, true
+}
+
+func unknown(w http.ResponseWriter, id string) {
+	writeJSON(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("vehicle %q is unknown", id)})
+}
+
+func (a *API) vehicle(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.vehicleID(w, r)
+	if !ok {
 		return
 	}
 	v, ok := a.store.Get(id)
 	if !ok {
-		writeJSON(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("vehicle %q is unknown", id)})
+		unknown(w, id)
 		return
 	}
 	writeJSON(w, http.StatusOK, toState(v, time.Now(), a.store.Options().StaleAfter))
 }
 
+func (a *API) track(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.vehicleID(w, r)
+	if !ok {
+		return
+	}
+	d, ok := a.store.Track(id)
+	if !ok {
+		unknown(w, id)
+		return
+	}
+	writeJSON(w, http.StatusOK, toDetail(d, time.Now(), a.store.Options().StaleAfter))
+}
+
 func (a *API) vehicles(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	bbox, err := bboxParam(q, "bbox")
+	box, err := boxParam(q, "bbox")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -210,27 +281,64 @@ func (a *API) vehicles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	withStale := true
+	if _, given := q["stale"]; given {
+		if withStale, err = boolParam(q, "stale"); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	limit, err := intParam(q, "limit", DefaultListLimit, 1, MaxListLimit)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	start := time.Now()
+	vs, total := a.store.InBox(box, statuses, withStale, limit)
+	a.observe("box", start)
 	now, staleAfter := time.Now(), a.store.Options().StaleAfter
-	vs := a.store.All(func(v fleetstate.Vehicle) bool {
-		return (bbox == nil || v.HasFix && bbox.Contains(v.Fix.Lat, v.Fix.Lon)) && statusMatch(v.Status, statuses)
-	})
 	out := make([]vehicleState, len(vs))
 	for i, v := range vs {
 		out[i] = toState(v, now, staleAfter)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"vehicles": out, "count": len(out)})
+	writeJSON(w, http.StatusOK, map[string]any{"vehicles": out, "count": len(out), "total": total, "truncated": total > len(out)})
 }
 
-func statusMatch(st string, want []string) bool {
-	if len(want) == 0 {
-		return true
+var world = fleetstate.BBox{MinLon: -180, MinLat: -90, MaxLon: 180, MaxLat: 90}
+
+func (a *API) clusters(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	box, err := boxParam(q, "bbox")
+	if err != nil {
+		writeError(w, err)
+		return
 	}
-	for _, w := range want {
-		if w == st {
-			return true
-		}
+	nx, ny, err := binsParam(q, "bins")
+	if err != nil {
+		writeError(w, err)
+		return
 	}
-	return false
+	start := time.Now()
+	cs := a.store.Aggregate(box, nx, ny)
+	a.observe("clusters", start)
+	writeJSON(w, http.StatusOK, toClusters(cs))
+}
+
+func (a *API) stats(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.statsBody())
+}
+
+func (a *API) healthz(w http.ResponseWriter, _ *http.Request) {
+	var rep pipehealth.Report
+	if a.health != nil {
+		rep = a.health.Report()
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+func (a *API) openAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(a.openapi)
 }
 
 func (a *API) dashboard(w http.ResponseWriter, _ *http.Request) {

@@ -38,9 +38,16 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := newFixtureOn(t, store, api)
+	f.reg = reg
+	return f
+}
+
+func newFixtureOn(t *testing.T, store *fleetstate.Store, api *API) *fixture {
+	t.Helper()
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(func() { api.Close(); srv.Close(); http.DefaultClient.CloseIdleConnections() })
-	return &fixture{store: store, api: api, srv: srv, reg: reg}
+	return &fixture{store: store, api: api, srv: srv}
 }
 
 // put gives a vehicle a fix age ago (and a status) at lat, lon.
@@ -321,12 +328,14 @@ func TestStreamDeliversChangesInBBox(t *testing.T) {
 			t.Fatal("no heartbeat")
 		}
 	}
-	if got := gaugeValue(f.api.clients); got != 1 {
+	if got := gaugeValue(f.api.clients.WithLabelValues("vehicles")); got != 1 {
 		t.Fatalf("stream clients = %v", got)
 	}
 	// The client goes away: the handler ends and unsubscribes.
 	cancel()
-	waitFor(t, func() bool { return f.store.Subscribers() == 0 && gaugeValue(f.api.clients) == 0 })
+	waitFor(t, func() bool {
+		return f.store.Subscribers() == 0 && gaugeValue(f.api.clients.WithLabelValues("vehicles")) == 0
+	})
 }
 
 func TestStreamEndsOnClose(t *testing.T) {

@@ -17,10 +17,12 @@ func FuzzQueryParameters(f *testing.F) {
 	for _, seed := range []string{
 		"lat=52.5&lon=13.4", "lat=52.5&lon=13.4&radius_m=100000&limit=1000&status=available,busy",
 		"lat=1e400&lon=0", "lat=-0&lon=-180&radius_m=1e-300", "lat=%zz", "bbox=170,-10,-170,10", "bbox=,,,",
-		"snapshot=true&bbox=0,0,0,0", "limit=99999999999999999999",
+		"snapshot=true&bbox=0,0,0,0", "limit=99999999999999999999", "bins=3x0", "bins=256x256&bbox=-180,-90,180,90",
+		"stale=false&status=busy", "bins=x",
 	} {
 		f.Add("/v1/vehicles/nearby", seed)
 		f.Add("/v1/vehicles", seed)
+		f.Add("/v1/clusters", seed)
 	}
 	store := newFuzzStore()
 	api, err := New(store, Options{}, Deps{})
@@ -29,7 +31,7 @@ func FuzzQueryParameters(f *testing.F) {
 	}
 	h := api.Handler()
 	f.Fuzz(func(t *testing.T, path, query string) {
-		if path != "/v1/vehicles/nearby" && path != "/v1/vehicles" {
+		if path != "/v1/vehicles/nearby" && path != "/v1/vehicles" && path != "/v1/clusters" {
 			path = "/v1/vehicles/nearby"
 		}
 		req := httptest.NewRequest(http.MethodGet, "http://x"+path, nil)

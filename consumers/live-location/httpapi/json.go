@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
+	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
 // nearbyVehicle is one answer of GET /v1/vehicles/nearby. Unknown heading
@@ -95,4 +97,126 @@ func writeError(w http.ResponseWriter, err error) {
 		return
 	}
 	writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+}
+
+// trackPoint is one point of GET /v1/vehicles/{id}/track.
+type trackPoint struct {
+	T   string  `json:"t"` // RFC 3339
+	Lat float64 `json:"lat"`
+	Lon float64 `json:"lon"`
+}
+
+// signalValue is a vehicle's latest value of one signal.
+type signalValue struct {
+	Name  string `json:"name"`
+	Unit  string `json:"unit,omitempty"`
+	Value any    `json:"value"` // number, integer, boolean or string; null for a non-finite number
+	T     string `json:"t"`
+}
+
+// vehicleDetail is GET /v1/vehicles/{id}/track.
+type vehicleDetail struct {
+	vehicleState
+	Tracked bool          `json:"tracked"` // false: the store keeps no track for it (yet)
+	Track   []trackPoint  `json:"track"`
+	Signals []signalValue `json:"signals"`
+}
+
+func toDetail(d fleetstate.Detail, now time.Time, staleAfter time.Duration) vehicleDetail {
+	out := vehicleDetail{vehicleState: toState(d.Vehicle, now, staleAfter), Tracked: d.Tracked,
+		Track: make([]trackPoint, len(d.Track)), Signals: make([]signalValue, len(d.Signals))}
+	for i, p := range d.Track {
+		out.Track[i] = trackPoint{T: rfc3339(p.Time), Lat: p.Lat, Lon: p.Lon}
+	}
+	for i, s := range d.Signals {
+		sv := signalValue{Name: s.Name, Unit: s.Unit, T: rfc3339(s.Time)}
+		switch s.Value.Kind {
+		case wire.KindDouble:
+			if f := num(s.Value.Float); f != nil {
+				sv.Value = *f
+			}
+		case wire.KindInt:
+			sv.Value = s.Value.Int
+		case wire.KindBool:
+			sv.Value = s.Value.Bool
+		case wire.KindString:
+			sv.Value = s.Value.Str
+		}
+		out.Signals[i] = sv
+	}
+	return out
+}
+
+// cluster is one bin of GET /v1/clusters and of a stream in cluster mode.
+type cluster struct {
+	Lat      float64        `json:"lat"`
+	Lon      float64        `json:"lon"`
+	Count    int            `json:"count"`
+	Stale    int            `json:"stale"`
+	ByStatus map[string]int `json:"by_status"`
+}
+
+type clustersBody struct {
+	Clusters []cluster `json:"clusters"`
+	Total    int       `json:"total"`
+}
+
+func toClusters(cs []fleetstate.Cluster) clustersBody {
+	out := clustersBody{Clusters: make([]cluster, len(cs))}
+	for i, c := range cs {
+		out.Clusters[i] = cluster{Lat: c.Lat, Lon: c.Lon, Count: c.Count, Stale: c.Stale, ByStatus: c.ByStatus}
+		out.Total += c.Count
+	}
+	return out
+}
+
+// statusCount is one line of GET /v1/stats.
+type statusCount struct {
+	Status string `json:"status"`
+	Fresh  int    `json:"fresh"`
+	Stale  int    `json:"stale"`
+}
+
+type statsBody struct {
+	Vehicles    int           `json:"vehicles"`
+	Fresh       int           `json:"fresh"`
+	Stale       int           `json:"stale"`
+	ByStatus    []statusCount `json:"by_status"`
+	UpdatesPerS float64       `json:"updates_per_s"`
+	StreamCount int           `json:"streams"`
+}
+
+func (a *API) statsBody() statsBody {
+	b := statsBody{Vehicles: a.store.Len(), ByStatus: []statusCount{}, UpdatesPerS: a.rates.rate(), StreamCount: a.store.Subscribers()}
+	for _, c := range a.store.Counts() {
+		b.ByStatus = append(b.ByStatus, statusCount{Status: c.Status, Fresh: c.Fresh, Stale: c.Stale})
+		b.Fresh += c.Fresh
+		b.Stale += c.Stale
+	}
+	return b
+}
+
+// rateMeter turns the store's change count into a rate over the last
+// second or more.
+type rateMeter struct {
+	store *fleetstate.Store
+	mu    sync.Mutex
+	at    time.Time
+	n     uint64
+	last  float64
+}
+
+func newRateMeter(s *fleetstate.Store) *rateMeter {
+	return &rateMeter{store: s, at: time.Now(), n: s.Changes()}
+}
+
+func (m *rateMeter) rate() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now, n := time.Now(), m.store.Changes()
+	if dt := now.Sub(m.at); dt >= time.Second {
+		m.last = float64(n-m.n) / dt.Seconds()
+		m.at, m.n = now, n
+	}
+	return math.Round(m.last*10) / 10
 }

@@ -16,6 +16,13 @@ const (
 	MaxRadiusM     = 100_000
 	DefaultLimit   = 10
 	MaxLimit       = 1000
+
+	DefaultListLimit = 1000   // vehicles a box listing returns by default
+	MaxListLimit     = 10_000 // and at most
+	DefaultStreamMax = 10_000 // vehicles a stream follows one by one before it sends clusters
+	MaxStreamMax     = 100_000
+	DefaultBins      = 32 // bins across a cluster view, and down
+	MaxBins          = 256
 )
 
 // paramError is a bad query parameter; the API answers it with 400 and
@@ -145,4 +152,35 @@ func bboxParam(q url.Values, name string) (*fleetstate.BBox, error) {
 		return nil, badParam(name, "minLat %v is above maxLat %v", b.MinLat, b.MaxLat)
 	}
 	return &b, nil
+}
+
+// binsParam parses COLSxROWS (or one number for both), each in
+// [1, MaxBins].
+func binsParam(q url.Values, name string) (int, int, error) {
+	s, ok, err := single(q, name)
+	if err != nil || !ok {
+		return DefaultBins, DefaultBins, err
+	}
+	xs, ys, found := strings.Cut(strings.ToLower(s), "x")
+	if !found {
+		ys = xs
+	}
+	nx, errx := strconv.Atoi(strings.TrimSpace(xs))
+	ny, erry := strconv.Atoi(strings.TrimSpace(ys))
+	if errx != nil || erry != nil {
+		return 0, 0, badParam(name, "%q: want COLSxROWS, e.g. 32x20", s)
+	}
+	if nx < 1 || nx > MaxBins || ny < 1 || ny > MaxBins {
+		return 0, 0, badParam(name, "%q: each count must be in [1, %d]", s, MaxBins)
+	}
+	return nx, ny, nil
+}
+
+// boxParam is bboxParam with the whole world when the box is not given.
+func boxParam(q url.Values, name string) (fleetstate.BBox, error) {
+	b, err := bboxParam(q, name)
+	if err != nil || b == nil {
+		return world, err
+	}
+	return *b, nil
 }

@@ -4,10 +4,13 @@ import (
 	"flag"
 	"math"
 	"net"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
+	"github.com/fleetpipe/fleetpipe/consumers/live-location/pipehealth"
 	"github.com/fleetpipe/fleetpipe/internal/cli"
 	"github.com/fleetpipe/fleetpipe/internal/kafkaio"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
@@ -17,10 +20,11 @@ import (
 var Program = cli.Program{
 	Name:      "live-location",
 	EnvPrefix: "FLEET_LIVE_LOCATION",
-	Summary: "live-location consumes every partition of the telemetry topic (no consumer group: each\n" +
-		"replica holds the whole fleet), keeps each vehicle's latest position and status, answers\n" +
-		"nearby queries over HTTP, streams changes as Server-Sent Events, serves the fleet dashboard\n" +
-		"and publishes positions to the log-compacted location topic it bootstraps from.",
+	Summary: "live-location keeps each vehicle's latest position and status, answers nearby queries\n" +
+		"over HTTP, streams changes as Server-Sent Events and serves the fleet dashboard. Replicas\n" +
+		"share the telemetry topic in a consumer group: the owner of a vehicle's partition publishes\n" +
+		"its changes to the log-compacted location topic (and tombstones it once evicted), and every\n" +
+		"replica reads that topic, so each one answers for the whole fleet.",
 }
 
 // Config is the live-location configuration. Each field's flag is named in
@@ -34,18 +38,25 @@ var Program = cli.Program{
 type Config struct {
 	Kafka kafkaio.Config // --kafka-*; ClientID defaults to "live-location"
 
-	Listen              string        // --listen: HTTP address of the API, dashboard, /metrics, /healthz, /readyz; default ":8080"
-	Topic               string        // --topic: telemetry topic; default "fleet.telemetry.v1"
-	CatalogTopic        string        // --catalog-topic: log-compacted topic of signal catalogs; default "fleet.catalog.v1"
-	LocationTopic       string        // --location-topic: log-compacted position topic; "" disables (DefaultConfig: "fleet.location.v1")
-	LocationPartitions  int           // --location-partitions: partitions when creating the location topic; -1 (default): the broker's default
-	LocationReplication int           // --location-replication: replication when creating it; -1 (default): the broker's default
-	Lookback            time.Duration // --lookback: start consuming telemetry at now minus this; default 10m
-	StaleAfter          time.Duration // --stale-after: vehicles without a newer fix drop out of nearby; default 2m
-	PublishInterval     time.Duration // --publish-interval: at most one position per vehicle per interval to the location topic; default 1s
-	StatusSignal        string        // --status-signal: string signal holding the vehicle status; default "status"
-	StreamHeartbeat     time.Duration // --stream-heartbeat: heartbeat comment interval on idle event streams; default 15s
-	MaxClockSkew        time.Duration // --max-clock-skew: fixes and statuses later than now plus this are refused; default 5m
+	Listen              string         // --listen: HTTP address of the API, dashboard, /metrics, /healthz, /readyz; default ":8080"
+	Topic               string         // --topic: telemetry topic; default "fleet.telemetry.v1"
+	Group               string         // --group: consumer group sharing the telemetry topic among replicas; default "live-location"
+	CatalogTopic        string         // --catalog-topic: log-compacted topic of signal catalogs; default "fleet.catalog.v1"
+	LocationTopic       string         // --location-topic: log-compacted position topic; "" disables (DefaultConfig: "fleet.location.v1")
+	LocationPartitions  int            // --location-partitions: partitions when creating the location topic; -1 (default): the broker's default
+	LocationReplication int            // --location-replication: replication when creating it; -1 (default): the broker's default
+	Lookback            time.Duration  // --lookback: start consuming telemetry at now minus this; default 10m
+	StaleAfter          time.Duration  // --stale-after: vehicles without a newer fix drop out of nearby; default 2m
+	PublishInterval     time.Duration  // --publish-interval: at most one position per vehicle per interval to the location topic; default 1s
+	StatusSignal        string         // --status-signal: string signal holding the vehicle status; default "status"
+	StreamHeartbeat     time.Duration  // --stream-heartbeat: heartbeat comment interval on idle event streams; default 15s
+	MaxClockSkew        time.Duration  // --max-clock-skew: fixes and statuses later than now plus this are refused; default 5m
+	TTL                 time.Duration  // --ttl: vehicles not heard from for this long are evicted (and tombstoned by their owner); default 1h
+	SweepInterval       time.Duration  // --sweep-interval: how often stale vehicles are reclassified and expired ones evicted; default 5s
+	TrackVehicles       int            // --track-vehicles: vehicles whose recent track and signals are kept; default 10000
+	MapTiles            string         // --map-tiles: raster tile URL template for the dashboard, e.g. https://tile.example/{z}/{x}/{y}.png; "" (default): no tiles
+	MapAttribution      string         // --map-attribution: attribution shown with --map-tiles
+	HealthTargets       cli.StringList // --health-targets: name=URL of other services' /metrics for the dashboard's health panel
 }
 
 // Defaults.
@@ -55,6 +66,8 @@ const (
 	DefaultPublishInterval = time.Second
 	DefaultStreamHeartbeat = 15 * time.Second
 	DefaultClientID        = "live-location"
+	DefaultGroup           = "live-location"
+	DefaultSweepInterval   = 5 * time.Second
 )
 
 // DefaultConfig returns the configuration the flags default to, location
@@ -64,6 +77,7 @@ func DefaultConfig() Config {
 		Kafka:               kafkaio.Config{Brokers: cli.StringList{"127.0.0.1:9092"}, ClientID: DefaultClientID},
 		Listen:              DefaultListen,
 		Topic:               topics.KafkaTelemetry,
+		Group:               DefaultGroup,
 		CatalogTopic:        topics.KafkaCatalog,
 		LocationTopic:       topics.KafkaLocation,
 		LocationPartitions:  -1,
@@ -74,6 +88,9 @@ func DefaultConfig() Config {
 		StatusSignal:        fleetstate.DefaultStatusSignal,
 		StreamHeartbeat:     DefaultStreamHeartbeat,
 		MaxClockSkew:        fleetstate.DefaultMaxClockSkew,
+		TTL:                 fleetstate.DefaultTTL,
+		SweepInterval:       DefaultSweepInterval,
+		TrackVehicles:       fleetstate.DefaultTrackVehicles,
 	}
 }
 
@@ -91,6 +108,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CatalogTopic == "" {
 		c.CatalogTopic = d.CatalogTopic
+	}
+	if c.Group == "" {
+		c.Group = d.Group
+	}
+	if c.TTL == 0 {
+		c.TTL = d.TTL
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = d.SweepInterval
+	}
+	if c.TrackVehicles == 0 {
+		c.TrackVehicles = d.TrackVehicles
 	}
 	if c.LocationPartitions == 0 {
 		c.LocationPartitions = -1
@@ -125,6 +154,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Kafka.RegisterFlags(fs, DefaultClientID)
 	fs.StringVar(&c.Listen, "listen", d.Listen, "HTTP address for the API, the dashboard, /metrics, /healthz and /readyz")
 	fs.StringVar(&c.Topic, "topic", d.Topic, "Kafka topic of telemetry batches")
+	fs.StringVar(&c.Group, "group", d.Group, "consumer group the replicas share the telemetry topic in (the owner of a partition publishes its vehicles' positions)")
 	fs.StringVar(&c.CatalogTopic, "catalog-topic", d.CatalogTopic, "log-compacted Kafka topic of the signal catalogs batches may refer to")
 	fs.StringVar(&c.LocationTopic, "location-topic", d.LocationTopic, "log-compacted Kafka topic of latest positions to publish to and bootstrap from (empty: disabled)")
 	fs.IntVar(&c.LocationPartitions, "location-partitions", d.LocationPartitions, "partitions when creating --location-topic (-1: the broker's default)")
@@ -135,6 +165,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StatusSignal, "status-signal", d.StatusSignal, "name of the string signal holding the vehicle status (available, busy, offline, ...)")
 	fs.DurationVar(&c.StreamHeartbeat, "stream-heartbeat", d.StreamHeartbeat, "heartbeat interval of idle Server-Sent Event streams")
 	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", d.MaxClockSkew, "refuse fixes and statuses stamped later than now plus this")
+	fs.DurationVar(&c.TTL, "ttl", d.TTL, "evict vehicles not heard from for this long (their owner tombstones them in --location-topic); at least --stale-after")
+	fs.DurationVar(&c.SweepInterval, "sweep-interval", d.SweepInterval, "how often vehicles are checked for staleness and --ttl")
+	fs.IntVar(&c.TrackVehicles, "track-vehicles", d.TrackVehicles, "vehicles whose recent track and latest signals are kept (every vehicle while there is room, then the ones asked for most recently)")
+	fs.StringVar(&c.MapTiles, "map-tiles", d.MapTiles, "raster tile URL template ({z}, {x}, {y}) the dashboard draws under the vehicles, for browsers that reach a tile server (empty: none)")
+	fs.StringVar(&c.MapAttribution, "map-attribution", d.MapAttribution, "attribution text shown with --map-tiles")
+	fs.Var(&c.HealthTargets, "health-targets", "comma-separated name=URL of other services' Prometheus /metrics, for the dashboard's pipeline health panel (this service is always shown)")
 }
 
 // Validate names the flag of the first bad setting.
@@ -181,5 +217,46 @@ func (c Config) Validate() error {
 	if c.StatusSignal == "" {
 		return cli.FieldError("status-signal", "must not be empty")
 	}
+	if c.Group == "" {
+		return cli.FieldError("group", "must not be empty")
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"ttl", c.TTL}, {"sweep-interval", c.SweepInterval}} {
+		if d.v <= 0 {
+			return cli.FieldError(d.flag, "%v: must be positive", d.v)
+		}
+	}
+	if c.TTL < c.StaleAfter {
+		return cli.FieldError("ttl", "%v is shorter than --stale-after (%v)", c.TTL, c.StaleAfter)
+	}
+	if c.TrackVehicles < 0 {
+		return cli.FieldError("track-vehicles", "%d: must not be negative", c.TrackVehicles)
+	}
+	if c.MapTiles != "" {
+		u, err := url.Parse(c.MapTiles)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			!strings.Contains(c.MapTiles, "{z}") || !strings.Contains(c.MapTiles, "{x}") || !strings.Contains(c.MapTiles, "{y}") {
+			return cli.FieldError("map-tiles", "%q: want an http(s) URL template with {z}, {x} and {y}", c.MapTiles)
+		}
+	}
+	if _, err := c.healthTargets(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// healthTargets parses --health-targets.
+func (c Config) healthTargets() ([]pipehealth.Target, error) {
+	var out []pipehealth.Target
+	for _, t := range c.HealthTargets {
+		name, raw, ok := strings.Cut(t, "=")
+		u, err := url.Parse(raw)
+		if !ok || name == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, cli.FieldError("health-targets", "%q: want name=http://host:port/metrics", t)
+		}
+		out = append(out, pipehealth.Target{Name: name, URL: raw})
+	}
+	return out, nil
 }

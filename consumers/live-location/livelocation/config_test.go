@@ -36,7 +36,9 @@ func TestFullConfigFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Lookback != 15*time.Minute || cfg.StatusSignal != "ride_status" || cfg.LocationPartitions != 12 ||
-		len(cfg.Kafka.Brokers) != 2 || cfg.StaleAfter != 3*time.Minute /* the flag wins over the file */ {
+		len(cfg.Kafka.Brokers) != 2 || cfg.StaleAfter != 3*time.Minute /* the flag wins over the file */ ||
+		cfg.Group != "live-location-eu" || cfg.TTL != 2*time.Hour || cfg.TrackVehicles != 5000 || len(cfg.HealthTargets) != 2 ||
+		cfg.MapTiles != "https://tiles.example.com/{z}/{x}/{y}.png" {
 		t.Fatalf("parsed %+v", cfg)
 	}
 	cfg, err = parse(t, "--config", filepath.Join(configDir(), "no-location-topic.good.yaml"))

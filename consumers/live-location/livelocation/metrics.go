@@ -14,11 +14,13 @@ type metrics struct {
 	statusApplied   prometheus.Counter
 	statusStale     prometheus.Counter
 	statusInvalid   prometheus.Counter
-	published       *prometheus.CounterVec // result
+	published       *prometheus.CounterVec // kind, result
+	evicted         *prometheus.CounterVec // reason
 	caughtUp        prometheus.Gauge
 	bootstrapped    prometheus.Gauge
-	vehicles        prometheus.GaugeFunc
 	telemetryBehind prometheus.Gauge
+	telemetryLag    prometheus.Gauge
+	ownedPartitions prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, store *fleetstate.Store) (*metrics, error) {
@@ -38,20 +40,26 @@ func newMetrics(reg prometheus.Registerer, store *fleetstate.Store) (*metrics, e
 		fixInvalid:    counter("fleet_live_fix_rejected_invalid_total", "Fixes with coordinates out of range or a time beyond the allowed clock skew."),
 		statusApplied: counter("fleet_live_status_applied_total", "Status readings that became a vehicle's latest status."),
 		statusStale:   counter("fleet_live_status_rejected_stale_total", "Status readings not newer than the vehicle's known status."),
-		statusInvalid: counter("fleet_live_status_rejected_invalid_total", "Status readings that are not strings or are stamped beyond the allowed clock skew."),
+		statusInvalid: counter("fleet_live_status_rejected_invalid_total", "Status readings that are not strings, are stamped beyond the allowed clock skew, or are one distinct status too many."),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fleet_live_positions_published_total",
-			Help: "Positions produced to the location topic, by result (ok, error).",
-		}, []string{"result"}),
-		caughtUp:        gauge("fleet_live_caught_up", "1 once the telemetry consumer has read up to the end offsets seen at start-up."),
+			Name: "fleet_live_location_published_total",
+			Help: "Records produced to the location topic, by kind (position, tombstone) and result (ok, error).",
+		}, []string{"kind", "result"}),
+		evicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleet_live_evicted_total",
+			Help: "Vehicles removed from memory, by reason (ttl: not heard from for --ttl; tombstone: its owner evicted it).",
+		}, []string{"reason"}),
+		caughtUp:        gauge("fleet_live_caught_up", "1 once the telemetry partitions first assigned were read up to their end offsets at assignment."),
 		bootstrapped:    gauge("fleet_live_bootstrapped", "1 once the location topic has been read up to its end offsets seen at start-up (or is disabled)."),
-		telemetryBehind: gauge("fleet_live_catch_up_partitions_behind", "Telemetry partitions not yet read up to their start-up end offsets."),
-		vehicles: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "fleet_live_vehicles", Help: "Vehicles known (stale ones included).",
-		}, func() float64 { return float64(store.Len()) }),
+		telemetryBehind: gauge("fleet_live_catch_up_partitions_behind", "Telemetry partitions not yet read up to their end offsets at assignment (-1 before the first assignment)."),
+		telemetryLag:    gauge("fleet_live_telemetry_lag_records", "Records behind the high watermark, summed over the telemetry partitions this replica owns."),
+		ownedPartitions: gauge("fleet_live_owned_partitions", "Telemetry partitions this replica owns in the consumer group."),
 	}
-	for _, c := range []prometheus.Collector{m.records, m.fixesApplied, m.fixStale, m.fixInvalid, m.statusApplied,
-		m.statusStale, m.statusInvalid, m.published, m.caughtUp, m.bootstrapped, m.telemetryBehind, m.vehicles} {
+	m.telemetryBehind.Set(-1)
+	cs := []prometheus.Collector{m.records, m.fixesApplied, m.fixStale, m.fixInvalid, m.statusApplied,
+		m.statusStale, m.statusInvalid, m.published, m.evicted, m.caughtUp, m.bootstrapped, m.telemetryBehind,
+		m.telemetryLag, m.ownedPartitions, storeCollector{store}}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -66,4 +74,24 @@ func (m *metrics) observe(r fleetstate.Result) {
 	m.statusApplied.Add(float64(r.StatusApplied))
 	m.statusStale.Add(float64(r.StatusStale))
 	m.statusInvalid.Add(float64(r.StatusInvalid))
+}
+
+// storeCollector reports the store's own numbers at scrape time.
+type storeCollector struct{ s *fleetstate.Store }
+
+var (
+	descVehicles = prometheus.NewDesc("fleet_live_vehicles", "Vehicles known, by status and freshness (fresh: a fix within --stale-after; stale: none, as of the last sweep).",
+		[]string{"status", "freshness"}, nil)
+	descUpdates = prometheus.NewDesc("fleet_live_updates_total", "Changes applied to vehicles' state (from telemetry and from the location topic); its rate is the updates per second.",
+		nil, nil)
+)
+
+func (c storeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descVehicles; ch <- descUpdates }
+
+func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, sc := range c.s.Counts() {
+		ch <- prometheus.MustNewConstMetric(descVehicles, prometheus.GaugeValue, float64(sc.Fresh), sc.Status, "fresh")
+		ch <- prometheus.MustNewConstMetric(descVehicles, prometheus.GaugeValue, float64(sc.Stale), sc.Status, "stale")
+	}
+	ch <- prometheus.MustNewConstMetric(descUpdates, prometheus.CounterValue, float64(c.s.Changes()))
 }

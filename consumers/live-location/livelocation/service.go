@@ -1,30 +1,37 @@
-// Package livelocation is the live-location service: it consumes every
-// partition of the telemetry topic directly (no consumer group — each
-// replica needs the whole fleet to answer nearby queries), starting at the
-// offsets of now minus the lookback, keeps each vehicle's latest fix and
-// status in a fleetstate.Store, serves the httpapi API and dashboard, and,
-// when a location topic is configured, bootstraps from that log-compacted
-// topic on start and publishes each vehicle's new position to it at most
-// once per publish interval.
+// Package livelocation is the live-location service. Replicas share the
+// telemetry topic in a consumer group (--group): each consumes the
+// partitions it owns (starting, for a partition without a committed offset,
+// at now minus the lookback) into its fleetstate.Store and publishes the
+// vehicles telemetry changed, at most once per publish interval each, to
+// the log-compacted location topic; the owner of a vehicle's partition also
+// tombstones it there once it is evicted (not heard from for --ttl). Every
+// replica follows the location topic from its start, so each one holds,
+// and answers queries for, the whole fleet. It serves the httpapi API and
+// dashboard, with a pipeline health panel fed by pipehealth.
 //
-// /readyz answers 200 once the telemetry consumer has read up to the end
-// offsets the topic had at start-up and the location topic has been read up
-// to its end offsets; /healthz while the process serves HTTP.
+// /readyz answers 200 once the location topic has been read up to the end
+// offsets it had at start-up (bootstrapped) and the telemetry partitions of
+// the first assignment have been read up to their end offsets at
+// assignment; /healthz while the process serves HTTP.
 //
 // Metrics, besides those of httpapi and the franz-go client (fleet_kafka_*):
 //
-//	fleet_live_records_total{source,result}     Kafka records read: source telemetry|location, result ok|undecodable|tombstone
-//	fleet_live_fixes_applied_total               fixes that became a vehicle's latest position
-//	fleet_live_fix_rejected_stale_total          fixes not newer than the known one (late, replayed)
-//	fleet_live_fix_rejected_invalid_total        fixes out of range or beyond the clock skew
-//	fleet_live_status_applied_total              statuses that became a vehicle's latest
-//	fleet_live_status_rejected_stale_total       statuses not newer than the known one
-//	fleet_live_status_rejected_invalid_total     status readings of the wrong type or beyond the clock skew
-//	fleet_live_positions_published_total{result} positions produced to the location topic: ok|error
-//	fleet_live_vehicles                          vehicles known
-//	fleet_live_caught_up                         1 once the start-up telemetry catch-up is done
-//	fleet_live_catch_up_partitions_behind        telemetry partitions still catching up
-//	fleet_live_bootstrapped                      1 once the location topic was read (or is disabled)
+//	fleet_live_records_total{source,result}        Kafka records read: source telemetry|location, result ok|undecodable|tombstone
+//	fleet_live_fixes_applied_total                  fixes that became a vehicle's latest position
+//	fleet_live_fix_rejected_stale_total             fixes not newer than the known one (late, replayed)
+//	fleet_live_fix_rejected_invalid_total           fixes out of range or beyond the clock skew
+//	fleet_live_status_applied_total                 statuses that became a vehicle's latest
+//	fleet_live_status_rejected_stale_total          statuses not newer than the known one
+//	fleet_live_status_rejected_invalid_total        status readings of the wrong type, beyond the clock skew, or too many distinct
+//	fleet_live_location_published_total{kind,result} records produced to the location topic: position|tombstone, ok|error
+//	fleet_live_evicted_total{reason}                vehicles evicted: ttl|tombstone
+//	fleet_live_vehicles{status,freshness}           vehicles known, by status, fresh|stale
+//	fleet_live_updates_total                        changes applied (rate: updates per second)
+//	fleet_live_caught_up                            1 once the first assigned telemetry partitions are caught up
+//	fleet_live_catch_up_partitions_behind           telemetry partitions still catching up (-1 before the first assignment)
+//	fleet_live_telemetry_lag_records                records behind the high watermark on the owned partitions
+//	fleet_live_owned_partitions                     telemetry partitions owned in the group
+//	fleet_live_bootstrapped                         1 once the location topic was read (or is disabled)
 package livelocation
 
 import (
@@ -41,6 +48,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/httpapi"
+	"github.com/fleetpipe/fleetpipe/consumers/live-location/pipehealth"
 	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
 )
@@ -67,9 +75,13 @@ type Service struct {
 	bootOpts   []kgo.Opt // the bootstrap client's: no metrics (kprom allows one client per registry)
 
 	catalogs *catalogstore.Store // set by Run
+	health   *pipehealth.Watcher
+
+	own              *ownership
+	telemetryCatchUp *catchUp
+	started          time.Time // set by Run
 
 	caughtUp     atomic.Bool
-	behind       atomic.Int64 // telemetry partitions still catching up; -1 before the offsets are listed
 	bootstrapped atomic.Bool
 	ran          atomic.Bool
 }
@@ -99,18 +111,29 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.New("live-location: Deps.Registerer is required with a Gatherer")
 	}
 	log := deps.Logger.With("component", "live-location")
-	s := &Service{cfg: cfg, log: log}
-	s.behind.Store(-1)
+	s := &Service{cfg: cfg, log: log, own: newOwnership(), telemetryCatchUp: newCatchUp()}
 	s.store = fleetstate.New(fleetstate.Options{
-		StatusSignal: cfg.StatusSignal,
-		StaleAfter:   cfg.StaleAfter,
-		MaxClockSkew: cfg.MaxClockSkew,
+		StatusSignal:  cfg.StatusSignal,
+		StaleAfter:    cfg.StaleAfter,
+		TTL:           cfg.TTL,
+		MaxClockSkew:  cfg.MaxClockSkew,
+		TrackVehicles: cfg.TrackVehicles,
+		Publish:       cfg.LocationTopic != "",
 	})
-	var err error
+	targets, err := cfg.healthTargets()
+	if err != nil {
+		return nil, fmt.Errorf("live-location: config: %w", err)
+	}
+	targets = append([]pipehealth.Target{{Name: "live-location", Gatherer: deps.Gatherer}}, targets...)
+	if s.health, err = pipehealth.New(pipehealth.Config{Targets: targets}, pipehealth.Deps{Logger: log}); err != nil {
+		return nil, fmt.Errorf("live-location: %w", err)
+	}
 	if s.m, err = newMetrics(deps.Registerer, s.store); err != nil {
 		return nil, fmt.Errorf("live-location: register metrics: %w", err)
 	}
-	if s.api, err = httpapi.New(s.store, httpapi.Options{Heartbeat: cfg.StreamHeartbeat}, httpapi.Deps{Logger: log, Registerer: deps.Registerer}); err != nil {
+	if s.api, err = httpapi.New(s.store,
+		httpapi.Options{Heartbeat: cfg.StreamHeartbeat, MapTiles: cfg.MapTiles, MapAttribution: cfg.MapAttribution},
+		httpapi.Deps{Logger: log, Registerer: deps.Registerer, Health: s.health}); err != nil {
 		return nil, fmt.Errorf("live-location: %w", err)
 	}
 	// kafkaio tags the client's logs component=franz-go itself.
@@ -133,10 +156,10 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		if s.caughtUp.Load() {
 			return nil
 		}
-		if n := s.behind.Load(); n >= 0 {
-			return fmt.Errorf("reading %s: %d partitions behind their start-up end offsets", cfg.Topic, n)
+		if n := s.telemetryCatchUp.behind(); n >= 0 {
+			return fmt.Errorf("reading %s: %d assigned partitions behind their end offsets", cfg.Topic, n)
 		}
-		return fmt.Errorf("listing the offsets of %s", cfg.Topic)
+		return fmt.Errorf("waiting for a partition assignment in group %s", cfg.Group)
 	})
 	s.admin.AddReadyCheck("location-bootstrap", func(context.Context) error {
 		if s.bootstrapped.Load() {
@@ -171,34 +194,21 @@ func (s *Service) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return errors.New("live-location: Run called twice")
 	}
-	start := time.Now()
-	startMilli := start.Add(-s.cfg.Lookback).UnixMilli()
-	opts := append(append([]kgo.Opt{}, s.clientOpts...),
-		kgo.ConsumeTopics(s.cfg.Topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(startMilli)),
-		kgo.KeepControlRecords(),
-	)
-	cl, err := kgo.NewClient(opts...)
+	s.started = time.Now()
+	startMilli := s.started.Add(-s.cfg.Lookback).UnixMilli()
+	cl, err := kgo.NewClient(append(append([]kgo.Opt{}, s.clientOpts...), s.groupOpts(startMilli)...)...)
 	if err != nil {
 		return fmt.Errorf("live-location: kafka client: %w", err)
 	}
+	// Closing leaves the group: the revoke callback publishes what is
+	// pending and commits, so the next owner starts where this one stopped.
 	defer cl.Close()
 	if s.catalogs, err = catalogstore.New(s.cfg.Kafka, s.cfg.CatalogTopic, s.log); err != nil {
 		return fmt.Errorf("live-location: %w", err)
 	}
 	defer s.catalogs.Close()
 
-	// The publisher subscribes before consuming starts, so that no change
-	// goes unpublished while the location topic is being set up.
-	var pub *fleetstate.Subscription
-	if s.cfg.LocationTopic != "" {
-		pub, _ = s.store.Subscribe(func(c fleetstate.Change) bool {
-			return c.Origin == fleetstate.FromTelemetry && c.New.HasFix
-		}, nil)
-		defer pub.Close()
-	}
-
-	s.log.Info("starting", "url", s.URL(), "topic", s.cfg.Topic, "location_topic", s.cfg.LocationTopic,
+	s.log.Info("starting", "url", s.URL(), "topic", s.cfg.Topic, "group", s.cfg.Group, "location_topic", s.cfg.LocationTopic,
 		"from", time.UnixMilli(startMilli).UTC().Format(time.RFC3339))
 	g, gctx := errgroup.WithContext(ctx)
 	// Event streams never end by themselves: end them as soon as anything
@@ -207,9 +217,12 @@ func (s *Service) Run(ctx context.Context) error {
 	defer stopStreams()
 	defer s.api.Close()
 	g.Go(func() error { return s.admin.Run(gctx) })
-	g.Go(func() error { return s.consume(gctx, cl, startMilli, start) })
-	if pub != nil {
-		g.Go(func() error { return s.locations(gctx, cl, pub) })
+	g.Go(func() error { return s.health.Run(gctx) })
+	g.Go(func() error { return s.consume(gctx, cl) })
+	g.Go(func() error { return s.sweep(gctx, cl) })
+	if s.cfg.LocationTopic != "" {
+		g.Go(func() error { return s.locations(gctx, cl) })
+		g.Go(func() error { return s.publish(gctx, cl) })
 	}
 	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {

@@ -243,7 +243,21 @@ func TestEndToEndThroughKafka(t *testing.T) {
 	if v, err := metric(base, `fleet_live_fix_rejected_stale_total`); err != nil || v != "1" {
 		t.Errorf("stale fixes = %q, %v; want 1", v, err)
 	}
-	for _, path := range []string{"/healthz", "/", "/v1/vehicles"} {
+	// The store's numbers: vehicles by status and freshness, updates, and
+	// the query latency histogram once a query ran.
+	if v, err := metric(base, `fleet_live_vehicles{freshness="fresh",status="busy"}`); err != nil || v != "2" {
+		t.Errorf("fresh busy vehicles = %q, %v; want 2", v, err)
+	}
+	if v, err := metric(base, `fleet_live_vehicles{freshness="fresh",status="available"}`); err != nil || v != "3" {
+		t.Errorf("fresh available vehicles = %q, %v; want 3", v, err)
+	}
+	if v, err := metric(base, `fleet_live_updates_total`); err != nil || v == "0" {
+		t.Errorf("updates = %q, %v", v, err)
+	}
+	if v, err := metric(base, `fleet_live_query_seconds_count{query="nearby"}`); err != nil || v == "0" {
+		t.Errorf("nearby query latencies observed = %q, %v", v, err)
+	}
+	for _, path := range []string{"/healthz", "/", "/v1/vehicles", "/openapi.json", "/v1/stats", "/v1/health"} {
 		if code, err := getJSON(base+path, nil); err != nil || code != 200 {
 			t.Errorf("GET %s = %d %v", path, code, err)
 		}
@@ -270,6 +284,12 @@ func TestEndToEndThroughKafka(t *testing.T) {
 	moved.lat, moved.lon, moved.status = 52.5300, 13.4100, "offline"
 	want["taxi-3"] = moved
 	produce(t, prod, telemetry(moved.id, encodeBatch(t, moved, 3, now)))
+	eventually(t, "one stream client", func() error {
+		if v, err := metric(base, `fleet_live_stream_clients{mode="vehicles"}`); err != nil || v != "1" {
+			return fmt.Errorf("stream clients = %q, %v", v, err)
+		}
+		return nil
+	})
 	eventually(t, "nearby shows the move", func() error { return checkNearby(base, want) })
 	deadline := time.After(10 * time.Second)
 	for found := false; !found; {

@@ -32,6 +32,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
+	"github.com/fleetpipe/fleetpipe/internal/parquetout"
 	"github.com/fleetpipe/fleetpipe/internal/s3local"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -299,15 +300,17 @@ func (e *env) s3Config() objstore.Config {
 		AccessKey: "test", SecretKey: "test", PathStyle: true}
 }
 
-// config is a sink configuration for this environment that writes a
-// partition's files 100ms (the least allowed) after its first buffered
-// record.
+// config is a sink configuration for this environment whose windows end
+// 100ms (the least allowed) of record time after their first record, and
+// whose quiet partitions are written on the next tick (within a second).
 func (e *env) config() sink.Config {
 	cfg := sink.DefaultConfig()
 	cfg.Kafka.Brokers = e.brokers
 	cfg.S3 = e.s3Config()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.MaxFileAge = 100 * time.Millisecond
+	cfg.QuietMargin = 0
+	cfg.RowGroupRows = 1000
 	return cfg
 }
 
@@ -369,7 +372,7 @@ func (e *env) waitCommitted(group string) {
 }
 
 // checkStoppedCleanly checks what a graceful stop leaves: every partition's
-// checkpoint has no write pending and is where the group's commit is.
+// checkpoint has no window pending and is where the group's commit is.
 func (e *env) checkStoppedCleanly(group string) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -380,7 +383,7 @@ func (e *env) checkStoppedCleanly(group string) {
 	}
 	committed.Each(func(o kadm.OffsetResponse) {
 		cp, err := e.checkpoint(o.Partition)
-		if err != nil || len(cp.Pending) != 0 || cp.NextOffset != o.At {
+		if err != nil || cp.Window != nil || cp.NextOffset != o.At {
 			e.t.Errorf("partition %d after a graceful stop: committed %d, checkpoint %+v %v", o.Partition, o.At, cp, err)
 		}
 	})
@@ -440,14 +443,16 @@ func (r *running) stop() error {
 	return r.err
 }
 
-// metric returns the value of a counter or gauge series as the registry
-// gathers it, 0 when the series does not exist yet.
+// metric returns the sum of the counter or gauge series with the given
+// labels (others may differ) as the registry gathers them, 0 when none
+// exists yet.
 func (r *running) metric(name string, labels ...string) float64 {
 	r.t.Helper()
 	mfs, err := r.reg.Gather()
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -467,13 +472,13 @@ func (r *running) metric(name string, labels ...string) float64 {
 			}
 			switch {
 			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue()
 			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
+				sum += m.GetGauge().GetValue()
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // parquetFiles returns every Parquet object under the sink's prefix, by key
@@ -515,8 +520,8 @@ func readRows[T any](data []byte) ([]T, error) {
 
 // tables is every row of both tables across all files.
 type tables struct {
-	readings  []sink.ReadingRow
-	locations []sink.LocationRow
+	readings  []parquetout.ReadingRow
+	locations []parquetout.LocationRow
 	files     map[string][]byte
 }
 
@@ -537,9 +542,9 @@ func (e *env) readTables() (*tables, error) {
 			one = &tables{}
 			switch table {
 			case "readings":
-				one.readings, err = readRows[sink.ReadingRow](files[k])
+				one.readings, err = readRows[parquetout.ReadingRow](files[k])
 			case "locations":
-				one.locations, err = readRows[sink.LocationRow](files[k])
+				one.locations, err = readRows[parquetout.LocationRow](files[k])
 			default:
 				err = errors.New("not under readings/ or locations/")
 			}
@@ -684,14 +689,28 @@ func driveAt(vehicle string, epoch, seq uint64, at time.Time) *wire.Batch {
 	}
 }
 
+// bigDrive is a batch of n speed readings 10 ms apart and one fix.
+func bigDrive(vehicle string, epoch, seq uint64, n int) *wire.Batch {
+	b := drive(vehicle, epoch, seq)
+	b.Readings = b.Readings[:0]
+	for i := range n {
+		b.Readings = append(b.Readings, wire.Reading{Signal: "speed", Unit: "km/h", Time: b.BaseTime + int64(i)*10e6, Value: wire.Float(float64(i%97) / 4)})
+	}
+	return b
+}
+
 // checkpointDoc is the sink's per-partition checkpoint object on S3, as the
 // package doc describes it (_sink/checkpoints/{topic}+{partition}.json).
 type checkpointDoc struct {
-	Topic      string                            `json:"topic"`
-	Partition  int32                             `json:"partition"`
-	NextOffset int64                             `json:"next_offset"`
-	Pending    []string                          `json:"pending,omitempty"`
-	Seen       map[string]map[string][][2]uint64 `json:"seen,omitempty"`
+	Topic      string          `json:"topic"`
+	Partition  int32           `json:"partition"`
+	Generation uint64          `json:"generation"`
+	Writer     string          `json:"writer"`
+	NextOffset int64           `json:"next_offset"`
+	Window     json.RawMessage `json:"window,omitempty"`
+	// Format 1, before fencing:
+	Pending []string                          `json:"pending,omitempty"`
+	Seen    map[string]map[string][][2]uint64 `json:"seen,omitempty"`
 }
 
 func checkpointKey(partition int32) string {

@@ -6,22 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
+	"github.com/fleetpipe/fleetpipe/internal/parquetout"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
 // rowsOf converts batches to rows the way the sink does, for writing the
 // files a crashed sink would have left.
-func rowsOf(batches ...*wire.Batch) ([]sink.ReadingRow, []sink.LocationRow) {
-	var rs []sink.ReadingRow
-	var ls []sink.LocationRow
+func rowsOf(batches ...*wire.Batch) ([]parquetout.ReadingRow, []parquetout.LocationRow) {
+	var rs []parquetout.ReadingRow
+	var ls []parquetout.LocationRow
 	opt := func(f float64) *float64 {
 		if math.IsNaN(f) {
 			return nil
@@ -30,7 +29,7 @@ func rowsOf(batches ...*wire.Batch) ([]sink.ReadingRow, []sink.LocationRow) {
 	}
 	for _, b := range batches {
 		for _, r := range b.Readings {
-			row := sink.ReadingRow{VehicleID: b.VehicleID, TS: r.Time / 1000, Signal: r.Signal, Unit: r.Unit,
+			row := parquetout.ReadingRow{VehicleID: b.VehicleID, TS: r.Time / 1000, Signal: r.Signal, Unit: r.Unit,
 				Type: r.Value.Kind.String(), Epoch: b.Epoch, Seq: b.Seq}
 			switch r.Value.Kind {
 			case wire.KindDouble:
@@ -45,7 +44,7 @@ func rowsOf(batches ...*wire.Batch) ([]sink.ReadingRow, []sink.LocationRow) {
 			rs = append(rs, row)
 		}
 		for _, f := range b.Fixes {
-			ls = append(ls, sink.LocationRow{VehicleID: b.VehicleID, TS: f.Time / 1000, Lat: f.Lat, Lon: f.Lon,
+			ls = append(ls, parquetout.LocationRow{VehicleID: b.VehicleID, TS: f.Time / 1000, Lat: f.Lat, Lon: f.Lon,
 				Alt: opt(f.Alt), Speed: opt(f.Speed), Heading: opt(f.Heading), Accuracy: opt(f.Accuracy),
 				Epoch: b.Epoch, Seq: b.Seq})
 		}
@@ -62,12 +61,13 @@ func encodeRows[T any](t *testing.T, rows []T) []byte {
 	return buf.Bytes()
 }
 
-// TestResumeAfterCrashMidWrite starts a sink on the state a crash leaves
-// between "intent checkpoint + some uploads" and "final checkpoint": it
-// must resume at the checkpoint's offset, overwrite the files it rewrites,
-// delete the interrupted write's files it does not rewrite, and drop
-// batches the checkpoint's filter has seen.
-func TestResumeAfterCrashMidWrite(t *testing.T) {
+// TestMigratesAnInterruptedFormat1Checkpoint starts a sink on the state the
+// sink before fencing (checkpoint format 1) left when it crashed between
+// "intent checkpoint + some uploads" and "final checkpoint": it must resume
+// at the checkpoint's offset, delete the interrupted write's files (it
+// writes its own windows from there), and drop batches the checkpoint's
+// filter has seen.
+func TestMigratesAnInterruptedFormat1Checkpoint(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 1)
 	cfg := e.config()
@@ -119,7 +119,7 @@ func TestResumeAfterCrashMidWrite(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if cp.NextOffset != 6 || len(cp.Pending) != 0 {
+		if cp.NextOffset != 6 || cp.Window != nil || len(cp.Pending) != 0 || cp.Seen != nil {
 			return fmt.Errorf("checkpoint %+v", cp)
 		}
 		return nil
@@ -162,14 +162,14 @@ func TestResumeAfterCrashMidWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cp.NextOffset != 8 || len(cp.Pending) != 0 || mismatch(map[string]map[string][][2]uint64{"crash-car": {"5": {{0, 6}}}}, cp.Seen) != "" {
-		t.Errorf("final checkpoint %+v, want next offset 8, nothing pending, seen crash-car epoch 5 seqs 0-6", cp)
+	if cp.NextOffset != 8 || cp.Window != nil {
+		t.Errorf("final checkpoint %+v, want next offset 8, no window pending", cp)
 	}
 }
 
 // TestRestartMidStream stops a sink while batches are still being produced
 // and starts another in the same group: together they write every reading
-// once, and the second starts exactly where the first stopped.
+// once; the second re-reads only what the first had not committed.
 func TestRestartMidStream(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 3)
@@ -235,19 +235,18 @@ func TestRestartMidStream(t *testing.T) {
 
 	ok1, ok2 := r1.metric("fleet_sink_records_total", "result", "ok"), r2.metric("fleet_sink_records_total", "result", "ok")
 	dups := r1.metric("fleet_sink_records_total", "result", "duplicate") + r2.metric("fleet_sink_records_total", "result", "duplicate")
-	if ok1+ok2 != float64(len(all)) || dups != 0 || ok1 == 0 || ok2 == 0 {
-		t.Errorf("records: first sink %v, second %v, duplicates %v; want %d in all, each record read once", ok1, ok2, dups, len(all))
+	if ok1+ok2 < float64(len(all)) || dups != 0 || ok1 == 0 || ok2 == 0 || ok2 == float64(len(all)) {
+		t.Errorf("records: first sink %v, second %v, duplicates %v; want %d in all, the second not re-reading everything", ok1, ok2, dups, len(all))
 	}
 }
 
-// TestS3Outage makes S3 unreachable while the sink runs: it keeps what it
-// reads buffered, commits nothing, and writes it all once S3 is back.
+// TestS3Outage makes S3 unreachable while the sink runs: its writers fail,
+// nothing is committed, and once S3 is back the partitions are claimed
+// again and everything is written once.
 func TestS3Outage(t *testing.T) {
-	// One attempt per S3 request, so that failures show at once rather
-	// than after the SDK's backoff (the sink retries the write itself).
-	t.Setenv("AWS_MAX_ATTEMPTS", "1")
 	e := newEnv(t, 2)
 	cfg := e.config()
+	cfg.S3.MaxAttempts = 1 // fail at once rather than after the SDK's backoff
 	r := e.startSink(cfg)
 
 	var first, second []*wire.Batch
@@ -262,12 +261,8 @@ func TestS3Outage(t *testing.T) {
 
 	e.s3.unreachable()
 	e.produce(second...)
-	rows := len(wantRows(second...))
-	eventually(t, "sink holds the records it cannot write", func() error {
-		if got := r.metric("fleet_sink_buffered_rows"); got != float64(rows) {
-			return fmt.Errorf("%v rows buffered, want %d", got, rows)
-		}
-		if r.metric("fleet_sink_flush_errors_total") == 0 {
+	eventually(t, "the sink's writers fail while S3 is out of reach", func() error {
+		if r.metric("fleet_sink_writer_errors_total") == 0 {
 			return errors.New("no failed write yet")
 		}
 		return nil
@@ -289,12 +284,12 @@ func TestS3Outage(t *testing.T) {
 	e.checkExactlyOnce(wantRows(append(first, second...)...))
 }
 
-// TestStopDuringS3Outage stops a sink that cannot write what it holds: Run
-// says so, nothing is committed, and the next sink writes it all.
+// TestStopDuringS3Outage stops a sink that cannot write what it holds:
+// nothing of it is committed, and the next sink writes it all.
 func TestStopDuringS3Outage(t *testing.T) {
-	t.Setenv("AWS_MAX_ATTEMPTS", "1")
 	e := newEnv(t, 2)
 	cfg := e.config()
+	cfg.S3.MaxAttempts = 1
 	r1 := e.startSink(cfg)
 
 	var first, second []*wire.Batch
@@ -310,13 +305,13 @@ func TestStopDuringS3Outage(t *testing.T) {
 	e.s3.unreachable()
 	e.produce(second...)
 	eventually(t, "sink consumed the records it cannot write", func() error {
-		if got := r1.metric("fleet_sink_records_total", "result", "ok"); got != float64(len(first)+len(second)) {
+		if got := r1.metric("fleet_sink_records_total", "result", "ok"); got < float64(len(first)+len(second)) {
 			return fmt.Errorf("%v records consumed", got)
 		}
 		return nil
 	})
-	if err := r1.stop(); err == nil || !strings.Contains(err.Error(), "written after restart") {
-		t.Fatalf("Run = %v, want an error saying the data is written after a restart", err)
+	if err := r1.stop(); err != nil {
+		t.Fatalf("Run = %v; a stop discards the open windows, which cannot fail", err)
 	}
 
 	e.s3.reachable()
@@ -335,14 +330,15 @@ func TestStopDuringS3Outage(t *testing.T) {
 
 // TestTwoSinksShareTheGroup starts a second sink beside a first one that
 // never writes on its own (its limits are far off): the partitions that
-// move must be written by the first before it lets them go, and resumed by
-// the second from their checkpoints. Every reading is written once and
-// every record read once.
+// move are dropped by the first (their open windows discarded) and read
+// again by the second from their checkpoints. Every reading is written
+// once.
 func TestTwoSinksShareTheGroup(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 4)
 	cfgA := e.config()
 	cfgA.MaxFileAge = time.Hour
+	cfgA.FlushOnStop = true // what it keeps, it writes when stopped
 	a := e.startSink(cfgA)
 
 	var all []*wire.Batch
@@ -366,7 +362,9 @@ func TestTwoSinksShareTheGroup(t *testing.T) {
 
 	// Keep the fleet driving until the group has rebalanced (the first
 	// sink hears of the second at its next heartbeat, within 3s).
-	b := e.startSink(e.config())
+	cfgB := e.config()
+	cfgB.FlushOnStop = true
+	b := e.startSink(cfgB)
 	deadline := time.Now().Add(waitFor)
 	for b.metric("fleet_sink_records_total", "result", "ok") == 0 {
 		if time.Now().After(deadline) {
@@ -375,31 +373,26 @@ func TestTwoSinksShareTheGroup(t *testing.T) {
 		wave()
 		time.Sleep(250 * time.Millisecond) // pace the fleet; the loop waits on the condition above
 	}
-	// The first sink only writes when it lets partitions go. The vehicles'
-	// keys hash to partitions 0, 1 and 3, so at least one of the two that
-	// moved had records buffered.
-	if files := a.metric("fleet_sink_files_total", "table", "readings"); files == 0 {
-		t.Error("the first sink wrote nothing of the partitions it gave up")
+	// The first sink writes nothing of the partitions it gives up.
+	if files := a.metric("fleet_sink_files_total"); files != 0 {
+		t.Errorf("the first sink wrote %v files before it was stopped", files)
 	}
 	wave()
-	eventually(t, "the sinks consumed every record", func() error {
-		got := a.metric("fleet_sink_records_total", "result", "ok") + b.metric("fleet_sink_records_total", "result", "ok")
-		if got < float64(len(all)) {
-			return fmt.Errorf("%v of %d records", got, len(all))
-		}
-		return nil
-	})
 	if err := b.stop(); err != nil {
 		t.Fatalf("second sink's Run: %v", err)
 	}
 	if err := a.stop(); err != nil {
 		t.Fatalf("first sink's Run: %v", err)
 	}
-	e.checkExactlyOnce(wantRows(all...))
+	// What they held when stopped they wrote; a third sink writes the rest.
+	c := e.startSink(e.config())
 	e.waitCommitted(cfgA.Group)
-	okA, okB := a.metric("fleet_sink_records_total", "result", "ok"), b.metric("fleet_sink_records_total", "result", "ok")
+	if err := c.stop(); err != nil {
+		t.Fatalf("third sink's Run: %v", err)
+	}
+	e.checkExactlyOnce(wantRows(all...))
 	dups := a.metric("fleet_sink_records_total", "result", "duplicate") + b.metric("fleet_sink_records_total", "result", "duplicate")
-	if okA+okB != float64(len(all)) || dups != 0 {
-		t.Errorf("records read: %v by the first sink, %v by the second, %v duplicates; want each of the %d read once", okA, okB, dups, len(all))
+	if dups != 0 {
+		t.Errorf("%v duplicates, want none: no batch was sent twice", dups)
 	}
 }

@@ -2,8 +2,10 @@ package sink_test
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +13,7 @@ import (
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/format"
 
-	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
+	"github.com/fleetpipe/fleetpipe/internal/parquetout"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -82,43 +84,61 @@ func TestRowsAndLayout(t *testing.T) {
 		t.Fatalf("files of the batch at offset 3 %s", diff)
 	}
 
-	us := func(ms int) int64 { return at(ms).UnixMicro() }
-	row := func(signal, unit, typ string, ms int) sink.ReadingRow {
-		return sink.ReadingRow{VehicleID: "veh-0042", TS: us(ms), Signal: signal, Unit: unit, Type: typ, Epoch: epoch, Seq: 7}
+	// batch_index is the reading's place in the batch as it travels (the
+	// wire groups readings by signal).
+	data, err := wire.Encode(b, wire.EncodeOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	with := func(r sink.ReadingRow, f func(*sink.ReadingRow)) sink.ReadingRow { f(&r); return r }
-	// Sorted by vehicle, signal and time, as the files are.
-	wantReadings := map[string][]sink.ReadingRow{
+	travelled, err := wire.Decode(data, wire.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	index := map[string]int32{}
+	for i, r := range travelled.Readings {
+		index[fmt.Sprint(r.Signal, r.Time/1000)] = int32(i)
+	}
+	us := func(ms int) int64 { return at(ms).UnixMicro() }
+	row := func(signal, unit, typ string, ms int) parquetout.ReadingRow {
+		return parquetout.ReadingRow{VehicleID: "veh-0042", TS: us(ms), Signal: signal, Unit: unit, Type: typ, Epoch: epoch, Seq: 7,
+			BatchIndex: index[fmt.Sprint(signal, us(ms))]}
+	}
+	with := func(r parquetout.ReadingRow, f func(*parquetout.ReadingRow)) parquetout.ReadingRow { f(&r); return r }
+	// Compared sorted by signal and time (files keep the batch's order).
+	wantReadings := map[string][]parquetout.ReadingRow{
 		"readings/" + before + name: {
-			with(row("brake", "", "bool", 0), func(r *sink.ReadingRow) { r.ValueBool = ptr(true) }),
-			with(row("coolant_temp", "°C", "double", 0), func(r *sink.ReadingRow) { r.ValueDouble = ptr(89.5) }),
-			with(row("gear", "", "string", 50), func(r *sink.ReadingRow) { r.ValueString = ptr("D") }),
-			with(row("rpm", "1/min", "int", 50), func(r *sink.ReadingRow) { r.ValueInt = ptr(int64(3000)) }),
+			with(row("brake", "", "bool", 0), func(r *parquetout.ReadingRow) { r.ValueBool = ptr(true) }),
+			with(row("coolant_temp", "°C", "double", 0), func(r *parquetout.ReadingRow) { r.ValueDouble = ptr(89.5) }),
+			with(row("gear", "", "string", 50), func(r *parquetout.ReadingRow) { r.ValueString = ptr("D") }),
+			with(row("rpm", "1/min", "int", 50), func(r *parquetout.ReadingRow) { r.ValueInt = ptr(int64(3000)) }),
 		},
 		"readings/" + after + name: {
-			with(row("brake", "", "bool", 100), func(r *sink.ReadingRow) { r.ValueBool = ptr(false) }),
-			with(row("coolant_temp", "°C", "double", 200), func(r *sink.ReadingRow) { r.ValueDouble = ptr(-40.25) }),
-			with(row("gear", "", "string", 250), func(r *sink.ReadingRow) { r.ValueString = ptr("Rückwärts ✓") }),
-			with(row("rpm", "1/min", "int", 150), func(r *sink.ReadingRow) { r.ValueInt = ptr(int64(1<<53 + 1)) }),
+			with(row("brake", "", "bool", 100), func(r *parquetout.ReadingRow) { r.ValueBool = ptr(false) }),
+			with(row("coolant_temp", "°C", "double", 200), func(r *parquetout.ReadingRow) { r.ValueDouble = ptr(-40.25) }),
+			with(row("gear", "", "string", 250), func(r *parquetout.ReadingRow) { r.ValueString = ptr("Rückwärts ✓") }),
+			with(row("rpm", "1/min", "int", 150), func(r *parquetout.ReadingRow) { r.ValueInt = ptr(int64(1<<53 + 1)) }),
 		},
 	}
 	for key, want := range wantReadings {
-		rows, err := readRows[sink.ReadingRow](files[key])
+		rows, err := readRows[parquetout.ReadingRow](files[key])
 		if err != nil {
 			t.Fatalf("%s: %v", key, err)
 		}
+		slices.SortFunc(rows, func(a, b parquetout.ReadingRow) int {
+			return cmp.Or(cmp.Compare(a.Signal, b.Signal), cmp.Compare(a.TS, b.TS))
+		})
 		if diff := mismatch(want, rows); diff != "" {
 			t.Errorf("%s %s", key, diff)
 		}
 	}
-	wantLocations := map[string][]sink.LocationRow{
+	wantLocations := map[string][]parquetout.LocationRow{
 		"locations/" + before + name: {{VehicleID: "veh-0042", TS: us(50), Lat: 52.5200066, Lon: 13.4049540,
-			Alt: nil, Speed: ptr(8.333), Heading: ptr(90.25), Accuracy: nil, Epoch: epoch, Seq: 7}},
+			Alt: nil, Speed: ptr(8.333), Heading: ptr(90.25), Accuracy: nil, Epoch: epoch, Seq: 7, BatchIndex: 0}},
 		"locations/" + after + name: {{VehicleID: "veh-0042", TS: us(150), Lat: -33.8688, Lon: 151.2093,
-			Alt: ptr(58.5), Speed: ptr(0.0), Heading: ptr(359.99), Accuracy: ptr(2.5), Epoch: epoch, Seq: 7}},
+			Alt: ptr(58.5), Speed: ptr(0.0), Heading: ptr(359.99), Accuracy: ptr(2.5), Epoch: epoch, Seq: 7, BatchIndex: 1}},
 	}
 	for key, want := range wantLocations {
-		rows, err := readRows[sink.LocationRow](files[key])
+		rows, err := readRows[parquetout.LocationRow](files[key])
 		if err != nil {
 			t.Fatalf("%s: %v", key, err)
 		}
@@ -130,7 +150,7 @@ func TestRowsAndLayout(t *testing.T) {
 	// Read generically, through the file's own schema, as a query engine
 	// would (no Go struct of ours): ts is microseconds since the epoch, the
 	// schema test below checks it is annotated as a UTC instant.
-	data := files["readings/"+after+name]
+	data = files["readings/"+after+name]
 	f, err := parquet.OpenFile(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		t.Fatal(err)
@@ -144,11 +164,15 @@ func TestRowsAndLayout(t *testing.T) {
 	if n, _ := rr.Read(generic); n != len(generic) {
 		t.Fatalf("read %d of %d rows", n, len(generic))
 	}
-	if ts := generic[0]["ts"]; ts != at(100).UnixMicro() {
-		t.Errorf("first row's ts read generically = %#v, want %d (%v in microseconds)", ts, at(100).UnixMicro(), at(100))
+	brake := slices.IndexFunc(generic, func(r map[string]any) bool { return r["signal"] == "brake" })
+	if brake < 0 {
+		t.Fatalf("no brake row read generically: %v", generic)
 	}
-	if generic[0]["value_double"] != nil || generic[0]["value_bool"] != false {
-		t.Errorf("first row read generically = %v: want value_bool false and value_double null", generic[0])
+	if ts := generic[brake]["ts"]; ts != at(100).UnixMicro() {
+		t.Errorf("brake row's ts read generically = %#v, want %d (%v in microseconds)", ts, at(100).UnixMicro(), at(100))
+	}
+	if generic[brake]["value_double"] != nil || generic[brake]["value_bool"] != false {
+		t.Errorf("brake row read generically = %v: want value_bool false and value_double null", generic[brake])
 	}
 
 	t.Run("schema", func(t *testing.T) {
@@ -164,6 +188,9 @@ func TestRowsAndLayout(t *testing.T) {
 			"value_string OPTIONAL BYTE_ARRAY STRING",
 			"epoch REQUIRED INT64 INT(64,false)",
 			"seq REQUIRED INT64 INT(64,false)",
+			"batch_index REQUIRED INT32 INT(32,true)",
+			"capture_id OPTIONAL BYTE_ARRAY STRING",
+			"capture_rule OPTIONAL BYTE_ARRAY STRING",
 		}, format.Zstd)
 		checkSchema(t, files["locations/"+before+name], []string{
 			"vehicle_id REQUIRED BYTE_ARRAY STRING",
@@ -176,6 +203,9 @@ func TestRowsAndLayout(t *testing.T) {
 			"accuracy OPTIONAL DOUBLE",
 			"epoch REQUIRED INT64 INT(64,false)",
 			"seq REQUIRED INT64 INT(64,false)",
+			"batch_index REQUIRED INT32 INT(32,true)",
+			"capture_id OPTIONAL BYTE_ARRAY STRING",
+			"capture_rule OPTIONAL BYTE_ARRAY STRING",
 		}, format.Zstd)
 	})
 }
@@ -212,7 +242,7 @@ func checkSchema(t *testing.T, data []byte, want []string, codec format.Compress
 			}
 		}
 	}
-	if cb := md.CreatedBy; !strings.Contains(cb, "fleetpipe parquet-sink") {
+	if cb := md.CreatedBy; !strings.HasPrefix(cb, "fleetpipe version ") {
 		t.Errorf("created_by = %q", cb)
 	}
 	return f
@@ -260,6 +290,9 @@ func TestCompressionAndRowGroups(t *testing.T) {
 		"value_string OPTIONAL BYTE_ARRAY STRING",
 		"epoch REQUIRED INT64 INT(64,false)",
 		"seq REQUIRED INT64 INT(64,false)",
+		"batch_index REQUIRED INT32 INT(32,true)",
+		"capture_id OPTIONAL BYTE_ARRAY STRING",
+		"capture_rule OPTIONAL BYTE_ARRAY STRING",
 	}, format.Snappy)
 	var sizes []int64
 	for _, rg := range f.RowGroups() {
@@ -268,7 +301,7 @@ func TestCompressionAndRowGroups(t *testing.T) {
 	if diff := mismatch([]int64{1000, 1000, 500}, sizes); diff != "" {
 		t.Errorf("row group sizes %s", diff)
 	}
-	rows, err := readRows[sink.ReadingRow](data)
+	rows, err := readRows[parquetout.ReadingRow](data)
 	if err != nil {
 		t.Fatal(err)
 	}

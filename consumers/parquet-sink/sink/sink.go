@@ -1,50 +1,50 @@
 // Package sink writes the telemetry topic to Parquet files on S3, every
-// reading exactly once.
+// reading exactly once, with a consumer group spreading the partitions over
+// replicas.
 //
-// Records are consumed in a Kafka consumer group and decoded; each batch's
-// readings go to the long `readings` table and its fixes to the wide
-// `locations` table, partitioned Hive-style by the readings' UTC date and
-// hour. Per Kafka partition the sink buffers rows until a limit (rows,
-// bytes, age) is hit, then writes one file per (table, hour) named
-// {topic}+{partition}+{first offset}.parquet.
+// Each assigned partition gets a parquetlog.Writer, which does the work and
+// holds the guarantees (read its package documentation for the windows,
+// the fenced checkpoint and why a stale writer is harmless). The sink:
 //
-// Exactly once: a per-partition checkpoint on S3 holds the next offset to
-// read, the files a write in progress may leave behind, and a filter of the
-// batch identities already written. A write first records its files in the
-// checkpoint, then uploads them, then records the new offset and filter,
-// and only then commits the offset to Kafka. On (re)assignment the sink
-// resumes from the checkpoint: a crash at any point rewrites the same file
-// names (overwriting), deletes files of an interrupted write that it did
-// not rewrite, and drops batches the filter has seen, such as the copies an
-// agent's re-send or a bridge's retry put in Kafka.
+//   - claims a partition's checkpoint as the group assigns it, and starts
+//     fetching at the checkpoint's offset (the group's committed offset is
+//     only used for a partition that has no checkpoint yet);
+//   - decodes each record (verifying its checksum; resolving its signal
+//     catalog) and hands it to the partition's writer;
+//   - every second, lets writers of caught-up partitions close quiet
+//     windows, and commits to Kafka the offsets the checkpoints have
+//     reached (for lag monitoring and tools: the checkpoints are the truth);
+//   - drops a partition's writer when the group revokes or loses the
+//     partition, or when the writer fails (fenced by another member, S3 out
+//     of reach): its open window is discarded, never written half, and is
+//     read again from the checkpoint — by this member after a backoff if the
+//     partition is still assigned to it, or by its new owner.
 //
-// Metrics (namespace fleet_sink):
+// On shutdown the open windows are discarded (their records are read again
+// after restart) unless --flush-on-stop asks to write them where they stand.
 //
-//	fleet_sink_records_total{result="ok|duplicate|invalid"}  Kafka records consumed
-//	fleet_sink_rows_total{table}                            rows written to files
-//	fleet_sink_files_total{table}                           files written
-//	fleet_sink_bytes_total                                  Parquet bytes uploaded
-//	fleet_sink_flush_seconds                                time to write a partition's files
-//	fleet_sink_flush_errors_total                           failed writes (retried)
-//	fleet_sink_buffered_rows                                rows waiting to be written
+// Metrics (namespace fleet_sink): those of parquetlog.Metrics, and
+//
+//	fleet_sink_partitions                       partitions assigned, by state: writing, waiting (to claim again)
+//	fleet_sink_consumer_lag{partition}          high watermark minus the offset committed to Parquet
+//	fleet_sink_writer_errors_total{kind}        writers dropped: fenced, conflict, s3, decode, claim
 //
 // plus the franz-go client metrics under fleet_kafka_*.
 package sink
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
-	"github.com/parquet-go/parquet-go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"golang.org/x/sync/errgroup"
@@ -52,90 +52,83 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
+	"github.com/fleetpipe/fleetpipe/internal/parquetlog"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
-
-// ObjectStore is the part of S3 the sink uses.
-type ObjectStore interface {
-	Put(ctx context.Context, key string, body io.Reader, size int64, contentType string) error
-	Get(ctx context.Context, key string) ([]byte, error) // wraps objstore.ErrNotFound when missing
-	Delete(ctx context.Context, key string) error
-}
 
 // Deps are the sink's dependencies.
 type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
-	// Store overrides the S3 store built from Config.S3 (tests, embedded stack).
-	Store ObjectStore
 }
 
 // Sink is the Kafka-to-Parquet writer. A Sink runs once.
 type Sink struct {
-	cfg    Config
-	logger *slog.Logger
-	m      *metrics
-	store  ObjectStore
-	kafka  *kgo.Client
-	admin  *admin.Server
-	opts   []parquet.WriterOption
-	// catalogs resolves the signal catalogs batches refer to.
+	cfg      Config
+	logger   *slog.Logger
+	m        *metrics
+	lm       *parquetlog.Metrics
+	store    *objstore.Store
+	kafka    *kgo.Client
+	admin    *admin.Server
 	catalogs *catalogstore.Store
 
-	mu    sync.Mutex // guards parts; rebalance callbacks run on other goroutines
+	mu    sync.Mutex // guards parts and batch; rebalance callbacks run on other goroutines
 	parts map[int32]*partition
+	batch wire.Batch // decoded records go here, one at a time
 }
 
-// partition is the sink's state for one assigned Kafka partition.
+// partition is one assigned Kafka partition.
 type partition struct {
-	id      int32
-	seen    *seenFilter // as of nextCommitted
-	stale   []string    // files an interrupted write may have left, to delete
-	bufs    map[hourKey]*hourBuf
-	bufIDs  map[wire.Identity]struct{}
-	first   int64 // first offset in the buffer, -1 when nothing is buffered
-	next    int64 // offset after the last record buffered
-	rows    int
-	size    int
-	opened  time.Time
-	flushed int64 // next offset of the last checkpoint written
-	// halted is set when shutdown interrupted the decoding of a record:
-	// nothing after it is buffered.
-	halted bool
+	id int32
+	w  *parquetlog.Writer // nil while waiting to claim (again)
+	// start is where to read from when the partition has no checkpoint:
+	// the group's committed offset, or -1 for the log's start.
+	start int64
+	// expect is the offset the first record after a claim must have;
+	// checked once, then -1.
+	expect    int64
+	hwm       int64 // the partition's high watermark, as of the last fetch
+	committed int64 // last offset committed to the group
+	retryAt   time.Time
+	backoff   time.Duration
 }
+
+// Decode limits: generous, because a record the sink cannot decode is a
+// record it cannot write. The bridge applies the tight limits at the door.
+var decodeLimits = wire.Limits{MaxBatchBytes: 64 << 20, MaxBodyBytes: 256 << 20, MaxReadings: 16 << 20}
 
 // New builds the sink and binds its admin port. Nothing connects until Run.
 func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c, _ := codec(cfg.Compression)
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
 	s := &Sink{
-		cfg: cfg, logger: deps.Logger, m: newMetrics(deps.Registerer), store: deps.Store,
+		cfg: cfg, logger: deps.Logger, m: newMetrics(deps.Registerer),
+		lm:    parquetlog.NewMetrics(deps.Registerer, "fleet_sink"),
 		parts: map[int32]*partition{},
-		opts: []parquet.WriterOption{
-			parquet.Compression(c),
-			parquet.MaxRowsPerRowGroup(int64(cfg.RowGroupRows)),
-			parquet.CreatedBy("fleetpipe parquet-sink", "0.1.0", ""),
-		},
 	}
-	if s.store == nil {
-		st, err := objstore.New(ctx, cfg.S3, objstore.Deps{Logger: deps.Logger})
-		if err != nil {
-			return nil, err
-		}
-		s.store = st
+	st, err := objstore.New(ctx, cfg.S3, objstore.Deps{Logger: deps.Logger})
+	if err != nil {
+		return nil, err
 	}
+	s.store = st
 	kopts, err := cfg.Kafka.Opts(deps.Logger, deps.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	kopts = append(kopts,
 		kgo.ConsumerGroup(cfg.Group),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AdjustFetchOffsetsFn(s.onAssigned),
 		kgo.OnPartitionsRevoked(s.onRevoked),
@@ -164,8 +157,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 // AdminURL is the URL of the metrics and health endpoints.
 func (s *Sink) AdminURL() string { return s.admin.URL() }
 
-// Run consumes until ctx is cancelled, then writes out everything buffered,
-// commits, and leaves the group.
+// Run checks that it can write the bucket, then consumes until ctx is
+// cancelled; then it discards (or, with FlushOnStop, writes) the open
+// windows, commits, and leaves the group.
 func (s *Sink) Run(ctx context.Context) error {
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	g, gctx := errgroup.WithContext(adminCtx)
@@ -175,358 +169,322 @@ func (s *Sink) Run(ctx context.Context) error {
 		_ = g.Wait()
 		s.catalogs.Close()
 	}()
-	s.logger.Info("parquet sink starting", "topic", s.cfg.Topic, "group", s.cfg.Group, "admin", s.admin.URL())
 
-	tick := min(s.cfg.MaxFileAge/4, time.Second)
+	probe := "_sink/write-check/" + s.writerName() + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	checkCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	err := s.store.CheckWritable(checkCtx, probe)
+	cancel()
+	if err != nil {
+		s.kafka.Close()
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
+		return fmt.Errorf("sink: %w", err)
+	}
+	s.logger.Info("parquet sink starting", "topic", s.cfg.Topic, "group", s.cfg.Group, "s3", s.store.URI(""), "admin", s.admin.URL())
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for ctx.Err() == nil {
-		pollCtx, cancel := context.WithTimeout(ctx, tick)
-		// Small polls keep the file limits (checked after each poll) tight.
-		fetches := s.kafka.PollRecords(pollCtx, 1000)
+		pollCtx, cancel := context.WithTimeout(ctx, time.Second)
+		fetches := s.kafka.PollRecords(pollCtx, 10_000)
 		cancel()
 		if fetches.IsClientClosed() {
 			break
 		}
-		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-				s.logger.Warn("fetch error", "topic", t, "partition", p, "err", err)
+		s.mu.Lock()
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			if fp.Err != nil && !errors.Is(fp.Err, context.DeadlineExceeded) && !errors.Is(fp.Err, context.Canceled) {
+				s.logger.Warn("fetch error", "partition", fp.Partition, "err", fp.Err)
+			}
+			if p := s.parts[fp.Partition]; p != nil && fp.Topic == s.cfg.Topic {
+				p.hwm = max(p.hwm, fp.HighWatermark)
+				s.write(ctx, p, fp.Records)
 			}
 		})
-		s.mu.Lock()
-		fetches.EachRecord(func(r *kgo.Record) { s.add(ctx, r) })
-		err := s.flushDue(ctx, time.Now())
+		select {
+		case <-tick.C:
+			s.maintain(ctx, time.Now())
+		default:
+		}
 		s.mu.Unlock()
 		s.kafka.AllowRebalance()
-		if err != nil && ctx.Err() == nil {
-			s.logger.Error("writing files failed; will retry", "err", err)
-			s.m.flushErrors.Inc()
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
+	}
+	return s.shutdown()
+}
+
+func (s *Sink) writerName() string {
+	if s.cfg.InstanceID != "" {
+		return s.cfg.InstanceID
+	}
+	return s.cfg.Kafka.ClientID
+}
+
+// write hands a partition's fetched records to its writer. Called with
+// s.mu held.
+func (s *Sink) write(ctx context.Context, p *partition, recs []*kgo.Record) {
+	for _, r := range recs {
+		if p.w == nil {
+			return // waiting to claim again: the records are read again then
+		}
+		if p.expect >= 0 {
+			if r.Offset < p.expect {
+				continue // fetched before the seek
 			}
+			if r.Offset > p.expect && !s.recordsGone(ctx, p) {
+				// Not where the seek said: a fetch from before it. Seek again.
+				s.logger.Warn("first record after a claim is past the checkpoint; seeking again", "partition", p.id, "want", p.expect, "got", r.Offset)
+				s.drop(p, errors.New("unexpected first offset"), "seek")
+				return
+			}
+			p.expect = -1
+		}
+		// One Batch, reused: a writer keeps nothing of it after Add.
+		err := s.catalogs.DecodeInto(ctx, r.Value, decodeLimits, &s.batch)
+		rec := parquetlog.Record{Offset: r.Offset, Timestamp: r.Timestamp, Batch: &s.batch}
+		if err != nil {
+			if !wire.IsInvalid(err) {
+				// The catalog topic is out of reach and ctx ended: stop here.
+				s.drop(p, fmt.Errorf("decode offset %d: %w", r.Offset, err), "decode")
+				return
+			}
+			rec.Batch, rec.Invalid = nil, err
+		}
+		// A window's commit runs to its end even if Run is being stopped:
+		// only the S3 retries bound it.
+		if err := p.w.Add(context.WithoutCancel(ctx), rec); err != nil {
+			s.drop(p, err, "")
+			return
 		}
 	}
+}
 
-	// Shutdown: write out and commit what is buffered, then leave the group.
-	s.logger.Info("parquet sink flushing before exit")
-	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// recordsGone reports whether the records between p.expect and the first
+// one fetched have left Kafka (retention): then the writer starts at the
+// first one left. Otherwise the fetch was from before a seek.
+func (s *Sink) recordsGone(ctx context.Context, p *partition) bool {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	s.mu.Lock()
-	var ferr error
-	for _, p := range s.sortedParts() {
-		if err := s.flush(fctx, p); err != nil {
-			ferr = errors.Join(ferr, err)
+	starts, err := kadm.NewClient(s.kafka).ListStartOffsets(lctx, s.cfg.Topic)
+	if err != nil {
+		return false
+	}
+	o, ok := starts.Lookup(s.cfg.Topic, p.id)
+	return ok && o.Err == nil && o.Offset > p.expect
+}
+
+// drop discards a partition's writer after an error; the partition is
+// claimed again after a backoff if it is still assigned. kind labels the
+// metric ("" classifies err). Called with s.mu held.
+func (s *Sink) drop(p *partition, err error, kind string) {
+	if p.w != nil {
+		p.w.Abandon(context.Background())
+		p.w = nil
+	}
+	s.kafka.PauseFetchPartitions(map[string][]int32{s.cfg.Topic: {p.id}})
+	if kind == "" {
+		switch {
+		case errors.Is(err, parquetlog.ErrFenced):
+			kind = "fenced"
+		case errors.Is(err, parquetlog.ErrConflict):
+			kind = "conflict"
+		default:
+			kind = "s3"
 		}
 	}
-	s.mu.Unlock()
-	s.kafka.Close()
-	if ferr != nil {
-		return fmt.Errorf("sink: final write: %w (the data stays in Kafka and is written after restart)", ferr)
+	p.backoff = min(max(2*p.backoff, time.Second), 30*time.Second)
+	switch kind {
+	case "seek":
+		p.backoff = 0
+	case "conflict":
+		p.backoff = 5 * time.Minute
 	}
-	s.logger.Info("parquet sink stopped")
-	return nil
+	p.retryAt = time.Now().Add(p.backoff)
+	s.m.writerErrors.WithLabelValues(kind).Inc()
+	lvl := slog.LevelWarn
+	if kind == "conflict" {
+		lvl = slog.LevelError
+	}
+	s.logger.Log(context.Background(), lvl, "partition writer stopped; its open window is discarded and read again",
+		"partition", p.id, "kind", kind, "err", err, "retry_in", p.backoff)
 }
 
-func (s *Sink) sortedParts() []*partition {
-	ids := slices.Sorted(maps.Keys(s.parts))
-	out := make([]*partition, len(ids))
-	for i, id := range ids {
-		out[i] = s.parts[id]
-	}
-	return out
-}
-
-// add buffers one record. Called with s.mu held. A record that refers to a
-// catalog blocks its partition until the catalog topic is readable; if ctx
-// ends first, the record and the rest of its partition's fetch are left
-// unbuffered, so the checkpoint stops before them and they are read again.
-func (s *Sink) add(ctx context.Context, r *kgo.Record) {
-	p := s.parts[r.Partition]
-	if p == nil {
-		// Not assigned through onAssigned (cannot happen with a group);
-		// refuse rather than write without a checkpoint.
-		s.logger.Error("record from an unassigned partition", "partition", r.Partition)
-		return
-	}
-	if r.Offset < p.next || p.halted {
-		return // already buffered (a re-fetch after an offset reset), or halted at shutdown
-	}
-	b, err := s.catalogs.Decode(ctx, r.Value, wire.Limits{})
-	if err != nil && !wire.IsInvalid(err) {
-		p.halted = true
-		s.logger.Warn("record not decoded before shutdown; it is read again after restart", "partition", r.Partition, "offset", r.Offset, "err", err)
-		return
-	}
-	if p.first < 0 {
-		p.first = r.Offset
-		p.opened = time.Now()
-	}
-	p.next = r.Offset + 1
-	if err != nil {
-		s.m.records.WithLabelValues("invalid").Inc()
-		s.logger.Warn("skipping undecodable record", "partition", r.Partition, "offset", r.Offset, "err", err)
-		return
-	}
-	if _, dup := p.bufIDs[b.Identity]; dup || p.seen.has(b.Identity) {
-		s.m.records.WithLabelValues("duplicate").Inc()
-		return
-	}
-	p.bufIDs[b.Identity] = struct{}{}
-	rows, size := appendBatch(p.bufs, b)
-	p.rows += rows
-	p.size += size
-	s.m.buffered.Add(float64(rows))
-	s.m.records.WithLabelValues("ok").Inc()
-}
-
-func (s *Sink) flushDue(ctx context.Context, now time.Time) error {
-	var err error
-	for _, p := range s.sortedParts() {
-		if p.first < 0 {
+// maintain runs every second: quiet windows, claims to retry, Kafka
+// commits and lag. Called with s.mu held.
+func (s *Sink) maintain(ctx context.Context, now time.Time) {
+	commits := map[int32]kgo.EpochOffset{}
+	writing := 0
+	for _, id := range slices.Sorted(maps.Keys(s.parts)) {
+		p := s.parts[id]
+		if p.w == nil && !now.Before(p.retryAt) {
+			s.claimAgain(ctx, p)
+		}
+		if p.w == nil {
 			continue
 		}
-		if p.rows >= s.cfg.MaxFileRows || p.size >= s.cfg.MaxFileBytes || now.Sub(p.opened) >= s.cfg.MaxFileAge {
-			if e := s.flush(ctx, p); e != nil {
-				err = errors.Join(err, e)
+		writing++
+		if _, err := p.w.Tick(context.WithoutCancel(ctx), now, p.hwm); err != nil {
+			s.drop(p, err, "")
+			continue
+		}
+		if c := p.w.Committed(); c > p.committed {
+			commits[id] = kgo.EpochOffset{Epoch: -1, Offset: c}
+			p.committed = c
+		}
+		if c := p.w.Committed(); c >= 0 && p.hwm >= c {
+			s.m.lag.WithLabelValues(strconv.Itoa(int(id))).Set(float64(p.hwm - c))
+		}
+	}
+	s.m.partitions.WithLabelValues("writing").Set(float64(writing))
+	s.m.partitions.WithLabelValues("waiting").Set(float64(len(s.parts) - writing))
+	if len(commits) > 0 {
+		s.kafka.CommitOffsets(context.WithoutCancel(ctx), map[string]map[int32]kgo.EpochOffset{s.cfg.Topic: commits}, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+			if err != nil && ctx.Err() == nil {
+				s.logger.Debug("offset commit failed (the S3 checkpoints hold the position)", "err", err)
 			}
-		}
+		})
 	}
-	return err
 }
 
-// flushTimeout bounds one partition's write (upload, checkpoints, commit).
-const flushTimeout = 2 * time.Minute
-
-type file struct {
-	key  string
-	data []byte
-	rows int
-	tbl  string
+// claimAgain claims a partition whose writer was dropped and seeks to its
+// checkpoint. Called with s.mu held.
+func (s *Sink) claimAgain(ctx context.Context, p *partition) {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	w, err := parquetlog.Claim(cctx, s.cfg.writerConfig(p.id, p.start), s.writerDeps())
+	cancel()
+	if err != nil {
+		s.drop(p, err, "claim")
+		return
+	}
+	p.w = w
+	next := w.Next()
+	if next < 0 {
+		next = max(p.start, 0) // an offset before the log's start resets to it
+	}
+	p.expect = w.Next()
+	s.kafka.SetOffsets(map[string]map[int32]kgo.EpochOffset{s.cfg.Topic: {p.id: {Epoch: -1, Offset: next}}})
+	s.kafka.ResumeFetchPartitions(map[string][]int32{s.cfg.Topic: {p.id}})
+	s.logger.Info("partition claimed again", "partition", p.id, "offset", next, "generation", w.Generation())
 }
 
-// flush writes a partition's buffer as files, checkpoints and commits.
-// On error the buffer is kept, to be written again later under the same
-// names. Called with s.mu held.
-func (s *Sink) flush(ctx context.Context, p *partition) error {
-	if p.first < 0 {
-		return nil
-	}
-	// Bound the whole write: a hung S3 must not hold the lock (and so the
-	// group's rebalances) forever; the buffer is kept and written again.
-	ctx, cancelWrite := context.WithTimeout(ctx, flushTimeout)
-	defer cancelWrite()
-	start := time.Now()
-	var files []file
-	for _, h := range slices.SortedFunc(maps.Keys(p.bufs), func(a, b hourKey) int {
-		return compareHour(a, b)
-	}) {
-		data, err := p.bufs[h].encode(h.table, s.opts)
-		if err != nil {
-			return fmt.Errorf("sink: encode %s: %w", h.table, err)
-		}
-		n := len(p.bufs[h].readings) + len(p.bufs[h].locations)
-		files = append(files, file{key: objectKey(h, s.cfg.Topic, p.id, p.first), data: data, rows: n, tbl: h.table})
-	}
-	keys := make([]string, len(files))
-	for i, f := range files {
-		keys[i] = f.key
-	}
+func (s *Sink) writerDeps() parquetlog.Deps {
+	return parquetlog.Deps{Store: s.store, Logger: s.logger, Metrics: s.lm}
+}
 
-	// 1. Record the files this write may leave behind.
-	if len(files) > 0 {
-		intent := &checkpoint{Topic: s.cfg.Topic, Partition: p.id, NextOffset: p.first,
-			Pending: union(keys, p.stale), Seen: p.seen.snapshot()}
-		if err := s.putCheckpoint(ctx, intent); err != nil {
-			return err
-		}
+// onAssigned claims newly assigned partitions (concurrently) and starts
+// each at its checkpoint's offset.
+func (s *Sink) onAssigned(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	parts := offsets[s.cfg.Topic]
+	if len(parts) == 0 {
+		return offsets, nil
 	}
-	// 2. Upload them.
+	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for _, f := range files {
+	g.SetLimit(8)
+	for _, id := range slices.Sorted(maps.Keys(parts)) {
+		start := parts[id].EpochOffset().Offset
+		if start < 0 {
+			start = -1
+		}
 		g.Go(func() error {
-			if err := s.store.Put(gctx, f.key, bytes.NewReader(f.data), int64(len(f.data)), "application/vnd.apache.parquet"); err != nil {
-				return fmt.Errorf("sink: upload %s: %w", f.key, err)
+			p := &partition{id: id, start: start, expect: -1, hwm: -1, committed: -1}
+			cctx, cancel := context.WithTimeout(gctx, time.Minute)
+			w, err := parquetlog.Claim(cctx, s.cfg.writerConfig(id, start), s.writerDeps())
+			cancel()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				// Fetch from where the group says; the records are dropped
+				// and the partition claimed again (and sought) shortly.
+				s.logger.Warn("could not claim an assigned partition; retrying", "partition", id, "err", err)
+				s.m.writerErrors.WithLabelValues("claim").Inc()
+				p.retryAt = time.Now().Add(time.Second)
+			} else {
+				p.w = w
+				if n := w.Next(); n >= 0 {
+					parts[id] = kgo.NewOffset().At(n).WithEpoch(-1)
+				}
+				s.logger.Info("partition assigned", "partition", id, "offset", w.Next(), "generation", w.Generation())
 			}
+			s.mu.Lock()
+			if old := s.parts[id]; old != nil && old.w != nil {
+				old.w.Abandon(context.Background())
+			}
+			s.parts[id] = p
+			s.mu.Unlock()
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	// 3. Delete files an interrupted earlier write left and this one did not overwrite.
-	for _, k := range p.stale {
-		if !slices.Contains(keys, k) {
-			if err := s.store.Delete(ctx, k); err != nil {
-				return fmt.Errorf("sink: delete stale %s: %w", k, err)
-			}
-			s.logger.Info("deleted file of an interrupted write", "key", k)
-		}
-	}
-	// 4. Record the new position and filter. The files are on S3 now:
-	// finish recording them even if ctx is cancelled (a stop during this
-	// step would otherwise leave the intent checkpoint and no commit behind,
-	// and the next owner would redo the write).
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	for id := range p.bufIDs {
-		p.seen.add(id)
-	}
-	done := &checkpoint{Topic: s.cfg.Topic, Partition: p.id, NextOffset: p.next, Seen: p.seen.snapshot()}
-	if err := s.putCheckpoint(ctx, done); err != nil {
-		// The seen filter already holds this buffer's batches; keeping the
-		// buffer would be wrong too. The files are written, so move on; the
-		// next checkpoint covers this one.
-		s.logger.Warn("checkpoint after write failed; the next write records it", "partition", p.id, "err", err)
-	}
-	// 5. Commit to Kafka (the checkpoint is the truth; this is for tools
-	// that watch consumer lag).
-	s.kafka.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{
-		s.cfg.Topic: {p.id: {Epoch: -1, Offset: p.next}},
-	}, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
-		if err != nil {
-			s.logger.Debug("offset commit failed (the S3 checkpoint still holds the position)", "partition", p.id, "err", err)
-		}
-	})
-
-	for _, f := range files {
-		s.m.rows.WithLabelValues(f.tbl).Add(float64(f.rows))
-		s.m.files.WithLabelValues(f.tbl).Inc()
-		s.m.bytes.Add(float64(len(f.data)))
-	}
-	s.m.buffered.Sub(float64(p.rows))
-	s.m.flushSeconds.Observe(time.Since(start).Seconds())
-	s.logger.Debug("wrote partition files", "partition", p.id, "first_offset", p.first, "next_offset", p.next,
-		"files", len(files), "rows", p.rows, "took", time.Since(start))
-	p.flushed = p.next
-	p.stale = nil
-	p.reset()
-	return nil
-}
-
-func (p *partition) reset() {
-	p.bufs = map[hourKey]*hourBuf{}
-	p.bufIDs = map[wire.Identity]struct{}{}
-	p.first, p.rows, p.size = -1, 0, 0
-}
-
-func compareHour(a, b hourKey) int {
-	if a.table != b.table {
-		if a.table < b.table {
-			return -1
-		}
-		return 1
-	}
-	if a.date != b.date {
-		if a.date < b.date {
-			return -1
-		}
-		return 1
-	}
-	return a.hour - b.hour
-}
-
-func union(a, b []string) []string {
-	out := slices.Clone(a)
-	for _, x := range b {
-		if !slices.Contains(out, x) {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
-func (s *Sink) putCheckpoint(ctx context.Context, c *checkpoint) error {
-	data, err := c.marshal()
-	if err != nil {
-		return err
-	}
-	if err := s.store.Put(ctx, checkpointKey(c.Topic, c.Partition), bytes.NewReader(data), int64(len(data)), "application/json"); err != nil {
-		return fmt.Errorf("sink: write checkpoint: %w", err)
-	}
-	return nil
-}
-
-// onAssigned loads the checkpoints of newly assigned partitions and starts
-// each at its checkpoint's offset (the group's committed offset is only
-// used for partitions that have no checkpoint yet).
-func (s *Sink) onAssigned(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-	for topic, parts := range offsets {
-		if topic != s.cfg.Topic {
-			continue
-		}
-		for id := range parts {
-			p := &partition{id: id, seen: newSeenFilter(s.cfg.DedupEpochs), next: -1}
-			p.reset()
-			data, err := s.getCheckpoint(ctx, topic, id)
-			switch {
-			case errors.Is(err, objstore.ErrNotFound):
-				s.logger.Info("partition assigned; no checkpoint yet", "partition", id)
-			case err != nil:
-				return nil, err // the client retries the assignment
-			default:
-				c, err := parseCheckpoint(data)
-				if err == nil {
-					err = p.seen.restore(c.Seen)
-				}
-				if err != nil {
-					return nil, fmt.Errorf("sink: partition %d: %w", id, err)
-				}
-				p.stale = c.Pending
-				p.next = c.NextOffset
-				p.flushed = c.NextOffset
-				parts[id] = kgo.NewOffset().At(c.NextOffset).WithEpoch(-1)
-				s.logger.Info("partition assigned; resuming from checkpoint", "partition", id, "offset", c.NextOffset, "interrupted_files", len(c.Pending))
-			}
-			s.mu.Lock()
-			s.parts[id] = p
-			s.mu.Unlock()
-		}
-	}
+	_ = g.Wait()
 	return offsets, nil
 }
 
-func (s *Sink) getCheckpoint(ctx context.Context, topic string, id int32) ([]byte, error) {
-	var last error
-	for attempt := 0; attempt < 5; attempt++ {
-		data, err := s.store.Get(ctx, checkpointKey(topic, id))
-		if err == nil || errors.Is(err, objstore.ErrNotFound) {
-			return data, err
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Duration(attempt+1) * 500 * time.Millisecond):
-		}
-	}
-	return nil, fmt.Errorf("sink: read checkpoint of partition %d: %w", id, last)
+// onRevoked drops revoked partitions' writers: their open windows are read
+// again by the new owner from the checkpoints.
+func (s *Sink) onRevoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	s.release(revoked[s.cfg.Topic], "revoked")
 }
 
-// onRevoked writes out revoked partitions before they move to another
-// member, so that it resumes where this one stopped.
-func (s *Sink) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+// onLost drops lost partitions' writers (this member's session ended:
+// another member owns them now and has fenced these writers).
+func (s *Sink) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	s.release(lost[s.cfg.Topic], "lost")
+}
+
+func (s *Sink) release(ids []int32, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, id := range revoked[s.cfg.Topic] {
+	// A partition paused after an error must fetch again when it comes back.
+	s.kafka.ResumeFetchPartitions(map[string][]int32{s.cfg.Topic: ids})
+	for _, id := range ids {
 		if p := s.parts[id]; p != nil {
-			if err := s.flush(ctx, p); err != nil {
-				s.logger.Warn("could not write a revoked partition; its new owner re-reads it", "partition", id, "err", err)
-				s.m.buffered.Sub(float64(p.rows))
+			if p.w != nil {
+				p.w.Abandon(context.Background())
 			}
 			delete(s.parts, id)
+			s.m.lag.DeleteLabelValues(strconv.Itoa(int(id)))
+			s.logger.Info("partition "+why, "partition", id)
 		}
 	}
 }
 
-// onLost drops lost partitions' buffers: another member owns them now and
-// re-reads from the checkpoint.
-func (s *Sink) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+// shutdown ends every writer (writing the open windows with FlushOnStop),
+// commits the reached offsets and leaves the group.
+func (s *Sink) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, id := range lost[s.cfg.Topic] {
-		if p := s.parts[id]; p != nil {
-			s.m.buffered.Sub(float64(p.rows))
-			delete(s.parts, id)
+	var errs error
+	commits := map[int32]kgo.EpochOffset{}
+	for _, id := range slices.Sorted(maps.Keys(s.parts)) {
+		p := s.parts[id]
+		if p.w == nil {
+			continue
 		}
+		if s.cfg.FlushOnStop {
+			if err := p.w.Cut(ctx, "stop"); err != nil {
+				errs = errors.Join(errs, fmt.Errorf("partition %d: %w", id, err))
+			}
+		}
+		if c := p.w.Committed(); c >= 0 {
+			commits[id] = kgo.EpochOffset{Epoch: -1, Offset: c}
+		}
+		p.w.Abandon(ctx)
+		p.w = nil
 	}
+	s.mu.Unlock()
+	if len(commits) > 0 {
+		s.kafka.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{s.cfg.Topic: commits},
+			func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+				if err != nil {
+					s.logger.Debug("final offset commit failed (the S3 checkpoints hold the position)", "err", err)
+				}
+			})
+	}
+	s.kafka.Close()
+	if errs != nil {
+		return fmt.Errorf("sink: final write: %w (the records stay in Kafka and are written after restart)", errs)
+	}
+	s.logger.Info("parquet sink stopped")
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
+	"github.com/fleetpipe/fleetpipe/internal/parquetout"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
 
@@ -78,12 +79,12 @@ func TestEndToEnd(t *testing.T) {
 			used[m[4]] = true
 		}
 		if m[1] == "readings" {
-			rows, _ := readRows[sink.ReadingRow](data)
+			rows, _ := readRows[parquetout.ReadingRow](data)
 			for _, row := range rows {
 				check(row.VehicleID, row.TS)
 			}
 		} else {
-			rows, _ := readRows[sink.LocationRow](data)
+			rows, _ := readRows[parquetout.LocationRow](data)
 			for _, row := range rows {
 				check(row.VehicleID, row.TS)
 			}
@@ -108,7 +109,7 @@ func TestEndToEnd(t *testing.T) {
 		{"fleet_sink_rows_total", []string{"table", "readings"}, readings},
 		{"fleet_sink_rows_total", []string{"table", "locations"}, fixes},
 		{"fleet_sink_files_total", []string{"table", "readings"}, float64(countPrefix(tb.files, "readings/"))},
-		{"fleet_sink_buffered_rows", nil, 0},
+		{"fleet_sink_open_rows", nil, 0},
 	} {
 		if got := r.metric(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -173,72 +174,90 @@ func TestDuplicatesDropped(t *testing.T) {
 	e.checkExactlyOnce(wantRows(b1, b2, b3, b4, newEpoch))
 }
 
-// TestShutdownWritesBuffer stops a sink that holds records it has not yet
-// written (its limits are far off): Run writes them, commits and returns,
-// and leaves no goroutine behind.
-func TestShutdownWritesBuffer(t *testing.T) {
-	leaks := goleak.IgnoreCurrent()
-	e := newEnv(t, 3)
-	cfg := e.config()
-	cfg.MaxFileAge = time.Hour
-	r := e.startSink(cfg)
+// TestShutdown stops a sink that holds records in open windows (its limits
+// are far off). By default it leaves them to be read again: no file, no
+// commit, and the next sink writes them all once. With --flush-on-stop it
+// writes and commits them before Run returns. Either way no goroutine is
+// left behind.
+func TestShutdown(t *testing.T) {
+	for _, flush := range []bool{false, true} {
+		t.Run(fmt.Sprintf("flush-on-stop=%v", flush), func(t *testing.T) {
+			leaks := goleak.IgnoreCurrent()
+			e := newEnv(t, 3)
+			cfg := e.config()
+			cfg.MaxFileAge = time.Hour
+			cfg.FlushOnStop = flush
+			r := e.startSink(cfg)
 
-	var batches []*wire.Batch
-	for v := range 6 {
-		for s := range 5 {
-			batches = append(batches, drive(fmt.Sprintf("van-%d", v), 77, uint64(s)))
-		}
+			var batches []*wire.Batch
+			for v := range 6 {
+				for s := range 5 {
+					batches = append(batches, drive(fmt.Sprintf("van-%d", v), 77, uint64(s)))
+				}
+			}
+			e.produce(batches...)
+			eventually(t, "sink consumed every record", func() error {
+				if got := r.metric("fleet_sink_records_total", "result", "ok"); got != float64(len(batches)) {
+					return fmt.Errorf("%v of %d records consumed", got, len(batches))
+				}
+				return nil
+			})
+			if files, err := e.parquetFiles(); err != nil || len(files) != 0 {
+				t.Fatalf("files before shutdown: %v %v; want none (the limits are far off)", keysOf(files), err)
+			}
+			if got := r.metric("fleet_sink_open_rows"); got != 30*6 {
+				t.Errorf("open rows = %v, want %d", got, 30*6)
+			}
+			if err := r.stop(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			files, err := e.parquetFiles()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !flush {
+				if len(files) != 0 {
+					t.Fatalf("files after a stop without --flush-on-stop: %v", keysOf(files))
+				}
+				// The next sink reads the records again and writes them.
+				r2 := e.startSink(e.config())
+				e.waitCommitted(cfg.Group)
+				if err := r2.stop(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Everything is on S3 and committed the moment Run returns.
+			e.checkExactlyOnce(wantRows(batches...))
+			e.checkStoppedCleanly(cfg.Group)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			adm := kadm.NewClient(e.prod)
+			ends, err := adm.ListEndOffsets(ctx, topic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			committed, err := adm.FetchOffsets(ctx, cfg.Group)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ends.Each(func(o kadm.ListedOffset) {
+				if c, _ := committed.Lookup(o.Topic, o.Partition); c.At != o.Offset {
+					t.Errorf("partition %d: committed %d, end %d", o.Partition, c.At, o.Offset)
+				}
+			})
+			e.close()
+			goleak.VerifyNone(t, leaks, goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+				goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"))
+		})
 	}
-	e.produce(batches...)
-	eventually(t, "sink consumed every record", func() error {
-		if got := r.metric("fleet_sink_records_total", "result", "ok"); got != float64(len(batches)) {
-			return fmt.Errorf("%v of %d records consumed", got, len(batches))
-		}
-		return nil
-	})
-	if files, err := e.parquetFiles(); err != nil || len(files) != 0 {
-		t.Fatalf("files before shutdown: %v %v; want none (the limits are far off)", keysOf(files), err)
-	}
-	if got := r.metric("fleet_sink_buffered_rows"); got != 30*6 {
-		t.Errorf("buffered rows = %v, want %d", got, 30*6)
-	}
-
-	if err := r.stop(); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	// Everything is on S3 and committed the moment Run returns.
-	e.checkExactlyOnce(wantRows(batches...))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	adm := kadm.NewClient(e.prod)
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	committed, err := adm.FetchOffsets(ctx, cfg.Group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ends.Each(func(o kadm.ListedOffset) {
-		if c, _ := committed.Lookup(o.Topic, o.Partition); c.At != o.Offset {
-			t.Errorf("partition %d: committed %d, end %d", o.Partition, c.At, o.Offset)
-		}
-		cp, err := e.checkpoint(o.Partition)
-		if o.Offset > 0 && (err != nil || cp.NextOffset != o.Offset || len(cp.Pending) != 0) {
-			t.Errorf("partition %d: checkpoint %+v %v, want next offset %d and nothing pending", o.Partition, cp, err, o.Offset)
-		}
-	})
-
-	e.close()
-	goleak.VerifyNone(t, leaks)
 }
 
 // TestRotation checks the row and byte limits: a partition's files are
 // written as soon as its buffer reaches either, not only when it is old.
 func TestRotation(t *testing.T) {
 	t.Parallel()
-	b0, b1, b2 := drive("tram-1", 2, 0), drive("tram-1", 2, 1), drive("tram-1", 2, 2)
-	rowsPerBatch := len(wantRows(b0)) // 5 readings and a fix
+	b0, b1, b2 := bigDrive("tram-1", 2, 0, 600), bigDrive("tram-1", 2, 1, 600), bigDrive("tram-1", 2, 2, 600)
+	rowsPerBatch := len(wantRows(b0)) // 600 readings and a fix
 
 	for _, tc := range []struct {
 		name  string
@@ -246,7 +265,8 @@ func TestRotation(t *testing.T) {
 	}{
 		// Two batches reach the limit, one does not.
 		{"rows", func(c *sink.Config) { c.MaxFileRows = 2 * rowsPerBatch }},
-		{"bytes", func(c *sink.Config) { c.MaxFileBytes = 1024 }}, // a batch is ~600 bytes
+		// A row group of 1000 rows is more than 1024 bytes of Parquet.
+		{"bytes", func(c *sink.Config) { c.MaxFileBytes = 1024; c.RowGroupRows = 1000 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -287,10 +307,13 @@ func TestRotation(t *testing.T) {
 				t.Fatalf("files after the limit was reached %s", diff)
 			}
 			e.checkExactlyOnce(wantRows(b0, b1))
+			if got := r.metric("fleet_sink_windows_total", "reason", tc.name); got != 1 {
+				t.Errorf("windows closed by the %s limit: %v, want 1", tc.name, got)
+			}
 			if err := r.stop(); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
-			e.checkExactlyOnce(wantRows(b0, b1, b2))
+			e.checkExactlyOnce(wantRows(b0, b1)) // the third waits for the next run
 		})
 	}
 }
@@ -310,7 +333,7 @@ func TestStopWhileRecordingAWrite(t *testing.T) {
 	var checkpointPuts atomic.Int32
 	e.s3.onRequest(func(chunk []byte) {
 		if bytes.HasPrefix(chunk, []byte("PUT /"+bucket+"/"+prefix+"/_sink/checkpoints/")) &&
-			checkpointPuts.Add(1) == 2 { // the first write's final checkpoint; its intent was the first
+			checkpointPuts.Add(1) == 3 { // the first window's commit; the claim and the intent were the first two
 			close(reached)
 			<-release
 		}
@@ -334,7 +357,7 @@ func TestStopWhileRecordingAWrite(t *testing.T) {
 	}
 	e.checkExactlyOnce(wantRows(batches...))
 	cp, err := e.checkpoint(0)
-	if err != nil || cp.NextOffset != 2 || len(cp.Pending) != 0 {
+	if err != nil || cp.NextOffset != 2 || cp.Window != nil {
 		t.Errorf("checkpoint after a graceful stop: %+v %v; want next offset 2, nothing pending", cp, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
