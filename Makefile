@@ -135,7 +135,7 @@ bench:
 
 # A short run of every fuzz target (FUZZTIME each).
 FUZZTIME ?= 30s
-FUZZ_TARGETS := internal/wire:FuzzDecode internal/wire:FuzzParseCatalog internal/mqttlite:FuzzReadPublish internal/entropy:FuzzDecode edge-agent/spool:FuzzRecordReader \
+FUZZ_TARGETS := internal/wire:FuzzDecode internal/wire:FuzzParseCatalog internal/wire:FuzzValidVehicleID internal/mqttlite:FuzzReadPublish internal/entropy:FuzzDecode edge-agent/spool:FuzzRecordReader \
 	edge-agent/spool:FuzzOpen edge-agent/can:FuzzParseDBC edge-agent/can:FuzzCandumpLine \
 	edge-agent/gps:FuzzNMEALine edge-agent/gps:FuzzGPSDReport consumers/live-location/httpapi:FuzzQueryParameters \
 	edge-agent/uplink:FuzzAck edge-agent/capture:FuzzCondition

@@ -20,6 +20,7 @@ func main() {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mqttconn.UseLogger(logger)
+		relay.TuneProcess(cfg, logger)
 		b, err := relay.New(cfg, relay.Deps{Logger: logger, Registerer: reg, Gatherer: reg})
 		if err != nil {
 			return err

@@ -13,11 +13,16 @@ import (
 )
 
 // The end-to-end acks: which of a vehicle's batches (and catalogs) Kafka
-// holds. A vehicle's news waits up to AckInterval for more to share its
-// message, or less once AckBatches batches wait: at a fleet's usual one
-// batch a second the ack message count is then about one a second per
-// vehicle, and a vehicle draining a backlog gets one every AckBatches
-// batches, well within its in-flight window.
+// holds. Acks are throttled per vehicle, leading edge first: a vehicle
+// that had no ack within the last AckInterval gets one as soon as Kafka
+// holds its batch; after that, what Kafka takes for it waits until
+// AckInterval has passed since its last ack, or until AckBatches batches
+// wait. A fleet's usual vehicle (a batch a second or less) thus hears
+// about each batch within milliseconds, its spool holding nothing it need
+// not, while a vehicle draining a backlog gets one ack for up to
+// AckBatches batches, well within its in-flight window: at a few batches
+// per second per vehicle the acks cost the broker a fraction of the
+// batches' own traffic.
 
 // ackShards spreads the book over locks: every produced batch touches it.
 const ackShards = 32
@@ -25,40 +30,50 @@ const ackShards = 32
 // ackBook collects per vehicle what Kafka took and has not been acked
 // yet. It is safe for concurrent use.
 type ackBook struct {
-	seed   maphash.Seed
-	shards [ackShards]ackShard
-	// due receives vehicles whose news reached AckBatches.
-	due      chan string
+	seed     maphash.Seed
+	shards   [ackShards]ackShard
+	interval time.Duration
 	maxBatch int
+	// wake is signalled when a vehicle's ack is due at once.
+	wake chan struct{}
 }
 
 type ackShard struct {
-	mu   sync.Mutex
+	mu sync.Mutex
+	// news holds the vehicles with news or acked within the interval.
 	news map[string]*vehicleNews
-	// order lists the vehicles with news, oldest news first.
-	order []queuedVehicle
+	// ready lists the vehicles whose ack is due now.
+	ready []string
+	// waiting lists, in the order they were sent, the acks whose
+	// interval has not passed: their vehicles' news is due at dueAt.
+	waiting []queuedVehicle
+	head    int // waiting[:head] is consumed
 }
 
 type queuedVehicle struct {
 	vehicle string
-	since   time.Time
+	dueAt   time.Time
 }
 
 type vehicleNews struct {
 	ranges   []*pb.SeqRange // sorted by (epoch, first), disjoint
 	catalogs [][]byte
 	batches  int
+	sent     time.Time // the last ack (zero: none within the interval)
+	ready    bool      // listed in the shard's ready list
 }
 
-func newAckBook(maxBatch int) *ackBook {
-	return &ackBook{seed: maphash.MakeSeed(), due: make(chan string, 4096), maxBatch: maxBatch}
+func (n *vehicleNews) empty() bool { return len(n.ranges) == 0 && len(n.catalogs) == 0 }
+
+func newAckBook(interval time.Duration, maxBatch int) *ackBook {
+	return &ackBook{seed: maphash.MakeSeed(), interval: interval, maxBatch: maxBatch, wake: make(chan struct{}, 1)}
 }
 
 func (a *ackBook) shard(vehicle string) *ackShard {
 	return &a.shards[maphash.String(a.seed, vehicle)%ackShards]
 }
 
-func (a *ackBook) entry(s *ackShard, vehicle string, now time.Time) *vehicleNews {
+func (s *ackShard) entry(vehicle string) *vehicleNews {
 	if s.news == nil {
 		s.news = map[string]*vehicleNews{}
 	}
@@ -66,46 +81,62 @@ func (a *ackBook) entry(s *ackShard, vehicle string, now time.Time) *vehicleNews
 	if n == nil {
 		n = &vehicleNews{}
 		s.news[vehicle] = n
-		s.order = append(s.order, queuedVehicle{vehicle, now})
 	}
 	return n
+}
+
+// markReady lists the vehicle as due now; it reports whether it was not
+// listed yet. s.mu is held.
+func (s *ackShard) markReady(vehicle string, n *vehicleNews) bool {
+	if n.ready {
+		return false
+	}
+	n.ready = true
+	s.ready = append(s.ready, vehicle)
+	return true
+}
+
+func (a *ackBook) signal() {
+	select {
+	case a.wake <- struct{}{}:
+	default: // a wake is pending already
+	}
 }
 
 // add records that Kafka holds a batch.
 func (a *ackBook) add(id wire.Identity, now time.Time) {
 	s := a.shard(id.VehicleID)
 	s.mu.Lock()
-	n := a.entry(s, id.VehicleID, now)
+	n := s.entry(id.VehicleID)
 	n.ranges = addSeq(n.ranges, id.Epoch, id.Seq)
 	n.batches++
-	due := n.batches == a.maxBatch
+	due := (n.sent.IsZero() || now.Sub(n.sent) >= a.interval || n.batches >= a.maxBatch) && s.markReady(id.VehicleID, n)
 	s.mu.Unlock()
 	if due {
-		select {
-		case a.due <- id.VehicleID:
-		default: // it goes with the next timed round
-		}
+		a.signal()
 	}
 }
 
 // addCatalog records that Kafka holds a catalog the vehicle published.
-func (a *ackBook) addCatalog(vehicle string, catalogID []byte, now time.Time) {
+// Its ack goes at once: it changes what the agent sends.
+func (a *ackBook) addCatalog(vehicle string, catalogID []byte) {
 	s := a.shard(vehicle)
 	s.mu.Lock()
-	n := a.entry(s, vehicle, now)
+	n := s.entry(vehicle)
 	n.catalogs = append(n.catalogs, catalogID)
+	due := s.markReady(vehicle, n)
 	s.mu.Unlock()
-	select {
-	case a.due <- vehicle: // a catalog's ack changes what the agent sends: no waiting
-	default:
+	if due {
+		a.signal()
 	}
 }
 
-// putBack returns news that could not be sent to the book.
+// putBack returns news that could not be sent to the book; it is tried
+// again an interval later.
 func (a *ackBook) putBack(vehicle string, news *vehicleNews, now time.Time) {
 	s := a.shard(vehicle)
 	s.mu.Lock()
-	n := a.entry(s, vehicle, now)
+	n := s.entry(vehicle)
 	for _, r := range news.ranges {
 		for seq := r.First; ; seq++ {
 			n.ranges = addSeq(n.ranges, r.Epoch, seq)
@@ -116,6 +147,8 @@ func (a *ackBook) putBack(vehicle string, news *vehicleNews, now time.Time) {
 	}
 	n.catalogs = append(n.catalogs, news.catalogs...)
 	n.batches += news.batches
+	n.sent = now
+	s.waiting = append(s.waiting, queuedVehicle{vehicle, now.Add(a.interval)})
 	s.mu.Unlock()
 }
 
@@ -188,29 +221,55 @@ type vehicleAck struct {
 	batches int
 }
 
-// take removes and returns the acks of vehicles whose news is older than
-// cutoff, plus those named in extra (due early), or of every vehicle when
-// all is set.
-func (a *ackBook) take(cutoff time.Time, extra map[string]struct{}, all bool) []vehicleAck {
+// take removes and returns the acks that are due at now: those of the
+// vehicles listed ready, and of those whose interval since their last ack
+// has passed; with all set, every vehicle's news.
+func (a *ackBook) take(now time.Time, all bool) []vehicleAck {
 	var out []vehicleAck
 	for i := range a.shards {
 		s := &a.shards[i]
 		s.mu.Lock()
-		keep := s.order[:0]
-		for _, q := range s.order {
-			n := s.news[q.vehicle]
-			if n == nil {
-				continue
+		send := func(vehicle string, n *vehicleNews) {
+			if n.empty() {
+				return
 			}
-			if _, early := extra[q.vehicle]; !all && !early && q.since.After(cutoff) {
-				keep = append(keep, q)
-				continue
-			}
-			delete(s.news, q.vehicle)
-			out = append(out, vehicleAck{vehicle: q.vehicle, news: n, payload: encodeAck(q.vehicle, n), batches: n.batches})
+			news := &vehicleNews{ranges: n.ranges, catalogs: n.catalogs, batches: n.batches}
+			out = append(out, vehicleAck{vehicle: vehicle, news: news, payload: encodeAck(vehicle, news), batches: news.batches})
+			n.ranges, n.catalogs, n.batches = nil, nil, 0
+			n.sent = now
+			s.waiting = append(s.waiting, queuedVehicle{vehicle, now.Add(a.interval)})
 		}
-		clear(s.order[len(keep):])
-		s.order = keep
+		for _, v := range s.ready {
+			if n := s.news[v]; n != nil {
+				n.ready = false
+				send(v, n)
+			}
+		}
+		clear(s.ready)
+		s.ready = s.ready[:0]
+		// Acks are sent in time order, so waiting is ordered by dueAt.
+		for ; s.head < len(s.waiting) && !s.waiting[s.head].dueAt.After(now); s.head++ {
+			q := s.waiting[s.head]
+			n := s.news[q.vehicle]
+			if n == nil || !n.sent.Add(a.interval).Equal(q.dueAt) {
+				continue // a later ack went, and is queued behind
+			}
+			if n.empty() {
+				delete(s.news, q.vehicle) // quiet for an interval: forget it
+				continue
+			}
+			send(q.vehicle, n)
+		}
+		if s.head > len(s.waiting)/2 {
+			clear(s.waiting[copy(s.waiting, s.waiting[s.head:]):])
+			s.waiting = s.waiting[:len(s.waiting)-s.head]
+			s.head = 0
+		}
+		if all {
+			for v, n := range s.news {
+				send(v, n)
+			}
+		}
 		s.mu.Unlock()
 	}
 	return out

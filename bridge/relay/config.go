@@ -45,10 +45,9 @@ type Config struct {
 	DLQRetention      time.Duration
 	// BridgeID goes in every record's bridge_id header.
 	BridgeID string
-	// Listen is the address of /metrics, /healthz and /readyz; Pprof adds
-	// /debug/pprof/ there.
+	// Listen is the address of /metrics, /healthz, /readyz and Go's
+	// profiles under /debug/pprof/.
 	Listen string
-	Pprof  bool
 
 	// MaxBatchBytes bounds an incoming payload; larger ones go to the DLQ,
 	// cut to this size.
@@ -85,14 +84,21 @@ type Config struct {
 	// whose catalog the replica has not seen; the batch is then left to
 	// the agent to re-send.
 	CatalogWait time.Duration
-	// AckInterval is the longest a vehicle's end-to-end ack waits for more
-	// batches to share it; AckBatches sends it sooner, once that many
-	// batches are waiting. AckQoS is the ack publishes' QoS.
+	// AckInterval throttles a vehicle's end-to-end acks: its first news
+	// after an interval without an ack goes at once, later news waits
+	// until the interval since the last ack has passed, or until
+	// AckBatches batches wait. AckQoS is the ack publishes' QoS.
 	AckInterval time.Duration
 	AckBatches  int
 	AckQoS      int
 	// DrainTimeout bounds the wait for in-flight produces at shutdown.
 	DrainTimeout time.Duration
+	// Coalesce is how long each MQTT connection lets reads and writes
+	// gather before a syscall (mqttlite.Config.Coalesce; 0: not at all).
+	Coalesce time.Duration
+	// MaxProcs is the CPU cores the bridge's Go runtime uses at once
+	// (GOMAXPROCS; 0: all). See Procs.
+	MaxProcs int
 }
 
 // DefaultConfig returns the defaults the flags use.
@@ -139,8 +145,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "retention.ms of the telemetry topic if the bridge creates it")
 	fs.DurationVar(&c.DLQRetention, "dlq-retention", 30*24*time.Hour, "retention.ms of the dead-letter topic if the bridge creates it")
 	fs.StringVar(&c.BridgeID, "bridge-id", host, "this replica's ID, sent in the bridge_id header")
-	fs.StringVar(&c.Listen, "listen", ":9101", "address for /metrics, /healthz and /readyz")
-	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiles under /debug/pprof/ on --listen")
+	fs.StringVar(&c.Listen, "listen", ":9101", "address for /metrics, /healthz, /readyz and /debug/pprof/")
 	fs.IntVar(&c.MaxBatchBytes, "max-batch-bytes", 1_000_000, "largest accepted MQTT payload in bytes; larger ones go to the DLQ, cut to this size")
 	fs.IntVar(&c.MaxBodyBytes, "max-body-bytes", 1<<20, "largest decompressed batch body in bytes")
 	fs.IntVar(&c.MaxReadings, "max-readings", 1_000_000, "most readings and fixes in one batch")
@@ -155,10 +160,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Linger, "linger", 5*time.Millisecond, "producer linger")
 	fs.DurationVar(&c.ProduceTimeout, "produce-timeout", 30*time.Second, "give up one produce attempt after this long and try again (the batch stays in flight)")
 	fs.DurationVar(&c.CatalogWait, "catalog-wait", 30*time.Second, "how long a batch may wait for the catalog topic before it is left to the agent to re-send")
-	fs.DurationVar(&c.AckInterval, "ack-interval", time.Second, "longest a vehicle's end-to-end ack waits for more batches to share it")
+	fs.DurationVar(&c.AckInterval, "ack-interval", time.Second, "at most one end-to-end ack per vehicle per interval (the first at once), unless --ack-batches batches wait")
 	fs.IntVar(&c.AckBatches, "ack-batches", 32, "send a vehicle's ack as soon as this many of its batches wait (keep it below the agents' --max-inflight)")
 	fs.IntVar(&c.AckQoS, "ack-qos", 1, "QoS of the end-to-end ack publishes (0 or 1)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 15*time.Second, "how long shutdown waits for in-flight batches to reach Kafka")
+	fs.DurationVar(&c.Coalesce, "mqtt-coalesce", time.Millisecond, "how long MQTT reads and writes gather before each syscall: less CPU per message at high rates, at most this much latency (0: none)")
+	fs.IntVar(&c.MaxProcs, "max-procs", 1, "CPU cores a replica uses at once (0: all); more throughput comes cheaper from more replicas. GOMAXPROCS, if set, wins")
 }
 
 // Validate names the first bad field.
@@ -236,6 +243,10 @@ func (c Config) Validate() error {
 		return cli.FieldError("ack-qos", "%d: want 0 or 1", c.AckQoS)
 	case c.DrainTimeout <= 0:
 		return cli.FieldError("drain-timeout", "must be positive")
+	case c.Coalesce < 0 || c.Coalesce > 100*time.Millisecond:
+		return cli.FieldError("mqtt-coalesce", "%v: want 0 to 100ms", c.Coalesce)
+	case c.MaxProcs < 0:
+		return cli.FieldError("max-procs", "%d: want 0 (all cores) or a positive count", c.MaxProcs)
 	}
 	return nil
 }

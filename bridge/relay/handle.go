@@ -49,8 +49,11 @@ func reasonOf(err error) string {
 }
 
 // job is one MQTT message on its way to Kafka. Everything the record
-// needs lives in it: one allocation per message besides the payload.
+// needs lives in it; jobs are pooled, so a message costs no allocation of
+// the bridge's own besides the payload (see newJob and finish).
 type job struct {
+	// promise is the record's produce callback, made once per job.
+	promise  func(*kgo.Record, error)
 	msg      *mqttlite.Message
 	vehicle  string // from the topic; "" when the topic names none
 	received time.Time
@@ -79,9 +82,8 @@ func (b *Bridge) onMessage(m *mqttlite.Message) {
 	if !ok {
 		return // draining: unacknowledged, dropped with the clean session; the agent re-sends
 	}
-	b.m.inflight.Inc()
-	b.m.inflightBytes.Add(float64(size))
-	j := &job{msg: m, received: time.Now(), size: size}
+	j := b.newJob()
+	j.msg, j.received, j.size = m, time.Now(), size
 	j.rec.Value = m.Payload
 	j.rec.Headers = j.hdrs[:0]
 	j.rec.Headers = append(j.rec.Headers,
@@ -208,7 +210,7 @@ func (b *Bridge) registerCatalog(j *job) {
 	if _, known := b.catalogs.Catalog(j.catalog); known {
 		// Kafka holds it already (another car of the model registered it,
 		// or this one before a restart): ack without a new record.
-		b.settle(j, "")
+		b.settle(j)
 		return
 	}
 	j.rec.Topic = b.cfg.CatalogTopic
@@ -220,17 +222,13 @@ func (b *Bridge) registerCatalog(j *job) {
 // or retries it.
 func (b *Bridge) produce(j *job) {
 	j.sent = time.Now()
-	b.kafka.Produce(b.produceCtx, &j.rec, func(_ *kgo.Record, err error) { b.produced(j, err) })
+	b.kafka.Produce(b.produceCtx, &j.rec, j.promise)
 }
 
 func (b *Bridge) produced(j *job, err error) {
 	if err == nil {
 		b.m.produceSeconds.Observe(time.Since(j.sent).Seconds())
-		if j.dlq {
-			b.settle(j, "dlq")
-			return
-		}
-		b.settle(j, "produced")
+		b.settle(j)
 		return
 	}
 	switch {
@@ -315,17 +313,17 @@ func (b *Bridge) deadLetter(j *job, reason string, cause error) {
 
 // settle finishes a job whose record Kafka holds (or needed none): the
 // broker gets its PUBACK, the vehicle its end-to-end ack.
-func (b *Bridge) settle(j *job, result string) {
+func (b *Bridge) settle(j *job) {
 	now := time.Now()
 	switch {
 	case j.dlq:
-		b.m.messages.WithLabelValues("dlq").Inc()
+		b.m.dlqd.Inc()
 		b.m.dlq.WithLabelValues(j.reason).Inc()
 	case j.catalog != nil:
 		b.m.catalogs.WithLabelValues("registered").Inc()
-		b.acks.addCatalog(j.vehicle, j.catalog, now)
+		b.acks.addCatalog(j.vehicle, j.catalog)
 	default:
-		b.m.messages.WithLabelValues(result).Inc()
+		b.m.produced.Inc()
 		b.m.readings.Add(float64(j.readings))
 		b.m.bytes.Add(float64(j.size))
 		b.m.relaySeconds.Observe(now.Sub(j.received).Seconds())
@@ -337,16 +335,29 @@ func (b *Bridge) settle(j *job, result string) {
 // abandon gives a job up: acknowledged to the broker, so that it holds no
 // in-flight slot there, but not to the vehicle, whose agent re-sends it.
 func (b *Bridge) abandon(j *job) {
-	b.m.messages.WithLabelValues("abandoned").Inc()
+	b.m.abandoned.Inc()
 	if j.catalog != nil {
 		b.m.catalogs.WithLabelValues("abandoned").Inc()
 	}
 	b.finish(j)
 }
 
+// finish acknowledges the message to the broker, frees its in-flight
+// room and returns the job to the pool: nothing may touch j after it (the
+// producer is done with the record once its promise has run).
 func (b *Bridge) finish(j *job) {
 	j.msg.Ack()
-	b.m.inflight.Dec()
-	b.m.inflightBytes.Sub(float64(j.size))
 	b.limit.release(j.size)
+	*j = job{promise: j.promise}
+	b.jobs.Put(j)
+}
+
+// newJob takes a job from the pool.
+func (b *Bridge) newJob() *job {
+	if j, ok := b.jobs.Get().(*job); ok {
+		return j
+	}
+	j := &job{}
+	j.promise = func(_ *kgo.Record, err error) { b.produced(j, err) }
+	return j
 }

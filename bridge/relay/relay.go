@@ -83,8 +83,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -125,6 +123,7 @@ type Bridge struct {
 
 	limit *limiter
 	acks  *ackBook
+	jobs  sync.Pool // of *job
 	// checks bounds the wire.Check calls running at once (readers and
 	// catalog waits), and with them the memory checking can take.
 	checks chan struct{}
@@ -152,9 +151,9 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 		return nil, err
 	}
 	b := &Bridge{cfg: cfg, logger: deps.Logger, lim: cfg.limits(), bridgeID: []byte(cfg.BridgeID),
-		limit: newLimiter(cfg.MaxInflight, cfg.MaxInflightBytes), acks: newAckBook(cfg.AckBatches),
+		limit: newLimiter(cfg.MaxInflight, cfg.MaxInflightBytes), acks: newAckBook(cfg.AckInterval, cfg.AckBatches),
 		checks: make(chan struct{}, cfg.Connections+1)}
-	b.m = newMetrics(deps.Registerer, b.connectedCount)
+	b.m = newMetrics(deps.Registerer, b.connectedCount, b.limit.load)
 	b.readCtx, b.stopReading = context.WithCancel(context.Background())
 	b.produceCtx, b.produceCancel = context.WithCancel(context.Background())
 
@@ -181,6 +180,10 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	if err != nil {
 		return fail(err)
 	}
+	coalesce := cfg.Coalesce
+	if coalesce == 0 {
+		coalesce = -1 // mqttlite: none
+	}
 	for i := range cfg.Connections {
 		c, err := mqttlite.New(mqttlite.Config{
 			URL: cfg.MQTT.URL, ClientID: cfg.MQTT.ClientID + "-" + strconv.Itoa(i), Username: cfg.MQTT.Username, Password: cfg.MQTT.Password,
@@ -190,6 +193,7 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 				{Filter: topics.SharedCatalogFilter(cfg.ShareGroup), QoS: 1},
 			},
 			MaxPayloadBytes: cfg.MaxBatchBytes,
+			Coalesce:        coalesce,
 			OnMessage:       b.onMessage,
 			OnConnect: func() {
 				b.m.connects.Inc()
@@ -208,12 +212,6 @@ func New(cfg Config, deps Deps) (*Bridge, error) {
 	b.admin, err = admin.New(admin.Config{Addr: cfg.Listen}, admin.Deps{Logger: deps.Logger, Gatherer: deps.Gatherer})
 	if err != nil {
 		return fail(err)
-	}
-	if cfg.Pprof {
-		b.admin.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
-		b.admin.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
-		b.admin.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
-		b.admin.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 	}
 	b.admin.AddReadyCheck("mqtt", func(context.Context) error {
 		if b.connectedCount() == 0 {
@@ -322,43 +320,30 @@ func (b *Bridge) Run(ctx context.Context) error {
 	return nil
 }
 
-// publishAcksEvery sends the acks that are due: every quarter of the ack
-// interval those whose news is older than the interval, and at once those
-// with AckBatches batches waiting.
+// publishAcksEvery sends the acks that are due: at once when the book
+// signals one (a vehicle's first news in an interval, AckBatches batches
+// waiting, a catalog), and on a tick of an eighth of the interval for
+// vehicles whose interval since their last ack has passed.
 func (b *Bridge) publishAcksEvery(ctx context.Context) {
-	tick := time.NewTicker(max(b.cfg.AckInterval/4, time.Millisecond))
+	tick := time.NewTicker(max(b.cfg.AckInterval/8, time.Millisecond))
 	defer tick.Stop()
-	due := map[string]struct{}{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case v := <-b.acks.due:
-			due[v] = struct{}{}
-			// Gather what else is due right now, then send.
-			for len(due) < 1024 {
-				select {
-				case v := <-b.acks.due:
-					due[v] = struct{}{}
-					continue
-				default:
-				}
-				break
-			}
-			b.publishAcks(time.Now().Add(-b.cfg.AckInterval), due, false)
-			clear(due)
-		case now := <-tick.C:
-			b.publishAcks(now.Add(-b.cfg.AckInterval), nil, false)
+		case <-b.acks.wake:
+		case <-tick.C:
 		}
+		b.publishAcks(false)
 	}
 }
 
-// publishAcks sends each vehicle with news older than cutoff (or named in
-// due, or any when all) the ranges Kafka took. Acks are best effort: an
-// agent that misses one re-sends the batch, and the duplicate is dropped
-// downstream by batch identity. With no connection up the news is kept.
-func (b *Bridge) publishAcks(cutoff time.Time, due map[string]struct{}, all bool) {
-	for _, a := range b.acks.take(cutoff, due, all) {
+// publishAcks sends the acks that are due, or every vehicle's when all is
+// set. Acks are best effort: an agent that misses one re-sends the batch,
+// and the duplicate is dropped downstream by batch identity. With no
+// connection up the news is kept and tried again an interval later.
+func (b *Bridge) publishAcks(all bool) {
+	for _, a := range b.acks.take(time.Now(), all) {
 		if !b.publishAck(a, byte(b.cfg.AckQoS), nil) {
 			b.acks.putBack(a.vehicle, a.news, time.Now())
 		}
@@ -369,7 +354,7 @@ func (b *Bridge) publishAcks(cutoff time.Time, due map[string]struct{}, all bool
 // the broker to acknowledge every publish: a broker may drop a publish
 // whose client is gone before it could answer.
 func (b *Bridge) publishLastAcks() {
-	b.publishAcks(time.Now(), nil, true)
+	b.publishAcks(true)
 	deadline := time.Now().Add(2 * time.Second)
 	for _, c := range b.conns {
 		if !c.WaitAcked(time.Until(deadline)) {

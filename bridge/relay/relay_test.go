@@ -356,7 +356,11 @@ func TestMurmur2Vectors(t *testing.T) {
 
 func TestRelaysBatchesToKafka(t *testing.T) {
 	e := newEnv(t)
-	br := e.startBridge(e.config())
+	cfg := e.config()
+	// One connection: with several, the broker spreads a vehicle's
+	// messages over them and they race (see the package comment on order).
+	cfg.Connections = 1
+	br := e.startBridge(cfg)
 	br.waitSubscribed(t)
 
 	vehicles := []string{"veh-0001", "veh-0002", "veh-0003", "veh-0004", "veh-0005", "veh-0006"}
@@ -428,7 +432,8 @@ func TestRelaysBatchesToKafka(t *testing.T) {
 			t.Errorf("batch %v: received_at header %q (%v) is not the time it was relayed (%v to %v)", id, at, err, before, after)
 		}
 		// One vehicle's batches sit on one partition, so offset order is
-		// their order: it must be the order they were sent in.
+		// their order: through one connection, with no retries, it is the
+		// order they were sent in.
 		if id.Seq <= lastSeq[id.VehicleID] {
 			t.Errorf("%s: seq %d after %d", id.VehicleID, id.Seq, lastSeq[id.VehicleID])
 		}
@@ -544,6 +549,107 @@ func TestAcksVehiclesExactlyWhatKafkaHolds(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAckThrottleLeadingEdge: a vehicle that had no ack within the ack
+// interval hears about its batch at once (it must not wait out the
+// interval, here an hour: the agent would sit on a full spool and re-send);
+// after that its acks wait for the interval or for AckBatches batches, and
+// shutdown sends what still waits.
+func TestAckThrottleLeadingEdge(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config()
+	cfg.AckInterval = time.Hour
+	cfg.AckBatches = 3
+	br := e.startBridge(cfg)
+	br.waitSubscribed(t)
+	var log ackLog
+	subscribe(t, e.client("ack-watcher"), "fleet/v1/+/ack", log.handler)
+	car := e.client("car")
+	const vehicle = "veh-quiet"
+	send := func(seqs ...uint64) {
+		for _, q := range seqs {
+			publish(t, car, topics.Telemetry(vehicle), batch(t, vehicle, 7, q))
+		}
+	}
+	// waitAcks waits for the nth ack message and checks that it covers
+	// exactly seqs first..last.
+	waitAcks := func(n int, first, last uint64) {
+		t.Helper()
+		mqtttest.Eventually(t, fmt.Sprintf("ack message %d", n), func() error {
+			log.mu.Lock()
+			defer log.mu.Unlock()
+			if len(log.acks) < n {
+				return fmt.Errorf("%d ack messages", len(log.acks))
+			}
+			return nil
+		})
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		if len(log.acks) != n {
+			t.Fatalf("%d ack messages, want %d: %v", len(log.acks), n, log.acks)
+		}
+		rs := log.acks[n-1].GetRanges()
+		if len(rs) != 1 || rs[0].GetEpoch() != 7 || rs[0].GetFirst() != first || rs[0].GetLast() != last {
+			t.Fatalf("ack %d covers %v, want 7/%d..%d", n, rs, first, last)
+		}
+	}
+	send(1)
+	waitAcks(1, 1, 1) // at once: the first news in an interval
+	send(2, 3, 4)
+	waitAcks(2, 2, 4) // throttled: together, once AckBatches wait
+	send(5)
+	rs := &records{cl: e.consumer()}
+	rs.until(t, "batch 5 in Kafka", func(tel, _ []*kgo.Record) error {
+		if len(tel) < 5 {
+			return fmt.Errorf("%d records", len(tel))
+		}
+		return nil
+	})
+	if err := br.stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitAcks(3, 5, 5) // the interval has not passed: it went at shutdown
+}
+
+// TestAckBookTiming drives the book's clock by hand: at once, throttled,
+// due after the interval, and forgotten once quiet for an interval.
+func TestAckBookTiming(t *testing.T) {
+	book := newAckBook(time.Second, 32)
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	vehicles := func(acks []vehicleAck) []string {
+		var out []string
+		for _, a := range acks {
+			out = append(out, fmt.Sprintf("%s:%d", a.vehicle, a.batches))
+		}
+		slices.Sort(out)
+		return out
+	}
+	book.add(wire.Identity{VehicleID: "a", Epoch: 1, Seq: 1}, at(0))
+	if got := vehicles(book.take(at(0), false)); !slices.Equal(got, []string{"a:1"}) {
+		t.Fatalf("first news: took %v, want a at once", got)
+	}
+	book.add(wire.Identity{VehicleID: "a", Epoch: 1, Seq: 2}, at(100*time.Millisecond))
+	book.add(wire.Identity{VehicleID: "a", Epoch: 1, Seq: 3}, at(200*time.Millisecond))
+	if got := book.take(at(500*time.Millisecond), false); len(got) != 0 {
+		t.Fatalf("within the interval: took %v", vehicles(got))
+	}
+	if got := vehicles(book.take(at(time.Second), false)); !slices.Equal(got, []string{"a:2"}) {
+		t.Fatalf("after the interval: took %v, want a's two batches", got)
+	}
+	if got := book.take(at(2*time.Second), false); len(got) != 0 {
+		t.Fatalf("quiet: took %v", vehicles(got))
+	}
+	for i := range book.shards {
+		if n := len(book.shards[i].news); n != 0 {
+			t.Fatalf("a vehicle quiet for an interval is still in the book (%d entries)", n)
+		}
+	}
+	book.add(wire.Identity{VehicleID: "a", Epoch: 1, Seq: 4}, at(2*time.Second))
+	if got := vehicles(book.take(at(2*time.Second), false)); !slices.Equal(got, []string{"a:1"}) {
+		t.Fatalf("after a quiet interval: took %v, want a at once", got)
+	}
 }
 
 func TestSeqRanges(t *testing.T) {

@@ -54,15 +54,7 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	bins := buildBinaries(t, "./edge-agent", "./bridge", "./consumers/parquet-sink", "./consumers/live-location")
 	bin := func(name string) string { return filepath.Join(bins, name) }
 
-	ctx := context.Background()
-	store, err := objstore.New(ctx, objstore.Config{Endpoint: minio.Endpoint, Bucket: bucket, AccessKey: minio.AccessKey,
-		SecretKey: minio.SecretKey, PathStyle: true, Region: objstore.DefaultRegion}, objstore.Deps{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.EnsureBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
+	store := newBucket(t, minio, bucket)
 	kcl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
 	if err != nil {
 		t.Fatal(err)
@@ -135,29 +127,7 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	}
 
 	// Wait until the sink's checkpoints cover everything in Kafka.
-	waitFor(t, "the sink to write everything", 2*time.Minute, func(ctx context.Context) error {
-		ends, err := adm.ListEndOffsets(ctx, topic)
-		if err != nil {
-			return err
-		}
-		var behind []string
-		ends.Each(func(o kadm.ListedOffset) {
-			data, err := store.Get(ctx, fmt.Sprintf("_sink/checkpoints/%s+%d.json", topic, o.Partition))
-			var c struct {
-				NextOffset int64 `json:"next_offset"`
-			}
-			if err == nil {
-				err = json.Unmarshal(data, &c)
-			}
-			if o.Offset > 0 && (err != nil || c.NextOffset < o.Offset) {
-				behind = append(behind, fmt.Sprintf("partition %d at %d of %d (%v)", o.Partition, c.NextOffset, o.Offset, err))
-			}
-		})
-		if len(behind) > 0 {
-			return fmt.Errorf("%s", strings.Join(behind, "; "))
-		}
-		return nil
-	})
+	waitSinkWritten(t, adm, store, topic, 2*time.Minute)
 	if err := sink.stop(30 * time.Second); err != nil {
 		t.Errorf("sink shutdown: %v", err)
 	}
@@ -234,6 +204,21 @@ func expected(t *testing.T, agentArgs []string) sent {
 	return s
 }
 
+// newBucket creates bucket on the test's MinIO.
+func newBucket(t *testing.T, minio testenv.S3, bucket string) *objstore.Store {
+	t.Helper()
+	ctx := context.Background()
+	store, err := objstore.New(ctx, objstore.Config{Endpoint: minio.Endpoint, Bucket: bucket, AccessKey: minio.AccessKey,
+		SecretKey: minio.SecretKey, PathStyle: true, Region: objstore.DefaultRegion}, objstore.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.EnsureBucket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 func download(t *testing.T, store *objstore.Store) string {
 	t.Helper()
 	ctx := context.Background()
@@ -281,16 +266,31 @@ type row struct {
 	Accuracy    *json.Number `json:"accuracy"`
 	Epoch       json.Number  `json:"epoch"`
 	Seq         json.Number  `json:"seq"`
-	Date        string       `json:"date"`
-	Hour        int          `json:"hour"`
-	Filename    string       `json:"filename"`
+	CaptureID   *string      `json:"capture_id"`
+	CaptureRule *string      `json:"capture_rule"`
+	// CaptureTriggerMicros is capture_trigger_ts in µs since the epoch.
+	CaptureTriggerMicros *json.Number `json:"capture_trigger_ts_us"`
+	Date                 string       `json:"date"`
+	Hour                 int          `json:"hour"`
+	Filename             string       `json:"filename"`
 }
 
 func readParquet(t *testing.T, python, dir string) []row {
 	t.Helper()
+	return queryParquet(t, python, dir, "")
+}
+
+// queryParquet reads the rows of both tables that DuckDB selects with the
+// SQL condition where (every row when it is empty).
+func queryParquet(t *testing.T, python, dir, where string) []row {
+	t.Helper()
 	script := filepath.Join(testenv.RepoRoot(), "compose", "e2e", "testdata", "read_parquet.py")
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(python, script, dir)
+	args := []string{script, dir}
+	if where != "" {
+		args = append(args, where)
+	}
+	cmd := exec.Command(python, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("read_parquet.py: %v\n%s", err, stderr.String())
@@ -331,6 +331,35 @@ func mustFloat(t *testing.T, n *json.Number) (float64, bool) {
 	return v, true
 }
 
+// sqlString shows a nullable string column's value as SQL would.
+func sqlString(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return "'" + *s + "'"
+}
+
+// sameValue says whether a readings row holds the value w, in the column
+// of its kind.
+func sameValue(t *testing.T, r row, w wire.Value) bool {
+	t.Helper()
+	if r.ValueType != w.Kind.String() {
+		return false
+	}
+	switch w.Kind {
+	case wire.KindDouble:
+		f, ok := mustFloat(t, r.ValueDouble)
+		return ok && f == w.Float
+	case wire.KindInt:
+		return r.ValueInt != nil && mustInt(t, *r.ValueInt) == w.Int
+	case wire.KindBool:
+		return r.ValueBool != nil && *r.ValueBool == w.Bool
+	case wire.KindString:
+		return r.ValueString != nil && *r.ValueString == w.Str
+	}
+	return false
+}
+
 func checkReadings(t *testing.T, want sent, rows []row) {
 	t.Helper()
 	seenR := map[readingKey]int{}
@@ -356,6 +385,9 @@ func checkReadings(t *testing.T, want sent, rows []row) {
 			seqs[r.VehicleID][r.Epoch.String()] = map[int64]bool{}
 		}
 		seqs[r.VehicleID][r.Epoch.String()][mustInt(t, r.Seq)] = true
+		if r.CaptureID != nil || r.CaptureRule != nil || r.CaptureTriggerMicros != nil {
+			report("%s: a row of the live stream has capture_id %s, capture_rule %s, capture_trigger_ts %v: want all NULL", r.Filename, sqlString(r.CaptureID), sqlString(r.CaptureRule), r.CaptureTriggerMicros)
+		}
 
 		switch r.Table {
 		case "readings":
@@ -370,19 +402,7 @@ func checkReadings(t *testing.T, want sent, rows []row) {
 				report("%+v: type %s, want %s", k, r.ValueType, w.Kind)
 				continue
 			}
-			var match bool
-			switch w.Kind {
-			case wire.KindDouble:
-				f, ok := mustFloat(t, r.ValueDouble)
-				match = ok && f == w.Float
-			case wire.KindInt:
-				match = r.ValueInt != nil && mustInt(t, *r.ValueInt) == w.Int
-			case wire.KindBool:
-				match = r.ValueBool != nil && *r.ValueBool == w.Bool
-			case wire.KindString:
-				match = r.ValueString != nil && *r.ValueString == w.Str
-			}
-			if !match {
+			if !sameValue(t, r, w) {
 				report("%+v: value %+v, want %+v", k, r, w)
 			}
 		case "locations":

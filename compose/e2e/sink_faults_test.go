@@ -203,21 +203,27 @@ func (r *sinkRig) watchCheckpoints(prefix string, partitions int32) (stop func()
 // the topic's end.
 func (r *sinkRig) waitWritten(prefix string, timeout time.Duration) {
 	r.t.Helper()
-	st := r.store(prefix)
-	waitFor(r.t, "the sink to write the whole topic under "+prefix, timeout, func(ctx context.Context) error {
-		ends, err := r.adm.ListEndOffsets(ctx, r.topic)
+	waitSinkWritten(r.t, r.adm, r.store(prefix), r.topic, timeout)
+}
+
+// waitSinkWritten waits until the sink's checkpoints in store cover every
+// partition of topic to its end.
+func waitSinkWritten(t *testing.T, adm *kadm.Client, store *objstore.Store, topic string, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, "the sink to write the whole of "+topic, timeout, func(ctx context.Context) error {
+		ends, err := adm.ListEndOffsets(ctx, topic)
 		if err != nil {
 			return err
 		}
 		var behind []string
 		ends.Each(func(o kadm.ListedOffset) {
 			var c checkpoint
-			data, err := st.Get(ctx, fmt.Sprintf("_sink/checkpoints/%s+%d.json", r.topic, o.Partition))
+			data, err := store.Get(ctx, fmt.Sprintf("_sink/checkpoints/%s+%d.json", topic, o.Partition))
 			if err == nil {
 				err = json.Unmarshal(data, &c)
 			}
 			if o.Offset > 0 && (err != nil || c.NextOffset < o.Offset) {
-				behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, c.NextOffset, o.Offset))
+				behind = append(behind, fmt.Sprintf("partition %d at %d of %d (%v)", o.Partition, c.NextOffset, o.Offset, err))
 			}
 		})
 		if len(behind) > 0 {
@@ -319,6 +325,28 @@ func (r *sinkRig) check(prefix string, unique map[wire.Identity]bool, start time
 	r.t.Logf("DuckDB and pyarrow: %d readings and %d fixes in %d+%d files, every one of %d batches exactly once",
 		c.Tables["readings"].Rows, c.Tables["locations"].Rows, c.Tables["readings"].Files, c.Tables["locations"].Files, len(unique))
 	return c
+}
+
+// metricSum is the sum of a metric's series on a service's /metrics at
+// admin, name the metric's name, or its name and the start of its labels
+// (`fleet_sink_records_total{result="duplicate"`); -1 if it cannot be read.
+func metricSum(admin, name string) float64 {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") || (strings.Contains(name, "{") && strings.HasPrefix(line, name)) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }
 
 // TestSinkExactlyOnceUnderKillsAndRebalances runs three sinks on a
@@ -434,26 +462,8 @@ func TestSinkZombieIsFenced(t *testing.T) {
 	stopWatch := r.watchCheckpoints("lake", partitions)
 	adminA, adminB := freeAddr(t), freeAddr(t)
 	a := startProc(t, r.bin, "sink-a", r.sinkArgs(group, "lake", adminA)...)
-	metric := func(admin, name string) float64 {
-		resp, err := http.Get("http://" + admin + "/metrics")
-		if err != nil {
-			return -1
-		}
-		defer resp.Body.Close()
-		var buf bytes.Buffer
-		buf.ReadFrom(resp.Body)
-		var sum float64
-		for _, line := range strings.Split(buf.String(), "\n") {
-			if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
-				f := strings.Fields(line)
-				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-				sum += v
-			}
-		}
-		return sum
-	}
 	waitFor(t, "sink A to have committed a window and hold an open one", time.Minute, func(context.Context) error {
-		if metric(adminA, "fleet_sink_windows_total") < 1 || metric(adminA, "fleet_sink_open_rows") < 1 {
+		if metricSum(adminA, "fleet_sink_windows_total") < 1 || metricSum(adminA, "fleet_sink_open_rows") < 1 {
 			return errors.New("not yet")
 		}
 		return nil
@@ -465,7 +475,7 @@ func TestSinkZombieIsFenced(t *testing.T) {
 	b := startProc(t, r.bin, "sink-b", r.sinkArgs(group, "lake", adminB)...)
 	// B gets both partitions once A's 6 s session has expired, and commits.
 	waitFor(t, "sink B to own both partitions and commit windows on them", time.Minute, func(context.Context) error {
-		if metric(adminB, `fleet_sink_partitions{state="writing"}`) != partitions || metric(adminB, "fleet_sink_windows_total") < 2*partitions {
+		if metricSum(adminB, `fleet_sink_partitions{state="writing"}`) != partitions || metricSum(adminB, "fleet_sink_windows_total") < 2*partitions {
 			return errors.New("not yet")
 		}
 		return nil

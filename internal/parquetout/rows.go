@@ -16,6 +16,7 @@ type Splitter struct {
 	hours     []int64 // hour start of each reading or fix of the batch in hand
 	distinct  []int64
 	capID     string
+	capTrig   int64
 }
 
 // Emit receives the rows of one hour of one batch. The slices are only
@@ -30,20 +31,27 @@ type Emit struct {
 // ascending order, each with that hour's rows in batch order. Pointer fields
 // of the rows point into b and into the Splitter.
 func (s *Splitter) Split(b *wire.Batch, emit Emit) error {
-	var capID, capRule *string
+	var c capture
 	if b.Capture != nil {
-		s.capID = CaptureID(b.Identity, b.Capture)
-		capID, capRule = &s.capID, &b.Capture.Rule
+		s.capID, s.capTrig = CaptureID(b.Identity, b.Capture), floorMicros(b.Capture.TriggerTime)
+		c = capture{id: &s.capID, rule: &b.Capture.Rule, trigger: &s.capTrig}
 	}
 	if len(b.Readings) > 0 {
-		if err := s.splitReadings(b, capID, capRule, emit.Readings); err != nil {
+		if err := s.splitReadings(b, c, emit.Readings); err != nil {
 			return err
 		}
 	}
 	if len(b.Fixes) > 0 {
-		return s.splitLocations(b, capID, capRule, emit.Locations)
+		return s.splitLocations(b, c, emit.Locations)
 	}
 	return nil
+}
+
+// capture is the capture columns of a batch's rows, all nil for the live
+// stream.
+type capture struct {
+	id, rule *string
+	trigger  *int64
 }
 
 // groupHours fills s.hours with each time's hour and s.distinct with the
@@ -61,7 +69,7 @@ func (s *Splitter) groupHours(n int, timeOf func(int) int64) {
 	slices.Sort(s.distinct)
 }
 
-func (s *Splitter) splitReadings(b *wire.Batch, capID, capRule *string, emit func(Hour, []ReadingRow) error) error {
+func (s *Splitter) splitReadings(b *wire.Batch, c capture, emit func(Hour, []ReadingRow) error) error {
 	s.groupHours(len(b.Readings), func(i int) int64 { return b.Readings[i].Time })
 	for _, h := range s.distinct {
 		rows := s.readings[:0]
@@ -72,7 +80,8 @@ func (s *Splitter) splitReadings(b *wire.Batch, capID, capRule *string, emit fun
 			r := &b.Readings[i]
 			row := ReadingRow{
 				VehicleID: b.VehicleID, TS: floorMicros(r.Time), Signal: r.Signal, Unit: r.Unit, Type: r.Value.Kind.String(),
-				Epoch: b.Epoch, Seq: b.Seq, BatchIndex: int32(i), CaptureID: capID, CaptureRule: capRule,
+				Epoch: b.Epoch, Seq: b.Seq, BatchIndex: int32(i),
+				CaptureID: c.id, CaptureRule: c.rule, CaptureTriggerTS: c.trigger,
 			}
 			switch r.Value.Kind {
 			case wire.KindDouble:
@@ -94,7 +103,7 @@ func (s *Splitter) splitReadings(b *wire.Batch, capID, capRule *string, emit fun
 	return nil
 }
 
-func (s *Splitter) splitLocations(b *wire.Batch, capID, capRule *string, emit func(Hour, []LocationRow) error) error {
+func (s *Splitter) splitLocations(b *wire.Batch, c capture, emit func(Hour, []LocationRow) error) error {
 	s.groupHours(len(b.Fixes), func(i int) int64 { return b.Fixes[i].Time })
 	for _, h := range s.distinct {
 		rows := s.locations[:0]
@@ -106,7 +115,8 @@ func (s *Splitter) splitLocations(b *wire.Batch, capID, capRule *string, emit fu
 			rows = append(rows, LocationRow{
 				VehicleID: b.VehicleID, TS: floorMicros(f.Time), Lat: f.Lat, Lon: f.Lon,
 				Alt: present(&f.Alt), Speed: present(&f.Speed), Heading: present(&f.Heading), Accuracy: present(&f.Accuracy),
-				Epoch: b.Epoch, Seq: b.Seq, BatchIndex: int32(i), CaptureID: capID, CaptureRule: capRule,
+				Epoch: b.Epoch, Seq: b.Seq, BatchIndex: int32(i),
+				CaptureID: c.id, CaptureRule: c.rule, CaptureTriggerTS: c.trigger,
 			})
 		}
 		s.locations = rows

@@ -21,12 +21,13 @@
 //	  batch_index   int32                        the reading's index within its batch
 //	  capture_id    string, optional             capture window "vehicle/epoch/id", when the batch is part of one
 //	  capture_rule  string, optional (dictionary) the rule that triggered the window
+//	  capture_trigger_ts  timestamp(µs, UTC), optional  when the window's (first) trigger fired, car clock
 //
 //	locations (wide: one row per fix)
 //	  vehicle_id, ts                             as above (ts is the fix time)
 //	  lat, lon      double                       WGS84 degrees
 //	  alt, speed, heading, accuracy  double, optional  metres, m/s, degrees, metres
-//	  epoch, seq, batch_index, capture_id, capture_rule  as above (batch_index indexes the fixes)
+//	  epoch, seq, batch_index, capture_id, capture_rule, capture_trigger_ts  as above (batch_index indexes the fixes)
 //
 // (vehicle_id, epoch, seq, batch_index) identifies a row: its provenance.
 // Files are zstd-compressed by default, with a split-block bloom filter on
@@ -61,6 +62,9 @@ type ReadingRow struct {
 	BatchIndex  int32    `parquet:"batch_index"`
 	CaptureID   *string  `parquet:"capture_id,optional"`
 	CaptureRule *string  `parquet:"capture_rule,optional,dict"`
+	// CaptureTriggerTS is the trigger's time, µs: ts - capture_trigger_ts
+	// places a row in its window.
+	CaptureTriggerTS *int64 `parquet:"capture_trigger_ts,optional,timestamp(microsecond)"`
 }
 
 // LocationRow is one row of the wide locations table.
@@ -78,6 +82,9 @@ type LocationRow struct {
 	BatchIndex  int32    `parquet:"batch_index"`
 	CaptureID   *string  `parquet:"capture_id,optional"`
 	CaptureRule *string  `parquet:"capture_rule,optional,dict"`
+	// CaptureTriggerTS is the trigger's time, µs: ts - capture_trigger_ts
+	// places a row in its window.
+	CaptureTriggerTS *int64 `parquet:"capture_trigger_ts,optional,timestamp(microsecond)"`
 }
 
 // Table names, the first level of the object layout.

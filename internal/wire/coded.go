@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
+	"sync"
 
 	ecan "go.einride.tech/can"
 
@@ -728,11 +729,43 @@ type decodedCol struct {
 // derived reports whether the column is a checksum predicted from its frame.
 func (c decodedCol) derived() bool { return c.family != 0 }
 
+// colArena hands out the coded section's columns from one buffer, reused
+// from batch to batch: what a decode reads from them is copied out before
+// it returns (readings, times, bounds), so they need not outlive it.
+type colArena struct{ buf []int64 }
+
+// arenaKeep is the largest arena kept for reuse, in entries: a hostile
+// batch's million entries are not held on to.
+const arenaKeep = 1 << 16
+
+var arenas = sync.Pool{New: func() any { return new(colArena) }}
+
+// take returns n zeroed entries (from the heap with no arena).
+func (a *colArena) take(n int) []int64 {
+	if a == nil {
+		return make([]int64, n)
+	}
+	if len(a.buf)+n > cap(a.buf) {
+		a.buf = make([]int64, 0, max(2*cap(a.buf), n, 1024))
+	}
+	s := a.buf[len(a.buf) : len(a.buf)+n : len(a.buf)+n]
+	a.buf = a.buf[:len(a.buf)+n]
+	clear(s)
+	return s
+}
+
+func (a *colArena) release() {
+	if cap(a.buf) <= arenaKeep {
+		a.buf = a.buf[:0]
+		arenas.Put(a)
+	}
+}
+
 // decodeCoded reads a coded section: the time columns (ticks from the
 // base time) and the value columns. It checks every count against lim
 // before allocating, and every index; a stream that ends early is
 // malformed.
-func decodeCoded(data []byte, infos []signalInfo, lim Limits) ([][]int64, []decodedCol, error) {
+func decodeCoded(data []byte, infos []signalInfo, lim Limits, a *colArena) ([][]int64, []decodedCol, error) {
 	var m dirModels
 	m.init()
 	d := entropy.NewDecoder(data)
@@ -765,7 +798,7 @@ func decodeCoded(data []byte, infos []signalInfo, lim Limits) ([][]int64, []deco
 			r := i - int(ref)
 			p = newTimePredictor(times[r], periods[i], periods[r], d.Int(&m.offset))
 		}
-		ts := make([]int64, n)
+		ts := a.take(int(n))
 		col.Init()
 		for j := range ts {
 			ts[j] = p.entry(d.Int(&col))
@@ -831,7 +864,7 @@ func decodeCoded(data []byte, infos []signalInfo, lim Limits) ([][]int64, []deco
 		if canWrap(info, c.decimals, int(pred)) && d.Bit(&m.wrap) == 1 {
 			p.rng = rawRange{bits: info.rawBits, signed: info.rawSigned}
 		}
-		c.vals = make([]int64, len(ts))
+		c.vals = a.take(len(ts))
 		col.Init()
 		for j := range c.vals {
 			c.vals[j] = p.value(d.Int(&col))

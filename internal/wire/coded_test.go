@@ -110,7 +110,7 @@ func codedColumns(t *testing.T, rs []Reading, cat *Catalog) (map[string]decodedC
 	if err := proto.Unmarshal(data, env); err != nil {
 		t.Fatal(err)
 	}
-	_, cols, err := decodeCoded(env.GetCoded(), cat.info, DefaultLimits)
+	_, cols, err := decodeCoded(env.GetCoded(), cat.info, DefaultLimits, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +476,7 @@ func TestDecodeRejectsBadCodedSections(t *testing.T) {
 		}), ErrMalformed},
 	}
 	for name, c := range cases {
-		if _, _, err := decodeCoded(c.data, infos, DefaultLimits); !errors.Is(err, c.want) {
+		if _, _, err := decodeCoded(c.data, infos, DefaultLimits, nil); !errors.Is(err, c.want) {
 			t.Errorf("%s: got %v, want %v", name, err, c.want)
 		}
 	}
@@ -487,7 +487,7 @@ func TestDecodeRejectsBadCodedSections(t *testing.T) {
 		for i := range junk {
 			junk[i] = byte(rng.UintN(256))
 		}
-		times, cols, err := decodeCoded(junk, infos, Limits{MaxReadings: 10_000})
+		times, cols, err := decodeCoded(junk, infos, Limits{MaxReadings: 10_000}, nil)
 		if err != nil {
 			continue
 		}

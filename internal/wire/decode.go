@@ -209,7 +209,11 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 	if version == 1 {
 		times, err = decodeTimes(body, sum.BaseTime, int64(tick), lim)
 	} else {
-		times, codedCols, err = decodeSection(body, coded, infos, sum.BaseTime, int64(tick), lim)
+		// The columns live in an arena until decodeBody returns: nothing
+		// it builds refers to them.
+		a := arenas.Get().(*colArena)
+		defer a.release()
+		times, codedCols, err = decodeSection(body, coded, infos, sum.BaseTime, int64(tick), lim, a)
 	}
 	if err != nil {
 		return err
@@ -312,6 +316,14 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 	for i, c := range codedCols {
 		sig := signals[c.signal]
 		ts := times[c.time]
+		if b == nil {
+			// A check: the values' validity, without their readings.
+			if j := invalidCoded(sig, c.decimals, c.vals); j >= 0 {
+				_, err := codedReading(sig, c.decimals, c.vals[j])
+				return malformed("coded column %d (%s): %v", i, sig.GetName(), err)
+			}
+			continue
+		}
 		for j, raw := range c.vals {
 			r, err := codedReading(sig, c.decimals, raw)
 			if err != nil {
@@ -332,14 +344,14 @@ func decodeBody(sum *Summary, b *Batch, body *pb.Body, coded []byte, version uin
 
 // decodeSection reads a schema version 2 batch's coded section, returning
 // its time columns as absolute times and its value columns.
-func decodeSection(body *pb.Body, coded []byte, infos []signalInfo, base, tick int64, lim Limits) ([][]int64, []decodedCol, error) {
+func decodeSection(body *pb.Body, coded []byte, infos []signalInfo, base, tick int64, lim Limits, a *colArena) ([][]int64, []decodedCol, error) {
 	if len(body.GetTimes()) > 0 || len(body.GetTimeLengths()) > 0 || len(body.GetTimeDeltaOfDelta()) > 0 || body.GetPacked() != nil {
 		return nil, nil, malformed("schema version 2 with time columns or packed columns in the body")
 	}
 	if len(coded) == 0 {
 		return nil, nil, nil
 	}
-	ticks, cols, err := decodeCoded(coded, infos, lim)
+	ticks, cols, err := decodeCoded(coded, infos, lim, a)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -383,6 +395,31 @@ func codedReading(sig *pb.Signal, decimals int, raw int64) (Reading, error) {
 		return r, fmt.Errorf("a %v signal", sig.GetType())
 	}
 	return r, nil
+}
+
+// invalidCoded is the index of the first raw value of a coded column of
+// sig that codedReading refuses, or -1: what a check needs of the values.
+func invalidCoded(sig *pb.Signal, decimals int, vals []int64) int {
+	if len(vals) == 0 {
+		return -1
+	}
+	switch sig.GetType() {
+	case pb.ValueType_VALUE_TYPE_INT:
+		return -1
+	case pb.ValueType_VALUE_TYPE_BOOL:
+		for j, raw := range vals {
+			if raw != 0 && raw != 1 {
+				return j
+			}
+		}
+		return -1
+	case pb.ValueType_VALUE_TYPE_DOUBLE:
+		if decimals < 0 && sig.GetScale() == 0 {
+			return 0
+		}
+		return -1
+	}
+	return 0
 }
 
 // decodeTimes returns the body's time columns, plain ones first, then the

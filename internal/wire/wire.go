@@ -189,12 +189,29 @@ func IsInvalid(err error) bool {
 		errors.Is(err, ErrUnknownCatalog) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNoChecksum)
 }
 
-var vehicleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
-
 // ValidVehicleID reports whether id can name a vehicle: 1 to 64 characters
 // of letters, digits, '_', '.', ':' and '-', starting with a letter or digit
-// (so it is always a single, wildcard-free MQTT topic level).
-func ValidVehicleID(id string) bool { return vehicleIDPattern.MatchString(id) }
+// (so it is always a single, wildcard-free MQTT topic level). It runs on
+// every batch the bridge receives, hence no regexp.
+func ValidVehicleID(id string) bool {
+	if len(id) == 0 || len(id) > 64 || !vehicleIDChar[id[0]] || id[0] == '_' || id[0] == '.' || id[0] == ':' || id[0] == '-' {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if !vehicleIDChar[id[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// vehicleIDChar marks the bytes a vehicle ID may hold.
+var vehicleIDChar = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == ':' || c == '-'
+	}
+	return t
+}()
 
 // CheckVehicleID returns an error describing why id is not a valid vehicle ID.
 func CheckVehicleID(id string) error {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"testing"
@@ -121,7 +122,7 @@ func TestSharedTimeColumns(t *testing.T) {
 	if env.GetProducer().GetSchemaVersion() != SchemaVersion {
 		t.Fatalf("schema version %d", env.GetProducer().GetSchemaVersion())
 	}
-	times, cols, err := decodeCoded(env.GetCoded(), signalInfos(body.GetSignals(), nil), DefaultLimits)
+	times, cols, err := decodeCoded(env.GetCoded(), signalInfos(body.GetSignals(), nil), DefaultLimits, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,11 +293,26 @@ func TestValidVehicleID(t *testing.T) {
 		"veh-0001": true, "ABC_12.3:x": true, "": false, "-lead": false, "a/b": false, "a+b": false, "a#": false,
 		"x234567890123456789012345678901234567890123456789012345678901234":  true,
 		"x2345678901234567890123456789012345678901234567890123456789012345": false,
+		"_x": false, ".x": false, ":x": false, "9": true, "a b": false, "a\x00": false, "vé": false, "a\n": false,
 	} {
 		if got := ValidVehicleID(id); got != want {
 			t.Errorf("ValidVehicleID(%q) = %v, want %v", id, got, want)
 		}
 	}
+}
+
+// FuzzValidVehicleID holds the hand-written check to the rule as a
+// regular expression.
+func FuzzValidVehicleID(f *testing.F) {
+	rule := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
+	for _, s := range []string{"veh-0001", "-lead", "", "a/b", "ABC_12.3:x", "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		if got, want := ValidVehicleID(id), rule.MatchString(id); got != want {
+			t.Fatalf("ValidVehicleID(%q) = %v, the rule says %v", id, got, want)
+		}
+	})
 }
 
 // TestEncodingIsCompact guards the property the layout exists for: regular

@@ -2,10 +2,12 @@
 
 Reads every Parquet file under ROOT/readings and ROOT/locations with DuckDB
 (Hive partitioning on) and checks each file's schema with pyarrow, then
-prints one JSON object per row on stdout. Exits non-zero, saying why on
-stderr, if a file is unreadable or its schema is not the documented one.
+prints one JSON object per row on stdout: every row, or with WHERE (an SQL
+condition over the columns of both tables) the rows DuckDB selects with
+it. Exits non-zero, saying why on stderr, if a file is unreadable or its
+schema is not the documented one.
 
-usage: python read_parquet.py ROOT
+usage: python read_parquet.py ROOT [WHERE]
 """
 
 import glob
@@ -31,6 +33,7 @@ READINGS = {
     "batch_index": "int32",
     "capture_id": "string",
     "capture_rule": "string",
+    "capture_trigger_ts": "timestamp[us, tz=UTC]",
 }
 LOCATIONS = {
     "vehicle_id": "string",
@@ -46,6 +49,7 @@ LOCATIONS = {
     "batch_index": "int32",
     "capture_id": "string",
     "capture_rule": "string",
+    "capture_trigger_ts": "timestamp[us, tz=UTC]",
 }
 
 
@@ -62,6 +66,7 @@ def check_schema(path, want):
 
 def main():
     root = sys.argv[1]
+    where = f" WHERE {sys.argv[2]}" if len(sys.argv) > 2 else ""
     con = duckdb.connect()
     for table, want in (("readings", READINGS), ("locations", LOCATIONS)):
         files = sorted(glob.glob(os.path.join(root, table, "**", "*.parquet"), recursive=True))
@@ -69,10 +74,11 @@ def main():
             check_schema(f, want)
         if not files:
             continue
-        cols = ", ".join(c for c in want if c != "ts")
+        # Timestamps as microseconds since the epoch: ts_us, capture_trigger_ts_us.
+        cols = ", ".join(f"epoch_us({c}) AS {c}_us" if t.startswith("timestamp") else c for c, t in want.items())
         rows = con.execute(
-            f"SELECT {cols}, epoch_us(ts) AS ts_us, CAST(date AS VARCHAR) AS date, CAST(hour AS INTEGER) AS hour, filename "
-            f"FROM read_parquet('{root}/{table}/**/*.parquet', hive_partitioning = true, filename = true)"
+            f"SELECT {cols}, CAST(date AS VARCHAR) AS date, CAST(hour AS INTEGER) AS hour, filename "
+            f"FROM read_parquet('{root}/{table}/**/*.parquet', hive_partitioning = true, filename = true){where}"
         )
         names = [d[0] for d in rows.description]
         for row in rows.fetchall():

@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -43,12 +44,16 @@ func main() {
 	readings := flag.Int("readings", 100, "readings per batch")
 	seconds := flag.Int("seconds", 20, "measured seconds per phase, after 5 s of warm-up")
 	rounds := flag.Int("rounds", 2, "ceiling/bridge pairs; medians are reported")
+	flag.StringVar(&profilePath, "cpu-profile", "", "write the bridge's CPU profile (and, with .allocs appended, what it allocated) over each round's measured seconds to this file, the round's tag appended")
 	flag.Parse()
 	if err := run(*bridge, *mqttURL, *brokers, *vehicles, *publishers, *readings, time.Duration(*seconds)*time.Second, *rounds); err != nil {
 		fmt.Fprintln(os.Stderr, "bridgeload:", err)
 		os.Exit(1)
 	}
 }
+
+// profilePath, if set, is where the bridge's CPU profiles go.
+var profilePath string
 
 type result struct {
 	ceiling, bridge, cpuMicros, p50, p99, acksPerBatch float64
@@ -76,6 +81,9 @@ func run(bridgeBin, mqttURL, brokers string, vehicles, publishers, readings int,
 			v = append(v, f(r))
 		}
 		sort.Float64s(v)
+		if len(v)%2 == 0 {
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
 		return v[len(v)/2]
 	}
 	c, b := med(func(r result) float64 { return r.ceiling }), med(func(r result) float64 { return r.bridge })
@@ -169,15 +177,49 @@ func bridgePhase(bin, mqttURL, brokers, tag string, vehicles, publishers, readin
 	}
 	go func() { _ = fleet.Run(ctx) }()
 	time.Sleep(5 * time.Second)
-	n0, c0, a0, t0 := count(), cpu(cmd.Process.Pid), metric(admin, "fleet_bridge_acks_published_total"), time.Now()
-	time.Sleep(measure)
+	const latency = "fleet_bridge_mqtt_to_kafka_seconds"
+	n0, c0, a0, h0, t0 := count(), cpu(cmd.Process.Pid), metric(admin, "fleet_bridge_acks_published_total"), buckets(admin, latency), time.Now()
+	if profilePath != "" {
+		allocs := make(chan error, 1)
+		go func() { allocs <- profile(admin, "allocs", fmt.Sprintf("%s.%s.allocs", profilePath, tag), measure) }()
+		if err := profile(admin, "profile", fmt.Sprintf("%s.%s", profilePath, tag), measure); err != nil {
+			return res, err
+		}
+		if err := <-allocs; err != nil {
+			return res, err
+		}
+	}
+	time.Sleep(measure - time.Since(t0))
 	n1, c1, a1 := count(), cpu(cmd.Process.Pid), metric(admin, "fleet_bridge_acks_published_total")
 	el := time.Since(t0).Seconds()
 	res.bridge = float64(n1-n0) / el
 	res.cpuMicros = (c1 - c0).Seconds() * 1e6 / float64(max(n1-n0, 1))
 	res.acksPerBatch = (a1 - a0) / float64(max(n1-n0, 1))
-	res.p50, res.p99 = quantiles(admin, "fleet_bridge_mqtt_to_kafka_seconds")
+	res.p50, res.p99 = quantiles(h0, buckets(admin, latency))
 	return res, nil
+}
+
+// profile saves one of the bridge's profiles (profile: CPU, allocs: what
+// was allocated) over d.
+func profile(admin, kind, path string, d time.Duration) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", admin, kind, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "bridge profile:", path)
+	return f.Close()
 }
 
 // cpu is a process's user+system time, from /proc/PID/stat.
@@ -217,10 +259,12 @@ func metric(admin, name string) float64 {
 	return 0
 }
 
-// quantiles reads p50 and p99 (ms) off a histogram's buckets (upper
-// bounds: what the buckets allow).
-func quantiles(admin, name string) (float64, float64) {
-	type bucket struct{ le, n float64 }
+// bucket is a cumulative histogram bucket: the count of observations up
+// to le.
+type bucket struct{ le, n float64 }
+
+// buckets reads a histogram's cumulative buckets off the admin server.
+func buckets(admin, name string) []bucket {
 	var bs []bucket
 	for _, l := range scrape(admin) {
 		rest, ok := strings.CutPrefix(l, name+`_bucket{le="`)
@@ -232,17 +276,37 @@ func quantiles(admin, name string) (float64, float64) {
 		n, _ := strconv.ParseFloat(count, 64)
 		bs = append(bs, bucket{x, n})
 	}
-	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+	return bs
+}
+
+// quantiles returns p50 and p99 (ms) of the observations made between two
+// readings of a histogram's buckets, interpolating linearly within a
+// bucket as Prometheus's histogram_quantile does.
+func quantiles(before, after []bucket) (float64, float64) {
+	if len(after) == 0 || len(before) != len(after) {
 		return 0, 0
 	}
-	total := bs[len(bs)-1].n
+	d := make([]bucket, len(after))
+	for i := range after {
+		d[i] = bucket{after[i].le, after[i].n - before[i].n}
+	}
+	total := d[len(d)-1].n
+	if total == 0 {
+		return 0, 0
+	}
 	q := func(p float64) float64 {
-		for _, b := range bs {
-			if b.n >= p*total {
-				return b.le * 1000
+		rank := p * total
+		lo, below := 0.0, 0.0
+		for _, b := range d {
+			if b.n >= rank {
+				if math.IsInf(b.le, 1) {
+					return lo * 1000 // past the last bound: all that is known
+				}
+				return (lo + (b.le-lo)*(rank-below)/(b.n-below)) * 1000
 			}
+			lo, below = b.le, b.n
 		}
-		return 0
+		return lo * 1000
 	}
 	return q(0.5), q(0.99)
 }

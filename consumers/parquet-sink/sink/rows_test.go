@@ -191,6 +191,7 @@ func TestRowsAndLayout(t *testing.T) {
 			"batch_index REQUIRED INT32 INT(32,true)",
 			"capture_id OPTIONAL BYTE_ARRAY STRING",
 			"capture_rule OPTIONAL BYTE_ARRAY STRING",
+			"capture_trigger_ts OPTIONAL INT64 TIMESTAMP(isAdjustedToUTC=true,unit=MICROS)",
 		}, format.Zstd)
 		checkSchema(t, files["locations/"+before+name], []string{
 			"vehicle_id REQUIRED BYTE_ARRAY STRING",
@@ -206,6 +207,7 @@ func TestRowsAndLayout(t *testing.T) {
 			"batch_index REQUIRED INT32 INT(32,true)",
 			"capture_id OPTIONAL BYTE_ARRAY STRING",
 			"capture_rule OPTIONAL BYTE_ARRAY STRING",
+			"capture_trigger_ts OPTIONAL INT64 TIMESTAMP(isAdjustedToUTC=true,unit=MICROS)",
 		}, format.Zstd)
 	})
 }
@@ -293,6 +295,7 @@ func TestCompressionAndRowGroups(t *testing.T) {
 		"batch_index REQUIRED INT32 INT(32,true)",
 		"capture_id OPTIONAL BYTE_ARRAY STRING",
 		"capture_rule OPTIONAL BYTE_ARRAY STRING",
+		"capture_trigger_ts OPTIONAL INT64 TIMESTAMP(isAdjustedToUTC=true,unit=MICROS)",
 	}, format.Snappy)
 	var sizes []int64
 	for _, rg := range f.RowGroups() {
