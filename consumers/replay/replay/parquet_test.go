@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 )
@@ -64,5 +65,18 @@ func TestParquetPrefixChecks(t *testing.T) {
 		if res.err != nil && (strings.Contains(res.err.Error(), "live parquet-sink") || strings.Contains(res.err.Error(), "cannot")) {
 			t.Fatalf("%q: %v", args, res.err)
 		}
+	}
+}
+
+// TestParquetDefaultsAreTheSinks: --to-parquet's window, file and filter
+// defaults are parquet-sink's, so that a backfill with no flags makes the
+// sink's windows (the README promises it); this fails when one side's
+// default changes without the other's.
+func TestParquetDefaultsAreTheSinks(t *testing.T) {
+	s, o := sink.DefaultConfig(), DefaultConfig().Parquet
+	want := ParquetOptions{MaxFileRows: s.MaxFileRows, MaxFileBytes: s.MaxFileBytes, MaxFileAge: s.MaxFileAge, RowGroupRows: s.RowGroupRows,
+		Compression: s.Compression, DedupEpochs: s.DedupEpochs, DedupTTL: s.DedupTTL, DedupMaxVehicles: s.DedupMaxVehicles}
+	if flag, was, is := want.diff(o); flag != "" {
+		t.Errorf("--%s defaults to %v in replay, %v in parquet-sink", flag, is, was)
 	}
 }
