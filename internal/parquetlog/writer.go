@@ -393,16 +393,18 @@ func (w *Writer) countRows(h parquetout.Hour, n int) {
 	}
 }
 
-// Tick closes the open window of a quiet partition: when the writer has
-// read up to highWatermark (the partition's end) and the wall clock now is
-// past the window's first record by MaxAge + QuietMargin. It returns
-// whether it committed a window.
-func (w *Writer) Tick(ctx context.Context, now time.Time, highWatermark int64) (bool, error) {
+// Tick closes the open window of a quiet partition: when the caller has
+// read the partition to its end (caughtUp: every offset below the high
+// watermark fetched, transaction markers included, so a transactional
+// topic's trailing commit marker does not hold the window open) and the
+// wall clock now is past the window's first record by MaxAge + QuietMargin.
+// It returns whether it committed a window.
+func (w *Writer) Tick(ctx context.Context, now time.Time, caughtUp bool) (bool, error) {
 	if w.err != nil {
 		return false, w.err
 	}
 	win := w.win
-	if win == nil || win.pinned != nil || win.end < highWatermark {
+	if win == nil || win.pinned != nil || !caughtUp {
 		return false, nil
 	}
 	if now.UnixMilli()-win.firstTs < (w.cfg.Rules.MaxAge + w.cfg.Rules.QuietMargin).Milliseconds() {

@@ -325,17 +325,17 @@ func TestQuietPartitionIsFlushed(t *testing.T) {
 		}
 		first := recs[0].Timestamp
 		for _, tc := range []struct {
-			now  time.Time
-			hwm  int64
-			want bool
+			now      time.Time
+			caughtUp bool
+			want     bool
 		}{
-			{first.Add(3500 * time.Millisecond), 5, false}, // within MaxAge + QuietMargin (4 s)
-			{first.Add(10 * time.Second), 6, false},        // a record still to read
-			{first.Add(4 * time.Second), 5, true},
+			{first.Add(3500 * time.Millisecond), true, false}, // within MaxAge + QuietMargin (4 s)
+			{first.Add(10 * time.Second), false, false},       // records still to read
+			{first.Add(4 * time.Second), true, true},
 		} {
-			got, err := w.Tick(ctx, tc.now, tc.hwm)
+			got, err := w.Tick(ctx, tc.now, tc.caughtUp)
 			if err != nil || got != tc.want {
-				t.Fatalf("Tick(%v after the first record, hwm %d) = %v, %v; want %v", tc.now.Sub(first), tc.hwm, got, err, tc.want)
+				t.Fatalf("Tick(%v after the first record, caught up %v) = %v, %v; want %v", tc.now.Sub(first), tc.caughtUp, got, err, tc.want)
 			}
 		}
 		if w.Committed() != 5 {

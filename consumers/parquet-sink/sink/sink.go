@@ -90,6 +90,7 @@ type partition struct {
 	// checked once, then -1.
 	expect    int64
 	hwm       int64 // the partition's high watermark, as of the last fetch
+	next      int64 // the offset after the last record fetched (markers included)
 	committed int64 // last offset committed to the group
 	retryAt   time.Time
 	backoff   time.Duration
@@ -129,6 +130,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// Transaction markers come through (and are skipped in write), so
+		// the sink knows when it has read a transactional topic to its
+		// end and a checkpoint at a marker's offset is where reading
+		// resumes.
+		kgo.KeepControlRecords(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AdjustFetchOffsetsFn(s.onAssigned),
 		kgo.OnPartitionsRevoked(s.onRevoked),
@@ -239,6 +245,10 @@ func (s *Sink) write(ctx context.Context, p *partition, recs []*kgo.Record) {
 			}
 			p.expect = -1
 		}
+		p.next = r.Offset + 1
+		if r.Attrs.IsControl() {
+			continue // a transaction's commit or abort marker
+		}
 		// One Batch, reused: a writer keeps nothing of it after Add.
 		err := s.catalogs.DecodeInto(ctx, r.Value, decodeLimits, &s.batch)
 		rec := parquetlog.Record{Offset: r.Offset, Timestamp: r.Timestamp, Batch: &s.batch}
@@ -323,7 +333,7 @@ func (s *Sink) maintain(ctx context.Context, now time.Time) {
 			continue
 		}
 		writing++
-		if _, err := p.w.Tick(context.WithoutCancel(ctx), now, p.hwm); err != nil {
+		if _, err := p.w.Tick(context.WithoutCancel(ctx), now, p.hwm >= 0 && p.next >= p.hwm); err != nil {
 			s.drop(p, err, "")
 			continue
 		}
@@ -361,7 +371,7 @@ func (s *Sink) claimAgain(ctx context.Context, p *partition) {
 	if next < 0 {
 		next = max(p.start, 0) // an offset before the log's start resets to it
 	}
-	p.expect = w.Next()
+	p.expect, p.next = w.Next(), -1
 	s.kafka.SetOffsets(map[string]map[int32]kgo.EpochOffset{s.cfg.Topic: {p.id: {Epoch: -1, Offset: next}}})
 	s.kafka.ResumeFetchPartitions(map[string][]int32{s.cfg.Topic: {p.id}})
 	s.logger.Info("partition claimed again", "partition", p.id, "offset", next, "generation", w.Generation())
@@ -387,7 +397,7 @@ func (s *Sink) onAssigned(ctx context.Context, offsets map[string]map[int32]kgo.
 			start = -1
 		}
 		g.Go(func() error {
-			p := &partition{id: id, start: start, expect: -1, hwm: -1, committed: -1}
+			p := &partition{id: id, start: start, expect: -1, hwm: -1, next: -1, committed: -1}
 			cctx, cancel := context.WithTimeout(gctx, time.Minute)
 			w, err := parquetlog.Claim(cctx, s.cfg.writerConfig(id, start), s.writerDeps())
 			cancel()
