@@ -16,8 +16,10 @@
 // always make the same windows, the same object names and the same rows: a
 // restart, a new owner, or a replay from scratch re-creates what was there.
 //
-// A quiet partition (read to its end) gets its window closed by the wall
-// clock, once it is MaxAge + QuietMargin past the window's first record.
+// A quiet partition (read to its end, transaction markers included: a
+// transactional topic's high watermark counts its last commit marker, so
+// the caller reads markers to know it is there) gets its window closed by
+// the wall clock, once it is MaxAge + QuietMargin past the window's first record.
 // This agrees with the rules: a record still to come will carry a Kafka
 // timestamp no earlier than QuietMargin before the wall clock (true of
 // LogAppendTime topics, and of CreateTime ones whose producers hand records
