@@ -18,7 +18,7 @@ func main() {
 	cli.Main(sink.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		s, err := sink.New(ctx, cfg, sink.Deps{Logger: logger, Registerer: reg, Gatherer: reg})
+		s, err := sink.New(ctx, cfg, sink.Deps{Logger: logger, Registerer: reg, Gatherer: reg, OwnProcess: true})
 		if err != nil {
 			return err
 		}

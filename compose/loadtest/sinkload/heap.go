@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
@@ -14,11 +15,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/parquetlog"
 	"github.com/fleetpipe/fleetpipe/internal/parquetout"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 )
+
+// heapRowGroupRows is parquet-sink's default row group size.
+const heapRowGroupRows = 1_000_000
 
 // heapRun writes, in this process, one window per partition with the
 // sink's writer (internal/parquetlog) to S3, all partitions at once, each
@@ -36,6 +41,14 @@ func heapRun(o options) error {
 	}
 	if err := st.EnsureBucket(ctx); err != nil {
 		return err
+	}
+	// The parquet-sink binary's default soft memory limit for this many
+	// partitions (GOMEMLIMIT wins, as in the binary).
+	limit := "GOMEMLIMIT=" + os.Getenv("GOMEMLIMIT")
+	if os.Getenv("GOMEMLIMIT") == "" {
+		l := sink.MemoryLimitFor(int(o.partitions), heapRowGroupRows)
+		debug.SetMemoryLimit(l)
+		limit = fmt.Sprintf("%d MiB, the sink's default for %d partitions", l>>20, o.partitions)
 	}
 	var peakInUse, peakLive atomic.Uint64
 	stop := make(chan struct{})
@@ -100,6 +113,7 @@ func heapRun(o options) error {
 	fmt.Printf("| objects | %d, %.0f MB in all, readings objects of %d MiB and more |\n", files, float64(size)/1e6, o.heapObjectMB)
 	fmt.Printf("| peak Go heap in use (sampled every 20 ms, garbage included) | %.0f MB |\n", float64(peakInUse.Load())/1e6)
 	fmt.Printf("| peak live heap (after a collection) | %.0f MB |\n", float64(peakLive.Load())/1e6)
+	fmt.Printf("| Go soft memory limit | %s |\n", limit)
 	return nil
 }
 
@@ -107,7 +121,7 @@ func heapRun(o options) error {
 // readings until its first window has closed by size.
 func heapPartition(ctx context.Context, st *objstore.Store, partition int32, maxBytes int64) (int64, error) {
 	files := parquetout.DefaultOptions
-	files.RowGroupRows = 1_000_000
+	files.RowGroupRows = heapRowGroupRows
 	w, err := parquetlog.Claim(ctx, parquetlog.Config{
 		Topic: "bench.heap", Partition: partition, Writer: "sinkload", Start: 0,
 		Rules: parquetlog.Rules{MaxRows: math.MaxInt64, MaxBytes: maxBytes, MaxAge: time.Hour, QuietMargin: time.Minute},

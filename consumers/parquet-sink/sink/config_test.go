@@ -47,7 +47,7 @@ func TestConfigFileValues(t *testing.T) {
 		"s3":         strings.Join([]string{cfg.S3.Endpoint, cfg.S3.Region, cfg.S3.Bucket, cfg.S3.Prefix, cfg.S3.AccessKey, cfg.S3.SecretKey}, " "),
 		"path-style": cfg.S3.PathStyle, "max-file-rows": cfg.MaxFileRows, "max-file-bytes": cfg.MaxFileBytes,
 		"max-file-age": cfg.MaxFileAge, "row-group-rows": cfg.RowGroupRows, "compression": cfg.Compression,
-		"dedup-epochs": cfg.DedupEpochs,
+		"dedup-epochs": cfg.DedupEpochs, "memory-limit-bytes": cfg.MemoryLimit,
 	}
 	want := map[string]any{
 		"brokers": "kafka-1:9092,kafka-2:9092", "client-id": "sink-eu-1",
@@ -56,7 +56,7 @@ func TestConfigFileValues(t *testing.T) {
 		"s3":         "http://minio.internal:9000 eu-central-1 fleet-lake telemetry/v1/ fleet fleet-secret",
 		"path-style": true, "max-file-rows": 1_000_000, "max-file-bytes": 128 << 20,
 		"max-file-age": 150 * time.Second, "row-group-rows": 250_000, "compression": "snappy",
-		"dedup-epochs": 4,
+		"dedup-epochs": 4, "memory-limit-bytes": int64(512 << 20),
 	}
 	for k, w := range want {
 		if got[k] != w {

@@ -400,10 +400,14 @@ type running struct {
 	done   bool
 }
 
-func (e *env) startSink(cfg sink.Config) *running {
+func (e *env) startSink(cfg sink.Config, opts ...func(*sink.Deps)) *running {
 	e.t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := sink.New(context.Background(), cfg, sink.Deps{Logger: testLogger(e.t), Registerer: reg, Gatherer: reg})
+	deps := sink.Deps{Logger: testLogger(e.t), Registerer: reg, Gatherer: reg}
+	for _, o := range opts {
+		o(&deps)
+	}
+	s, err := sink.New(context.Background(), cfg, deps)
 	if err != nil {
 		e.t.Fatal(err)
 	}

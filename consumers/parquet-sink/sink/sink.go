@@ -38,6 +38,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -61,6 +63,10 @@ type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// OwnProcess lets the sink set the Go runtime's soft memory limit
+	// (Config.MemoryLimit) as its partitions come and go: the binary sets
+	// it; a sink embedded with other services leaves the runtime alone.
+	OwnProcess bool
 }
 
 // Sink is the Kafka-to-Parquet writer. A Sink runs once.
@@ -73,6 +79,9 @@ type Sink struct {
 	kafka    *kgo.Client
 	admin    *admin.Server
 	catalogs *catalogstore.Store
+	// ownProcess and memLimit: see tuneMemory.
+	ownProcess bool
+	memLimit   int64
 
 	mu    sync.Mutex // guards parts and batch; rebalance callbacks run on other goroutines
 	parts map[int32]*partition
@@ -109,7 +118,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Sink, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Sink{
-		cfg: cfg, logger: deps.Logger, m: newMetrics(deps.Registerer),
+		cfg: cfg, logger: deps.Logger, m: newMetrics(deps.Registerer), ownProcess: deps.OwnProcess,
 		lm:    parquetlog.NewMetrics(deps.Registerer, "fleet_sink"),
 		parts: map[int32]*partition{},
 	}
@@ -217,6 +226,24 @@ func (s *Sink) Run(ctx context.Context) error {
 		s.kafka.AllowRebalance()
 	}
 	return s.shutdown()
+}
+
+// tuneMemory sets the Go runtime's soft memory limit for the partitions
+// this member owns (Config.MemoryLimit), unless the process is not the
+// sink's own or GOMEMLIMIT is set.
+func (s *Sink) tuneMemory(partitions int) {
+	if !s.ownProcess || s.cfg.MemoryLimit < 0 || os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := s.cfg.MemoryLimit
+	if limit == 0 {
+		limit = MemoryLimitFor(partitions, s.cfg.RowGroupRows)
+	}
+	if limit != s.memLimit {
+		s.memLimit = limit
+		debug.SetMemoryLimit(limit)
+		s.logger.Debug("Go memory limit set", "bytes", limit, "partitions", partitions)
+	}
 }
 
 func (s *Sink) writerName() string {
@@ -346,6 +373,7 @@ func (s *Sink) maintain(ctx context.Context, now time.Time) {
 		}
 	}
 	s.m.partitions.WithLabelValues("writing").Set(float64(writing))
+	s.tuneMemory(len(s.parts))
 	s.m.partitions.WithLabelValues("waiting").Set(float64(len(s.parts) - writing))
 	if len(commits) > 0 {
 		s.kafka.CommitOffsets(context.WithoutCancel(ctx), map[string]map[int32]kgo.EpochOffset{s.cfg.Topic: commits}, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {

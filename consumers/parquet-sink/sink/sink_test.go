@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -425,5 +427,58 @@ func TestTransactionalTopic(t *testing.T) {
 	e.checkExactlyOnce(want)
 	if got := r2.metric("fleet_sink_records_total", "result", "ok"); got != float64(len(wave(1))) {
 		t.Errorf("the restarted sink wrote %v records, want %d: it should resume at its checkpoint, past the first wave", got, len(wave(1)))
+	}
+}
+
+// TestMemoryLimit: the binary's sink sets the Go soft memory limit for the
+// partitions it owns (--memory-limit-bytes 0), or the limit it is given;
+// a sink embedded in another process (and -1) leaves the runtime alone.
+// Not parallel: the limit is the process's.
+func TestMemoryLimit(t *testing.T) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		t.Skip("GOMEMLIMIT is set: the sink leaves the limit to it, by design")
+	}
+	before := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(before) })
+	own := func(d *sink.Deps) { d.OwnProcess = true }
+	for _, c := range []struct {
+		name  string
+		limit int64
+		own   bool
+		want  int64
+	}{
+		{"sized by partitions", 0, true, sink.MemoryLimitFor(3, 1000)},
+		{"given", 300 << 20, true, 300 << 20},
+		{"none", -1, true, before},
+		{"embedded", 0, false, before},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			debug.SetMemoryLimit(before)
+			e := newEnv(t, 3)
+			cfg := e.config()
+			cfg.MemoryLimit = c.limit
+			var opts []func(*sink.Deps)
+			if c.own {
+				opts = append(opts, own)
+			}
+			r := e.startSink(cfg, opts...)
+			// Once the sink has written a window of every partition it owns
+			// all three, and its upkeep has run since.
+			var batches []*wire.Batch
+			for v := range 12 {
+				batches = append(batches, drive(fmt.Sprintf("car-%02d", v), 7, 0))
+			}
+			e.produce(batches...)
+			e.waitRows(wantRows(batches...))
+			eventually(t, "the memory limit", func() error {
+				if got := debug.SetMemoryLimit(-1); got != c.want {
+					return fmt.Errorf("Go memory limit %d, want %d", got, c.want)
+				}
+				return nil
+			})
+			if err := r.stop(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
