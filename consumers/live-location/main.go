@@ -17,6 +17,7 @@ import (
 func main() {
 	var cfg livelocation.Config
 	cli.Main(livelocation.Program, &cfg, func(ctx context.Context, logger *slog.Logger) error {
+		livelocation.TuneProcess(cfg, logger)
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		svc, err := livelocation.New(cfg, livelocation.Deps{Logger: logger, Registerer: reg, Gatherer: reg})

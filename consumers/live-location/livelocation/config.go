@@ -57,6 +57,8 @@ type Config struct {
 	MapTiles            string         // --map-tiles: raster tile URL template for the dashboard, e.g. https://tile.example/{z}/{x}/{y}.png; "" (default): no tiles
 	MapAttribution      string         // --map-attribution: attribution shown with --map-tiles
 	HealthTargets       cli.StringList // --health-targets: name=URL of other services' /metrics for the dashboard's health panel
+	GCPercent           int            // --gc-percent: the binary's GOGC (the GOGC variable wins); default 400; -1 leaves the runtime's 100 (see TuneProcess)
+	MemoryLimit         int64          // --memory-limit-bytes: the binary's soft memory limit (GOMEMLIMIT wins); 0 (default): 80% of the cgroup's memory.max when there is one; -1: none
 }
 
 // Defaults.
@@ -68,6 +70,8 @@ const (
 	DefaultClientID        = "live-location"
 	DefaultGroup           = "live-location"
 	DefaultSweepInterval   = 5 * time.Second
+	// DefaultGCPercent is the binary's GOGC (see TuneProcess).
+	DefaultGCPercent = 400
 )
 
 // DefaultConfig returns the configuration the flags default to, location
@@ -91,6 +95,7 @@ func DefaultConfig() Config {
 		TTL:                 fleetstate.DefaultTTL,
 		SweepInterval:       DefaultSweepInterval,
 		TrackVehicles:       fleetstate.DefaultTrackVehicles,
+		GCPercent:           DefaultGCPercent,
 	}
 }
 
@@ -145,6 +150,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxClockSkew == 0 {
 		c.MaxClockSkew = d.MaxClockSkew
 	}
+	if c.GCPercent == 0 {
+		c.GCPercent = d.GCPercent
+	}
 	return c
 }
 
@@ -170,6 +178,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.TrackVehicles, "track-vehicles", d.TrackVehicles, "vehicles whose recent track and latest signals are kept (every vehicle while there is room, then the ones asked for most recently)")
 	fs.StringVar(&c.MapTiles, "map-tiles", d.MapTiles, "raster tile URL template ({z}, {x}, {y}) the dashboard draws under the vehicles, for browsers that reach a tile server (empty: none)")
 	fs.StringVar(&c.MapAttribution, "map-attribution", d.MapAttribution, "attribution text shown with --map-tiles")
+	fs.IntVar(&c.GCPercent, "gc-percent", d.GCPercent, "the Go collector's GOGC for this process (the GOGC variable wins): a higher value collects less often, which keeps query tails short, for more memory (peak heap about (1 + gc-percent/100) times the fleet's); -1: the runtime's 100")
+	fs.Int64Var(&c.MemoryLimit, "memory-limit-bytes", d.MemoryLimit, "the Go runtime's soft memory limit for this process (GOMEMLIMIT wins); the collector runs as often as it must to stay under it: 0: 80% of the container's cgroup memory.max when it has one, -1: none")
 	fs.Var(&c.HealthTargets, "health-targets", "comma-separated name=URL of other services' Prometheus /metrics, for the dashboard's pipeline health panel (this service is always shown)")
 }
 
@@ -230,6 +240,12 @@ func (c Config) Validate() error {
 	}
 	if c.TTL < c.StaleAfter {
 		return cli.FieldError("ttl", "%v is shorter than --stale-after (%v)", c.TTL, c.StaleAfter)
+	}
+	if c.GCPercent < -1 || (c.GCPercent >= 0 && c.GCPercent < 25) {
+		return cli.FieldError("gc-percent", "%d: want -1 (the runtime's default) or at least 25", c.GCPercent)
+	}
+	if c.MemoryLimit < -1 || (c.MemoryLimit > 0 && c.MemoryLimit < 64<<20) {
+		return cli.FieldError("memory-limit-bytes", "%d: want 0 (from the cgroup), -1 (none) or at least 64 MiB", c.MemoryLimit)
 	}
 	if c.TrackVehicles < 0 {
 		return cli.FieldError("track-vehicles", "%d: must not be negative", c.TrackVehicles)

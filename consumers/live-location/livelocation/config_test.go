@@ -38,7 +38,7 @@ func TestFullConfigFile(t *testing.T) {
 	if cfg.Lookback != 15*time.Minute || cfg.StatusSignal != "ride_status" || cfg.LocationPartitions != 12 ||
 		len(cfg.Kafka.Brokers) != 2 || cfg.StaleAfter != 3*time.Minute /* the flag wins over the file */ ||
 		cfg.Group != "live-location-eu" || cfg.TTL != 2*time.Hour || cfg.TrackVehicles != 5000 || len(cfg.HealthTargets) != 2 ||
-		cfg.MapTiles != "https://tiles.example.com/{z}/{x}/{y}.png" {
+		cfg.MapTiles != "https://tiles.example.com/{z}/{x}/{y}.png" || cfg.GCPercent != 200 || cfg.MemoryLimit != 2<<30 {
 		t.Fatalf("parsed %+v", cfg)
 	}
 	cfg, err = parse(t, "--config", filepath.Join(configDir(), "no-location-topic.good.yaml"))
