@@ -138,7 +138,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := internal/wire:FuzzDecode internal/wire:FuzzParseCatalog internal/wire:FuzzValidVehicleID internal/mqttlite:FuzzReadPublish internal/entropy:FuzzDecode edge-agent/spool:FuzzRecordReader \
 	edge-agent/spool:FuzzOpen edge-agent/can:FuzzParseDBC edge-agent/can:FuzzCandumpLine \
 	edge-agent/gps:FuzzNMEALine edge-agent/gps:FuzzGPSDReport consumers/live-location/httpapi:FuzzQueryParameters \
-	edge-agent/uplink:FuzzAck edge-agent/capture:FuzzCondition
+	edge-agent/uplink:FuzzAck edge-agent/capture:FuzzCondition consumers/replay/replay:FuzzJSONFormatting
 .PHONY: fuzz
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t#*:}; echo "fuzz $$pkg $$fn"; \
