@@ -2,9 +2,9 @@ package relay
 
 import (
 	"log/slog"
-	"os"
-	"runtime"
 	"runtime/debug"
+
+	"github.com/fleetpipe/fleetpipe/internal/gotune"
 )
 
 // gcPercent is the bridge's GOGC: its live heap is small (a few MB at tens
@@ -34,17 +34,9 @@ func (c Config) MemoryLimit() int64 { return 2*int64(c.MaxInflightBytes) + 128<<
 // broker sends one subscriber; more replicas (the shared subscription
 // spreads the load) scale further than more cores in one.
 func TuneProcess(cfg Config, logger *slog.Logger) int {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(cfg.MemoryLimit())
-	}
-	procs := runtime.GOMAXPROCS(0)
-	if os.Getenv("GOMAXPROCS") == "" && cfg.MaxProcs > 0 {
-		runtime.GOMAXPROCS(cfg.MaxProcs)
-		procs = cfg.MaxProcs
-	}
+	gotune.SetGCPercent(gcPercent)
+	gotune.SetMemoryLimit(cfg.MemoryLimit())
+	procs := gotune.SetMaxProcs(cfg.MaxProcs)
 	logger.Debug("Go runtime tuned", "procs", procs, "memory_limit", debug.SetMemoryLimit(-1))
 	return procs
 }

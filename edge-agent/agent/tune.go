@@ -1,10 +1,6 @@
 package agent
 
-import (
-	"os"
-	"runtime"
-	"runtime/debug"
-)
+import "github.com/fleetpipe/fleetpipe/internal/gotune"
 
 // tuneProcess applies the runtime settings of a process the agent owns
 // (Deps.OwnProcess): the timer slack (which may re-execute the binary, so
@@ -16,15 +12,8 @@ func (a *Agent) tuneProcess() {
 	if err := ApplyTimerSlack(a.cfg.TimerSlack, a.logger); err != nil {
 		a.logger.Warn("timer slack not applied", "err", err)
 	}
-	if limit := a.cfg.MemoryLimit(); limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(limit)
-	}
-	procs := a.cfg.Procs()
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(procs)
-	} else {
-		procs = runtime.GOMAXPROCS(0)
-	}
+	gotune.SetMemoryLimit(a.cfg.MemoryLimit())
+	procs := gotune.SetMaxProcs(a.cfg.Procs())
 	if err := ApplyCPUs(a.cfg.CPUs, procs, a.logger); err != nil {
 		a.logger.Warn("CPUs not pinned", "err", err)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/fleetstate"
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/httpapi"
 	"github.com/fleetpipe/fleetpipe/consumers/live-location/livelocation"
+	"github.com/fleetpipe/fleetpipe/internal/gotune"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 	"golang.org/x/sys/unix"
 )
@@ -260,9 +261,8 @@ func run(n int, d time.Duration, httpQPS, httpUpdates, inprocUpdates int, only s
 	want := func(name string) bool { return only == "" || only == name }
 	// The live-location binary's GOGC (livelocation.TuneProcess); the
 	// GOGC variable wins, as in the binary.
-	gogc := os.Getenv("GOGC")
-	if gogc == "" {
-		debug.SetGCPercent(livelocation.DefaultGCPercent)
+	gogc := "GOGC=" + os.Getenv("GOGC")
+	if gotune.SetGCPercent(livelocation.DefaultGCPercent) {
 		gogc = strconv.Itoa(livelocation.DefaultGCPercent) + ", live-location's default"
 	}
 	fmt.Printf("| GOGC | %s |\n", gogc)

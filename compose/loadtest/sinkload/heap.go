@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleetpipe/fleetpipe/consumers/parquet-sink/sink"
+	"github.com/fleetpipe/fleetpipe/internal/gotune"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/parquetlog"
 	"github.com/fleetpipe/fleetpipe/internal/parquetout"
@@ -45,9 +45,7 @@ func heapRun(o options) error {
 	// The parquet-sink binary's default soft memory limit for this many
 	// partitions (GOMEMLIMIT wins, as in the binary).
 	limit := "GOMEMLIMIT=" + os.Getenv("GOMEMLIMIT")
-	if os.Getenv("GOMEMLIMIT") == "" {
-		l := sink.MemoryLimitFor(int(o.partitions), heapRowGroupRows)
-		debug.SetMemoryLimit(l)
+	if l := sink.MemoryLimitFor(int(o.partitions), heapRowGroupRows); gotune.SetMemoryLimit(l) {
 		limit = fmt.Sprintf("%d MiB, the sink's default for %d partitions", l>>20, o.partitions)
 	}
 	var peakInUse, peakLive atomic.Uint64

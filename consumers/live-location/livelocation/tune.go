@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+
+	"github.com/fleetpipe/fleetpipe/internal/gotune"
 )
 
 // TuneProcess sets the Go collector of a process that runs the service:
@@ -26,21 +28,13 @@ import (
 // to stay under the limit, whatever GOGC says.
 func TuneProcess(cfg Config, logger *slog.Logger) {
 	cfg = cfg.withDefaults()
-	if os.Getenv("GOGC") == "" && cfg.GCPercent > 0 {
-		debug.SetGCPercent(cfg.GCPercent)
+	gotune.SetGCPercent(cfg.GCPercent)
+	limit := cfg.MemoryLimit
+	if limit == 0 {
+		limit = cgroupMemoryLimit("/sys/fs/cgroup/memory.max") / 10 * 8
 	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		limit := cfg.MemoryLimit
-		if limit == 0 {
-			limit = cgroupMemoryLimit("/sys/fs/cgroup/memory.max") / 10 * 8
-		}
-		if limit > 0 {
-			debug.SetMemoryLimit(limit)
-		}
-	}
-	gogc := debug.SetGCPercent(-1) // reads the value, and turns the collector off:
-	debug.SetGCPercent(gogc)       // put it back
-	logger.Debug("Go runtime tuned", "gogc", gogc, "memory_limit", debug.SetMemoryLimit(-1))
+	gotune.SetMemoryLimit(limit)
+	logger.Debug("Go runtime tuned", "gogc", gotune.GCPercent(), "memory_limit", debug.SetMemoryLimit(-1))
 }
 
 // cgroupMemoryLimit reads a cgroup v2 memory.max file: the limit in bytes,

@@ -38,8 +38,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -53,6 +51,7 @@ import (
 
 	"github.com/fleetpipe/fleetpipe/internal/admin"
 	"github.com/fleetpipe/fleetpipe/internal/catalogstore"
+	"github.com/fleetpipe/fleetpipe/internal/gotune"
 	"github.com/fleetpipe/fleetpipe/internal/objstore"
 	"github.com/fleetpipe/fleetpipe/internal/parquetlog"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
@@ -232,16 +231,15 @@ func (s *Sink) Run(ctx context.Context) error {
 // this member owns (Config.MemoryLimit), unless the process is not the
 // sink's own or GOMEMLIMIT is set.
 func (s *Sink) tuneMemory(partitions int) {
-	if !s.ownProcess || s.cfg.MemoryLimit < 0 || os.Getenv("GOMEMLIMIT") != "" {
+	if !s.ownProcess || s.cfg.MemoryLimit < 0 {
 		return
 	}
 	limit := s.cfg.MemoryLimit
 	if limit == 0 {
 		limit = MemoryLimitFor(partitions, s.cfg.RowGroupRows)
 	}
-	if limit != s.memLimit {
+	if limit != s.memLimit && gotune.SetMemoryLimit(limit) {
 		s.memLimit = limit
-		debug.SetMemoryLimit(limit)
 		s.logger.Debug("Go memory limit set", "bytes", limit, "partitions", partitions)
 	}
 }
