@@ -271,6 +271,7 @@ func (c *Client) runOnce(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.close(errStopped) })
 	defer stop()
 	err = s.readLoop()
+	s.conn.Close()
 	if c.cfg.OnLost != nil {
 		c.cfg.OnLost(err)
 	}
@@ -356,19 +357,47 @@ func (s *session) close(err error) {
 	close(s.closed)
 	if errors.Is(err, errStopped) {
 		// What is queued (acks above all), then a polite goodbye: the
-		// broker then drops the will.
+		// broker then drops the will. The connection stays open until
+		// the broker closes it, which it does once it has read the
+		// DISCONNECT and so everything before it: a client that closed
+		// at once could reconnect before the broker read its last acks,
+		// and a broker that sees the same client id connect again
+		// closes the old connection unread (Mosquitto does), so those
+		// messages would come again. The reader waits for that end
+		// (and delivers nothing more); closeWait bounds the wait.
 		s.writeMu.Lock()
 		s.mu.Lock()
 		last := append(s.pending, typeDisconnect<<4, 0)
 		s.pending = nil
 		s.mu.Unlock()
-		_ = s.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		_, _ = s.conn.Write(last)
+		_ = s.conn.SetWriteDeadline(time.Now().Add(closeWait))
+		_, werr := s.conn.Write(last)
 		s.writeMu.Unlock()
+		if werr == nil {
+			_ = s.conn.SetReadDeadline(time.Now().Add(closeWait))
+			time.AfterFunc(closeWait, func() { s.conn.Close() })
+		} else {
+			s.conn.Close()
+		}
+	} else {
+		s.conn.Close()
 	}
-	s.conn.Close()
 	for _, done := range dones {
 		done(ErrConnectionLost)
+	}
+}
+
+// closeWait bounds how long a stopping client waits for the broker to
+// read its last packets and close the connection.
+const closeWait = 2 * time.Second
+
+// closing reports whether the session has ended or is ending.
+func (s *session) closing() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -513,6 +542,9 @@ func (s *session) readLoop() error {
 			}
 			if m.QoS == 2 {
 				return s.ended(protocolError("a QoS 2 publish, never subscribed to"))
+			}
+			if s.closing() {
+				continue // stopping: not acknowledged, so the broker keeps it
 			}
 			if m.QoS == 1 {
 				m.sess = s
