@@ -344,17 +344,20 @@ func (s *Store) ApplyPosition(p Position) Result {
 	sh, r, known := s.lockVehicle(p.ID)
 	defer sh.mu.Unlock()
 	ch := s.begin(r, !known)
+	// A position exactly as new as the one held is most likely that one
+	// coming back (a replica reads its own publications too): neither
+	// applied nor stale.
 	if !r.hasFix || p.Fix.Time > r.fix.Time {
 		r.hasFix, r.fix, r.epoch, r.seq = true, p.Fix, p.Epoch, p.Seq
 		res.FixesApplied = 1
-	} else {
+	} else if p.Fix.Time < r.fix.Time {
 		res.FixesStale = 1
 	}
 	if hasStatus {
 		if r.statusTime == 0 || p.Fix.Time > r.statusTime {
 			r.status, r.statusTime = status, p.Fix.Time
 			res.StatusApplied = 1
-		} else {
+		} else if p.Fix.Time < r.statusTime {
 			res.StatusStale = 1
 		}
 	}

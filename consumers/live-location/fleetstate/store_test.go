@@ -72,6 +72,11 @@ func TestFixNeverGoesBackwards(t *testing.T) {
 	if v, _ := s.Get("car-1"); v.Fix.Lat != 4 {
 		t.Fatalf("position not applied: %+v", v)
 	}
+	// The same position again (a replica reading back its own
+	// publication): nothing changes, and it is no stale fix.
+	if r := s.ApplyPosition(Position{ID: "car-1", Fix: Fix{Time: at(45 * time.Second), Lat: 4, Lon: 4}}); r.Changed || r.FixesStale != 0 || r.FixesApplied != 0 {
+		t.Fatalf("a position equal to the one held: %+v", r)
+	}
 }
 
 func TestStatusRespectsTimeOrder(t *testing.T) {

@@ -113,7 +113,7 @@ func (s *Service) applyPosition(r *kgo.Record) {
 		return
 	}
 	s.m.records.WithLabelValues("location", "ok").Inc()
-	s.m.observe(s.store.ApplyPosition(fleetstate.Position{
+	s.m.observe("location", s.store.ApplyPosition(fleetstate.Position{
 		ID: p.GetVehicleId(),
 		Fix: fleetstate.Fix{
 			Time: p.GetTimeUnixNano(), Lat: p.GetLat(), Lon: p.GetLon(), Alt: p.GetAltM(),

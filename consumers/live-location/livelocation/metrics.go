@@ -8,12 +8,12 @@ import (
 
 type metrics struct {
 	records         *prometheus.CounterVec // source, result
-	fixesApplied    prometheus.Counter
-	fixStale        prometheus.Counter
-	fixInvalid      prometheus.Counter
-	statusApplied   prometheus.Counter
-	statusStale     prometheus.Counter
-	statusInvalid   prometheus.Counter
+	fixesApplied    *prometheus.CounterVec // source
+	fixStale        *prometheus.CounterVec // source
+	fixInvalid      *prometheus.CounterVec // source
+	statusApplied   *prometheus.CounterVec // source
+	statusStale     *prometheus.CounterVec // source
+	statusInvalid   *prometheus.CounterVec // source
 	published       *prometheus.CounterVec // kind, result
 	evicted         *prometheus.CounterVec // reason
 	caughtUp        prometheus.Gauge
@@ -24,8 +24,12 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer, store *fleetstate.Store) (*metrics, error) {
-	counter := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	// The fix and status outcomes are counted by source: telemetry (the
+	// vehicles' batches: a stale one there is a late or replayed batch) or
+	// location (positions read back from the location topic, this
+	// replica's own included: one older than what it holds is routine).
+	bySource := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help + " By source (telemetry, location)."}, []string{"source"})
 	}
 	gauge := func(name, help string) prometheus.Gauge {
 		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
@@ -35,12 +39,12 @@ func newMetrics(reg prometheus.Registerer, store *fleetstate.Store) (*metrics, e
 			Name: "fleet_live_records_total",
 			Help: "Kafka records read, by source (telemetry, location) and result (ok, undecodable, tombstone).",
 		}, []string{"source", "result"}),
-		fixesApplied:  counter("fleet_live_fixes_applied_total", "Fixes that became a vehicle's latest position."),
-		fixStale:      counter("fleet_live_fix_rejected_stale_total", "Fixes not newer than the vehicle's known fix (late or replayed), left unapplied."),
-		fixInvalid:    counter("fleet_live_fix_rejected_invalid_total", "Fixes with coordinates out of range or a time beyond the allowed clock skew."),
-		statusApplied: counter("fleet_live_status_applied_total", "Status readings that became a vehicle's latest status."),
-		statusStale:   counter("fleet_live_status_rejected_stale_total", "Status readings not newer than the vehicle's known status."),
-		statusInvalid: counter("fleet_live_status_rejected_invalid_total", "Status readings that are not strings, are stamped beyond the allowed clock skew, or are one distinct status too many."),
+		fixesApplied:  bySource("fleet_live_fixes_applied_total", "Fixes that became a vehicle's latest position."),
+		fixStale:      bySource("fleet_live_fix_rejected_stale_total", "Fixes not newer than the vehicle's known fix (late or replayed), left unapplied."),
+		fixInvalid:    bySource("fleet_live_fix_rejected_invalid_total", "Fixes with coordinates out of range or a time beyond the allowed clock skew."),
+		statusApplied: bySource("fleet_live_status_applied_total", "Status readings that became a vehicle's latest status."),
+		statusStale:   bySource("fleet_live_status_rejected_stale_total", "Status readings not newer than the vehicle's known status."),
+		statusInvalid: bySource("fleet_live_status_rejected_invalid_total", "Status readings that are not strings, are stamped beyond the allowed clock skew, or are one distinct status too many."),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleet_live_location_published_total",
 			Help: "Records produced to the location topic, by kind (position, tombstone) and result (ok, error).",
@@ -67,13 +71,20 @@ func newMetrics(reg prometheus.Registerer, store *fleetstate.Store) (*metrics, e
 	return m, nil
 }
 
-func (m *metrics) observe(r fleetstate.Result) {
-	m.fixesApplied.Add(float64(r.FixesApplied))
-	m.fixStale.Add(float64(r.FixesStale))
-	m.fixInvalid.Add(float64(r.FixesInvalid))
-	m.statusApplied.Add(float64(r.StatusApplied))
-	m.statusStale.Add(float64(r.StatusStale))
-	m.statusInvalid.Add(float64(r.StatusInvalid))
+// observe counts what applying one record of source (telemetry or
+// location) did.
+func (m *metrics) observe(source string, r fleetstate.Result) {
+	add := func(c *prometheus.CounterVec, n int) {
+		if n > 0 {
+			c.WithLabelValues(source).Add(float64(n))
+		}
+	}
+	add(m.fixesApplied, r.FixesApplied)
+	add(m.fixStale, r.FixesStale)
+	add(m.fixInvalid, r.FixesInvalid)
+	add(m.statusApplied, r.StatusApplied)
+	add(m.statusStale, r.StatusStale)
+	add(m.statusInvalid, r.StatusInvalid)
 }
 
 // storeCollector reports the store's own numbers at scrape time.

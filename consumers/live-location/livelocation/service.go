@@ -17,12 +17,19 @@
 // Metrics, besides those of httpapi and the franz-go client (fleet_kafka_*):
 //
 //	fleet_live_records_total{source,result}        Kafka records read: source telemetry|location, result ok|undecodable|tombstone
-//	fleet_live_fixes_applied_total                  fixes that became a vehicle's latest position
-//	fleet_live_fix_rejected_stale_total             fixes not newer than the known one (late, replayed)
-//	fleet_live_fix_rejected_invalid_total           fixes out of range or beyond the clock skew
-//	fleet_live_status_applied_total                 statuses that became a vehicle's latest
-//	fleet_live_status_rejected_stale_total          statuses not newer than the known one
-//	fleet_live_status_rejected_invalid_total        status readings of the wrong type, beyond the clock skew, or too many distinct
+//
+// The fix and status counters have the same source label: telemetry (the
+// vehicles' own batches) or location (positions read back from the
+// location topic). A replica reads its own publications back too: one
+// that comes back as the fix already held is counted nowhere, one that a
+// newer fix overtook meanwhile counts as stale with source location.
+//
+//	fleet_live_fixes_applied_total{source}          fixes that became a vehicle's latest position
+//	fleet_live_fix_rejected_stale_total{source}     fixes not newer than the known one (late, replayed)
+//	fleet_live_fix_rejected_invalid_total{source}   fixes out of range or beyond the clock skew
+//	fleet_live_status_applied_total{source}         statuses that became a vehicle's latest
+//	fleet_live_status_rejected_stale_total{source}  statuses not newer than the known one
+//	fleet_live_status_rejected_invalid_total{source} status readings of the wrong type, beyond the clock skew, or too many distinct
 //	fleet_live_location_published_total{kind,result} records produced to the location topic: position|tombstone, ok|error
 //	fleet_live_evicted_total{reason}                vehicles evicted: ttl|tombstone
 //	fleet_live_vehicles{status,freshness}           vehicles known, by status, fresh|stale

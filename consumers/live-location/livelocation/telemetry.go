@@ -271,7 +271,7 @@ func (s *Service) applyTelemetry(ctx context.Context, r *kgo.Record) {
 		return
 	}
 	s.m.records.WithLabelValues("telemetry", "ok").Inc()
-	s.m.observe(s.store.ApplyBatch(b))
+	s.m.observe("telemetry", s.store.ApplyBatch(b))
 }
 
 // retry calls fn until it succeeds or ctx is done, backing off from 250ms to
