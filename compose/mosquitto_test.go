@@ -125,12 +125,7 @@ func startProductionMosquitto(t *testing.T, p *pki) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testenv.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	dir := t.TempDir()
 	acl, _ := filepath.Abs(filepath.Join("mosquitto", "acl"))

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"path/filepath"
 	"runtime"
@@ -896,12 +895,7 @@ func TestReadyz(t *testing.T) {
 	})
 	t.Run("no broker", func(t *testing.T) {
 		e := newEnv(t)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		closed := "tcp://" + ln.Addr().String()
-		ln.Close()
+		closed := "tcp://" + testenv.FreeAddr(t) // nothing listens there
 		cfg := e.config()
 		cfg.MQTT.URL = closed
 		br := e.startBridge(cfg)
@@ -1074,12 +1068,7 @@ func holdsAll(tel []*kgo.Record, want map[wire.Identity]bool) error {
 // reaches Kafka.
 func TestUnreachableKafkaLosesNothing(t *testing.T) {
 	e := newEnv(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nowhere := ln.Addr().String()
-	ln.Close()
+	nowhere := testenv.FreeAddr(t) // nothing listens there
 	down := e.config()
 	down.Kafka.Brokers = []string{nowhere}
 	down.CreateTopics = false

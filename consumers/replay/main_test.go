@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -433,12 +432,7 @@ func TestTopicCopyThroughSink(t *testing.T) {
 // trailing commit marker).
 func sinkToPrefix(t *testing.T, bin, brokers string, m testenv.S3, bucket, topic, prefix string, records int) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeAddr(t)
 	var logs lockedBuffer
 	cmd := exec.Command(bin, "--kafka-brokers", brokers, "--topic", topic, "--group", topic+".sink", "--listen", addr,
 		"--s3-endpoint", m.Endpoint, "--s3-bucket", bucket, "--s3-prefix", prefix, "--s3-access-key", m.AccessKey,

@@ -238,9 +238,10 @@ func TestReplicasShareTheFleet(t *testing.T) {
 			return nil
 		})
 
-		// Forty cars, one change each. Their fixes are a minute ahead (within
-		// the allowed clock skew), so they outlive the test's short TTL.
-		ahead := time.Now().Add(time.Minute)
+		// Forty cars, one change each. Their fixes are three minutes ahead
+		// (within the allowed clock skew), so they outlive the test's short
+		// TTL however slow the machine.
+		ahead := time.Now().Add(3 * time.Minute)
 		want := map[string]car{}
 		published := map[string]int{}
 		for i := range 40 {
@@ -300,7 +301,9 @@ func TestReplicasShareTheFleet(t *testing.T) {
 		// A car last heard from almost a TTL ago is evicted everywhere and
 		// tombstoned once, by its owner.
 		ghost := car{id: "ghost", lat: 52.51, lon: 13.39, status: "available"}
-		rs.send(telemetry(ghost.id, encodeBatch(t, ghost, 1, time.Now().Add(-rs.cfg.TTL+3*time.Second))))
+		// It stays 8 s before its TTL runs out: long enough for the owner to
+		// publish it and replica a to read it back.
+		rs.send(telemetry(ghost.id, encodeBatch(t, ghost, 1, time.Now().Add(-rs.cfg.TTL+8*time.Second))))
 		eventually(t, "the ghost seen", func() error {
 			if code, _ := getJSON(a.URL()+"/v1/vehicles/ghost", nil); code != 200 {
 				return fmt.Errorf("ghost: %d", code)
