@@ -801,9 +801,14 @@ func TestRejectsToDLQAndAcknowledges(t *testing.T) {
 		if got, _ := header(r, kafkaio.HeaderReason); got != c.reason {
 			t.Errorf("%s: reason header %q, want %q", r.Key, got, c.reason)
 		}
-		if v := metricValue(t, br.AdminURL(), `fleet_bridge_dlq_total{reason="`+c.reason+`"}`); v == "" || v == "0" {
-			t.Errorf("%s: fleet_bridge_dlq_total{reason=%q} = %q", r.Key, c.reason, v)
-		}
+		// Counted once Kafka has acknowledged the DLQ record to the
+		// bridge, which may come just after a consumer can read it.
+		mqtttest.Eventually(t, fmt.Sprintf("%s counted in fleet_bridge_dlq_total{reason=%q}", r.Key, c.reason), func() error {
+			if v := metricValue(t, br.AdminURL(), `fleet_bridge_dlq_total{reason="`+c.reason+`"}`); v == "" || v == "0" {
+				return fmt.Errorf("%q", v)
+			}
+			return nil
+		})
 		if src, _ := header(r, kafkaio.HeaderSourceTopic); src != topics.Telemetry(string(r.Key)) {
 			t.Errorf("%s: source_topic header %q", r.Key, src)
 		}
