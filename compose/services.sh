@@ -399,8 +399,13 @@ share.coordinator.state.topic.num.partitions=4
 group.initial.rebalance.delay.ms=0
 num.recovery.threads.per.data.dir=1
 EOF
-	# Kafka wants a base64url UUID (22 characters) as the cluster id.
-	cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+	# Kafka wants a base64url UUID (22 characters) as the cluster id. One
+	# that starts with "-" would be read as an option (1 start in 64 failed
+	# so); Kafka's own random-uuid never makes one.
+	cid=-
+	while [[ $cid == -* ]]; do
+		cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+	done
 	if [[ -f $dir/data/meta.properties ]]; then
 		: # kept data (FLEET_SERVICES_KEEP_DATA): already formatted
 	elif ! java -Xmx256m -cp "$KAFKA_LIBS/*" \
