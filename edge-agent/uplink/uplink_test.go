@@ -21,6 +21,7 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt"
 	"github.com/fleetpipe/fleetpipe/internal/embedmqtt/mqtttest"
 	"github.com/fleetpipe/fleetpipe/internal/mqttconn"
+	"github.com/fleetpipe/fleetpipe/internal/testenv"
 	"github.com/fleetpipe/fleetpipe/internal/topics"
 	"github.com/fleetpipe/fleetpipe/internal/wire"
 	pb "github.com/fleetpipe/fleetpipe/proto/fleet/telemetry/v1"
@@ -268,7 +269,9 @@ func TestLiveFirstWhileTheBacklogDrains(t *testing.T) {
 	for range 12 {
 		backlog = append(backlog, spoolBatch(t, sp, "veh-1"))
 	}
-	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second, BacklogRate: 4}, sp)
+	// 2 batches/s: the backlog takes about 5 s, time enough for the test
+	// to add its live batch on a loaded machine.
+	u := newUplink(t, b.URL(), "veh-1", Config{AckTimeout: 5 * time.Second, BacklogRate: 2}, sp)
 	mqtttest.Eventually(t, "the backlog to start draining", func() error {
 		if a.count(backlog[0]) == 0 {
 			return errors.New("nothing yet")
@@ -384,7 +387,9 @@ func TestIgnoresForeignAndMalformedAcks(t *testing.T) {
 }
 
 func TestDeliversAfterTheBrokerComesBack(t *testing.T) {
-	b, err := embedmqtt.New(embedmqtt.Config{Addr: "127.0.0.1:0"}, embedmqtt.Deps{Logger: mqtttest.Logger(t)})
+	// A port below the ephemeral range: nothing else takes it while the
+	// broker is away, and the second broker binds it again.
+	b, err := embedmqtt.New(embedmqtt.Config{Addr: testenv.FreeAddr(t)}, embedmqtt.Deps{Logger: mqtttest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
