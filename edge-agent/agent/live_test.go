@@ -49,9 +49,10 @@ func TestLiveBatchClosesOnTheWallClock(t *testing.T) {
 	}
 	defer v.spool.Close()
 	old := time.Date(2019, 5, 1, 8, 0, 0, 0, time.UTC).UnixNano()
+	// Both readings at once: a stall between two sends could otherwise
+	// outlast MaxAge and close a batch between them.
 	src := stallingSource{items: []source.Items{
-		{Readings: []wire.Reading{{Signal: "x", Time: old, Value: wire.Int(1)}}},
-		{Readings: []wire.Reading{{Signal: "x", Time: old + int64(10*time.Millisecond), Value: wire.Int(2)}}},
+		{Readings: []wire.Reading{{Signal: "x", Time: old, Value: wire.Int(1)}, {Signal: "x", Time: old + int64(10*time.Millisecond), Value: wire.Int(2)}}},
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
