@@ -92,7 +92,7 @@ func TestBridgeUnderFaults(t *testing.T) {
 	bridgeArgs := func(id string) []string {
 		return []string{"--mqtt-url", stack.mqtt, "--mqtt-client-id", "faults-" + id, "--share-group", "faults",
 			"--kafka-brokers", stack.kafka, "--topic", topic, "--dlq-topic", topic + ".dlq", "--catalog-topic", topic + ".catalog",
-			"--partitions", "4", "--replication", "1", "--bridge-id", id, "--listen", freeAddr(t),
+			"--partitions", "4", "--replication", "1", "--bridge-id", id, "--listen", testenv.FreeAddr(t),
 			"--ack-interval", "200ms", "--drain-timeout", "5s", "--log-level", "warn"}
 	}
 	bin := filepath.Join(bins, "bridge")

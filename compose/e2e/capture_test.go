@@ -184,7 +184,7 @@ func TestCaptureEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	sinkAdmin := freeAddr(t)
+	sinkAdmin := testenv.FreeAddr(t)
 	sink := startProc(t, bin("parquet-sink"), "parquet-sink", "--kafka-brokers", brokers, "--topic", topic,
 		"--catalog-topic", topic+".catalog", "--group", "capture-sink-"+run, "--instance-id", "capture-sink",
 		"--s3-endpoint", minio.Endpoint, "--s3-bucket", "e2e-capture-"+run, "--s3-access-key", minio.AccessKey, "--s3-secret-key", minio.SecretKey,

@@ -82,7 +82,7 @@ func TestEndToEndExactlyOnceUnderCrashes(t *testing.T) {
 		"--s3-path-style", "--instance-id", "e2e-sink", "--max-file-age", "1s", "--quiet-margin", "1s", "--max-file-rows", "5000", "--listen", "127.0.0.1:0",
 		"--catalog-topic", topic + ".catalog"}
 	sink := startProc(t, bin("parquet-sink"), "parquet-sink", sinkArgs...)
-	liveAddr := freeAddr(t)
+	liveAddr := testenv.FreeAddr(t)
 	startProc(t, bin("live-location"), "live-location", "--kafka-brokers", brokers, "--topic", topic, "--catalog-topic", topic+".catalog",
 		"--location-topic", topic+".location", "--location-partitions", "1", "--location-replication", "1", "--listen", liveAddr,
 		// Its own group: a killed member of another test's would hold the

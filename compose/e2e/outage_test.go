@@ -97,14 +97,14 @@ func TestLongOutageWithRebootLosesNothing(t *testing.T) {
 	run := strconv.FormatUint(mrand.Uint64()%1e9, 36)
 	topic := "e2e.outage." + run
 	bins := buildBinaries(t, "./edge-agent", "./bridge", "./consumers/live-location")
-	bridgeAddr := freeAddr(t)
+	bridgeAddr := testenv.FreeAddr(t)
 	startProc(t, filepath.Join(bins, "bridge"), "bridge", "--mqtt-url", mqttURL, "--mqtt-client-id", "outage-bridge-"+run,
 		"--share-group", "outage-"+run, "--kafka-brokers", brokers, "--topic", topic, "--dlq-topic", topic+".dlq",
 		"--partitions", "2", "--replication", "1", "--listen", bridgeAddr)
 	// The broker drops what nobody subscribes to: the cars start once the
 	// bridge's subscription is in place.
 	waitFor(t, "the bridge to be ready", time.Minute, func(ctx context.Context) error { return ready(ctx, "http://"+bridgeAddr) })
-	liveAddr := freeAddr(t)
+	liveAddr := testenv.FreeAddr(t)
 	startProc(t, filepath.Join(bins, "live-location"), "live-location", "--kafka-brokers", brokers, "--topic", topic,
 		"--location-topic", "", "--listen", liveAddr, "--group", topic+".live")
 
@@ -112,7 +112,7 @@ func TestLongOutageWithRebootLosesNothing(t *testing.T) {
 	spoolDir := filepath.Join(t.TempDir(), "spool")
 	prefix := "outage-" + run + "-"
 	const vehicles = 5
-	agentAddr := freeAddr(t)
+	agentAddr := testenv.FreeAddr(t)
 	agentArgs := []string{"--mqtt-url", l.url(), "--sim-vehicles", strconv.Itoa(vehicles), "--sim-id-prefix", prefix,
 		"--sim-speedup", "1", "--batch-max-age", "1s", "--ack-timeout", "3s", "--backlog-rate", "2",
 		"--reconnect-min", "200ms", "--reconnect-max", "1s", "--spool-dir", spoolDir, "--listen", agentAddr}

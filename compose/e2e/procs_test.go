@@ -125,9 +125,6 @@ func (p *proc) logContains(s string) bool {
 	return bytes.Contains(data, []byte(s))
 }
 
-// freeAddr returns a loopback address for a process to listen on.
-func freeAddr(t *testing.T) string { t.Helper(); return testenv.FreeAddr(t) }
-
 // waitFor polls cond until it returns nil or the deadline passes, then
 // fails with the last error.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func(ctx context.Context) error) {

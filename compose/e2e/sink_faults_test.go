@@ -466,7 +466,7 @@ func TestSinkZombieIsFenced(t *testing.T) {
 	go func() { produced <- p.run(ctx, 20, 150, 100*time.Millisecond) }() // 3,000 batches in 15 s
 
 	stopWatch := r.watchCheckpoints("lake", partitions)
-	adminA, adminB := freeAddr(t), freeAddr(t)
+	adminA, adminB := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	a := startProc(t, r.bin, "sink-a", r.sinkArgs(group, "lake", adminA)...)
 	waitFor(t, "sink A to have committed a window and hold an open one", time.Minute, func(context.Context) error {
 		if metricSum(adminA, "fleet_sink_windows_total") < 1 || metricSum(adminA, "fleet_sink_open_rows") < 1 {

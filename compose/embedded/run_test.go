@@ -22,8 +22,6 @@ import (
 	"github.com/fleetpipe/fleetpipe/internal/testenv"
 )
 
-func freePort(t *testing.T) string { t.Helper(); return testenv.FreeAddr(t) }
-
 // openPTY opens a pseudo-terminal: the master to type into and read from,
 // and the terminal the program runs on.
 func openPTY(t *testing.T) (master, term *os.File) {
@@ -76,13 +74,13 @@ func TestMakeRunStopsCleanly(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make is not installed")
 	}
-	http0 := freePort(t)
-	kafka := freePort(t)
+	http0 := testenv.FreeAddr(t)
+	kafka := testenv.FreeAddr(t)
 	_, kafkaPort, _ := net.SplitHostPort(kafka)
 	args := strings.Join([]string{
 		"--data-dir", filepath.Join(t.TempDir(), "data"), "--vehicles", "3",
-		"--http-addr", http0, "--mqtt-addr", freePort(t), "--kafka-port", kafkaPort, "--s3-addr", freePort(t),
-		"--agent-admin-addr", freePort(t), "--bridge-admin-addr", freePort(t), "--sink-admin-addr", freePort(t),
+		"--http-addr", http0, "--mqtt-addr", testenv.FreeAddr(t), "--kafka-port", kafkaPort, "--s3-addr", testenv.FreeAddr(t),
+		"--agent-admin-addr", testenv.FreeAddr(t), "--bridge-admin-addr", testenv.FreeAddr(t), "--sink-admin-addr", testenv.FreeAddr(t),
 	}, " ")
 	cmd := exec.Command("make", "--no-print-directory", "run", "ARGS="+args)
 	cmd.Dir = testenv.RepoRoot()
