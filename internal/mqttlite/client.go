@@ -364,7 +364,8 @@ func (s *session) close(err error) {
 		// and a broker that sees the same client id connect again
 		// closes the old connection unread (Mosquitto does), so those
 		// messages would come again. The reader waits for that end
-		// (and delivers nothing more); closeWait bounds the wait.
+		// (and delivers nothing more), which runOnce then closes;
+		// closeWait bounds the wait.
 		s.writeMu.Lock()
 		s.mu.Lock()
 		last := append(s.pending, typeDisconnect<<4, 0)
@@ -374,7 +375,6 @@ func (s *session) close(err error) {
 		_, werr := s.conn.Write(last)
 		s.writeMu.Unlock()
 		if werr == nil {
-			_ = s.conn.SetReadDeadline(time.Now().Add(closeWait))
 			time.AfterFunc(closeWait, func() { s.conn.Close() })
 		} else {
 			s.conn.Close()
