@@ -68,6 +68,10 @@ func NewFileWriter[T Row](out io.Writer, opts Options) (*FileWriter[T], error) {
 		// The output buffers already (an upload's part): hand it each row
 		// group as it is done, so that what a file has written is known.
 		parquet.WriteBufferSize(0),
+		// Min/max live in the column index and the row group's statistics,
+		// which is where readers look; the copy in each page's header costs
+		// a second pass over every page's values.
+		parquet.DataPageStatistics(false),
 		parquet.BloomFilters(parquet.SplitBlockFilter(10, "vehicle_id")),
 		// Min/max of these say nothing a query skips row groups by, and
 		// computing them is a string comparison a row each.
