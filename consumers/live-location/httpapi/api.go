@@ -227,7 +227,7 @@ func (a *API) nearby(w http.ResponseWriter, r *http.Request) {
 	for i, n := range found {
 		out[i] = toNearby(n)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"vehicles": out})
+	writeJSON(w, http.StatusOK, nearbyBody{Vehicles: out})
 }
 
 func (a *API) vehicleID(w http.ResponseWriter, r *http.Request) (string, bool) {
@@ -301,7 +301,7 @@ func (a *API) vehicles(w http.ResponseWriter, r *http.Request) {
 	for i, v := range vs {
 		out[i] = toState(v, now, staleAfter)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"vehicles": out, "count": len(out), "total": total, "truncated": total > len(out)})
+	writeJSON(w, http.StatusOK, boxBody{Count: len(out), Total: total, Truncated: total > len(out), Vehicles: out})
 }
 
 var world = fleetstate.BBox{MinLon: -180, MinLat: -90, MaxLon: 180, MaxLat: 90}

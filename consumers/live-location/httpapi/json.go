@@ -79,6 +79,20 @@ func toState(v fleetstate.Vehicle, now time.Time, staleAfter time.Duration) vehi
 	return s
 }
 
+// nearbyBody is the answer of GET /v1/vehicles/nearby.
+type nearbyBody struct {
+	Vehicles []nearbyVehicle `json:"vehicles"`
+}
+
+// boxBody is the answer of GET /v1/vehicles: at most limit of the total
+// vehicles in the box.
+type boxBody struct {
+	Count     int            `json:"count"`
+	Total     int            `json:"total"`
+	Truncated bool           `json:"truncated"`
+	Vehicles  []vehicleState `json:"vehicles"`
+}
+
 type errorBody struct {
 	Error string `json:"error"`
 	Param string `json:"param,omitempty"`
