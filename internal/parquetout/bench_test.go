@@ -133,21 +133,7 @@ func (c *counter) Write(p []byte) (int, error) { *c += counter(len(p)); return l
 func BenchmarkGenericWriter(b *testing.B) {
 	payloads, cats, readings := benchBatches(b)
 	batches := decodeAll(b, payloads, cats)
-	var rrows []parquetout.ReadingRow
-	var lrows []parquetout.LocationRow
-	var s parquetout.Splitter
-	for _, bt := range batches {
-		_ = s.Split(bt, parquetout.Emit{
-			Readings: func(_ parquetout.Hour, rows []parquetout.ReadingRow) error {
-				rrows = append(rrows, rows...)
-				return nil
-			},
-			Locations: func(_ parquetout.Hour, rows []parquetout.LocationRow) error {
-				lrows = append(lrows, rows...)
-				return nil
-			},
-		})
-	}
+	rrows, lrows := splitAll(b, batches)
 	b.ResetTimer()
 	cpu0 := cpuTime()
 	for range b.N {
